@@ -1,0 +1,205 @@
+"""The interfaces a wire backend implements: ``Connection``, ``Listener``, ``Transport``.
+
+A backend carries ordered, reliable, binary frames between two peers and
+nothing more: the session protocol, codecs and filter rules live in the core
+and are the same on every backend. Plugin authors subclass these ABCs (a
+missing method fails at construction) and register the transport in the
+``proxy_core.transports`` entry-point group.
+
+Every method translates the wire library's exceptions into
+:mod:`proxy_core.errors` (``raise ConnectError(...) from exc``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from ssl import SSLContext
+from types import TracebackType
+from typing import ClassVar
+
+from .errors import AuthenticationError, ConfigurationError, ConnectionClosed
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "Authenticator",
+    "Connection",
+    "ConnectionHandler",
+    "Listener",
+    "Transport",
+    "check_authentication",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The default limit on one frame, in either direction: 1 MiB.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+#: ``authenticate(headers)``: return true to accept, false (or raise
+#: :class:`~proxy_core.errors.AuthenticationError` with a reason) to refuse.
+#: Header names are lower-cased. May be a plain or an ``async`` function.
+Authenticator = Callable[[Mapping[str, str]], "bool | Awaitable[bool]"]
+
+
+class Connection(ABC):
+    """One ordered, reliable, binary, message-framed duplex connection.
+
+    ``receive`` returns whole frames as ``bytes`` and raises
+    :class:`~proxy_core.errors.ConnectionClosed` once the connection is over,
+    :class:`~proxy_core.errors.MessageTooLarge` when the peer sent a frame over
+    the limit (the connection is then closed), and
+    :class:`~proxy_core.errors.ProtocolError` for a frame that is not binary
+    (the connection stays usable).
+    """
+
+    @abstractmethod
+    async def send(self, data: bytes) -> None:
+        """Send one binary frame.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+
+    @abstractmethod
+    async def receive(self) -> bytes:
+        """Receive the next binary frame.
+
+        Raises:
+            ConnectionClosed: the connection is over.
+            MessageTooLarge: the peer sent a frame over the limit.
+            ProtocolError: the peer sent a frame that is not binary.
+        """
+
+    @abstractmethod
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection; idempotent. ``code`` follows WebSocket close codes."""
+
+    @property
+    def request_headers(self) -> Mapping[str, str]:
+        """The headers (or metadata) the client sent, names lower-cased; empty on a client."""
+        return {}
+
+    @property
+    def remote_address(self) -> str | None:
+        """A printable address of the peer, when the backend knows it."""
+        return None
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Connection:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.receive()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+
+#: Called once per accepted connection; the connection is closed when it returns.
+ConnectionHandler = Callable[[Connection], Awaitable[None]]
+
+
+class Listener(ABC):
+    """A bound server, as yielded by :meth:`Transport.serve`."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The URL clients connect to, with the real port when port 0 was asked for."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop accepting and close every open connection."""
+
+
+class Transport(ABC):
+    """A wire backend: opens client connections and serves accepted ones.
+
+    Attributes:
+        name: the registered name (``"websockets"``).
+        schemes: the URL schemes this transport understands (``("ws", "wss")``).
+    """
+
+    name: ClassVar[str]
+    schemes: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    async def connect(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ssl: SSLContext | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        open_timeout: float = 10.0,
+    ) -> Connection:
+        """Open a connection to ``url``.
+
+        Raises:
+            ConnectError: the connection could not be opened.
+            AuthenticationError: the server refused the headers.
+            ConfigurationError: the URL is not one this transport serves.
+        """
+
+    @abstractmethod
+    def serve(
+        self,
+        url: str,
+        handler: ConnectionHandler,
+        *,
+        authenticate: Authenticator | None = None,
+        ssl: SSLContext | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> AbstractAsyncContextManager[Listener]:
+        """Serve ``url`` (port 0 picks a free port), calling ``handler`` per connection.
+
+        ``authenticate`` runs on the request headers before any session
+        exists; a refusal is answered in the backend's own terms (HTTP 401,
+        gRPC UNAUTHENTICATED) and the handler is never called.
+        """
+
+    def adapt(self, obj: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Connection:
+        """Wrap an already-accepted server-side socket of this backend's library.
+
+        Raises:
+            ConfigurationError: ``obj`` is not a socket this backend can adopt.
+        """
+        raise ConfigurationError(
+            f"transport {self.name!r} cannot adopt an object of type {type(obj).__qualname__}"
+        )
+
+
+async def check_authentication(
+    authenticate: Authenticator | None, headers: Mapping[str, str]
+) -> str | None:
+    """Run an ``authenticate`` hook; return ``None`` to accept or the refusal reason.
+
+    A hook that raises anything but :class:`AuthenticationError` refuses too (and
+    the exception is logged), so a buggy hook never lets a client in.
+    """
+    if authenticate is None:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        result = authenticate(lowered)
+        if inspect.isawaitable(result):
+            result = await result
+    except AuthenticationError as exc:
+        return exc.reason or "unauthorized"
+    except Exception:
+        logger.exception("authenticate hook raised; refusing the client")
+        return "authentication failed"
+    return None if result else "unauthorized"
