@@ -171,7 +171,9 @@ class Transport(ABC):
         gRPC UNAUTHENTICATED) and the handler is never called.
         """
 
-    def adapt(self, obj: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Connection:
+    def adapt(
+        self, obj: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> Connection:
         """Wrap an already-accepted server-side socket of this backend's library.
 
         Raises:

@@ -1,0 +1,47 @@
+"""The ``json`` codec: frames as UTF-8 JSON arrays (bytes as base64)."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import CodecError
+from ..messages import DEFAULT_TYPES, TypeRegistry
+from ..protocol import Envelope
+from ._tree import TreeConverter
+from .base import Codec
+
+__all__ = ["JsonCodec"]
+
+
+class JsonCodec(Codec):
+    """Encode envelopes as compact UTF-8 JSON, readable in any language.
+
+    Bytes travel as ``{"$bytes": "<base64>"}``; NaN and infinities are refused
+    (they are not JSON).
+
+    Args:
+        registry: the wire types to accept (default: every registered type).
+    """
+
+    name = "json"
+
+    def __init__(self, registry: TypeRegistry | None = None) -> None:
+        self._tree = TreeConverter(registry or DEFAULT_TYPES, native_bytes=False)
+        self._encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+    def encode(self, envelope: Envelope) -> bytes:
+        tree = self._tree.envelope_to_tree(envelope)
+        try:
+            return self._encoder.encode(tree).encode()
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise CodecError(f"cannot encode as JSON: {exc}") from None
+
+    def decode(self, data: bytes) -> Envelope:
+        try:
+            tree = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise CodecError(f"not valid JSON: {exc}") from None
+        try:
+            return self._tree.tree_to_envelope(tree)
+        except RecursionError:
+            raise CodecError("frame nests too deeply") from None

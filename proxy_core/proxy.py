@@ -1,0 +1,659 @@
+"""The proxy workers: the only place in the core that awaits I/O.
+
+A proxy is a worker that claims the remote worker's name on its local bus.
+Messages it sees go through the outbound filter rules and, if they pass, are
+numbered by the sans-I/O :class:`~proxy_core.session.Session` and written to
+the connection; frames it receives are decoded by the session, checked by the
+inbound rules and put on the local bus. :class:`ProxyClient` connects when it
+is activated; :class:`ProxyServer` serves one accepted connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ssl import SSLContext
+from typing import Any, TypeAlias
+
+from .codecs.base import Codec
+from .errors import (
+    CodecError,
+    ConfigurationError,
+    ConnectionClosed,
+    HandshakeError,
+    MessageTooLarge,
+    ProtocolError,
+    ProxyError,
+    TransportError,
+)
+from .messages import BusMessage
+from .plugins import resolve_codec, resolve_transport
+from .protocol import CloseCode, Reject, RejectCode, Welcome, encode_handshake
+from .registry import Watch, WorkerReadyData
+from .rules import Drop, DropReason, FilterRules
+from .session import (
+    ByeReceived,
+    DuplicateDiscarded,
+    Event,
+    MessageReceived,
+    MessageUndecodable,
+    PongReceived,
+    RemoteReady,
+    Session,
+    client_accept,
+    client_hello,
+    new_session_id,
+    server_negotiate,
+)
+from .transport import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Authenticator,
+    Connection,
+    Transport,
+    check_authentication,
+)
+from .worker import BaseWorker
+
+__all__ = ["ProxyClient", "ProxyServer", "ProxyStats"]
+
+logger = logging.getLogger(__name__)
+
+CodecSpec: TypeAlias = str | Codec | Sequence[str | Codec]
+
+
+@dataclass
+class ProxyStats:
+    """Counters of one proxy, across all its sessions.
+
+    Attributes:
+        messages_out / messages_in: messages that crossed, each way.
+        bytes_out / bytes_in: frame bytes written and read (control frames included).
+        dropped_out / dropped_in: dropped messages by :class:`~proxy_core.rules.DropReason` value.
+        duplicates: received messages discarded as already delivered.
+        sessions: sessions opened.
+        heartbeat_rtt: the last PING round trip, in seconds.
+    """
+
+    messages_out: int = 0
+    messages_in: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+    dropped_out: Counter[str] = field(default_factory=Counter)
+    dropped_in: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    sessions: int = 0
+    heartbeat_rtt: float | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the counters as a plain dict (for logs and exporters)."""
+        return {
+            "messages_out": self.messages_out,
+            "messages_in": self.messages_in,
+            "bytes_out": self.bytes_out,
+            "bytes_in": self.bytes_in,
+            "dropped_out": dict(self.dropped_out),
+            "dropped_in": dict(self.dropped_in),
+            "duplicates": self.duplicates,
+            "sessions": self.sessions,
+            "heartbeat_rtt": self.heartbeat_rtt,
+        }
+
+
+def _codec_list(spec: CodecSpec) -> list[Codec]:
+    items: Sequence[str | Codec] = [spec] if isinstance(spec, str | Codec) else spec
+    codecs = [resolve_codec(item) for item in items]
+    if not codecs:
+        raise ConfigurationError("at least one codec is needed")
+    return codecs
+
+
+class _ProxyWorker(BaseWorker):
+    """What the client and the server proxy share: rules, session loop, stats."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        local_worker_name: str,
+        remote_worker_name: str,
+        forward_messages: Sequence[type[BusMessage]] = (),
+        forward_broadcasts: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 30.0,
+        max_unacked: int = 4096,
+        active: bool,
+    ) -> None:
+        super().__init__(name, active=active)
+        for label, value in (("local", local_worker_name), ("remote", remote_worker_name)):
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"the {label} worker name must be a non-empty string")
+        if len({name, local_worker_name, remote_worker_name}) != 3:
+            raise ConfigurationError(
+                f"proxy {name!r}, local worker {local_worker_name!r} and remote worker "
+                f"{remote_worker_name!r} must have three different names"
+            )
+        for kind in forward_messages:
+            if not (isinstance(kind, type) and issubclass(kind, BusMessage)):
+                raise ConfigurationError(
+                    f"forward_messages must hold BusMessage subclasses, got {kind!r}"
+                )
+        if max_message_bytes < 64:
+            raise ConfigurationError("max_message_bytes must be at least 64")
+        if heartbeat_interval <= 0 or heartbeat_timeout <= heartbeat_interval:
+            raise ConfigurationError("need 0 < heartbeat_interval < heartbeat_timeout")
+        self.rules = FilterRules(
+            local_worker_name, remote_worker_name, tuple(forward_messages), forward_broadcasts
+        )
+        self.stats = ProxyStats()
+        self.max_message_bytes = max_message_bytes
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_unacked = max_unacked
+        self._conn: Connection | None = None
+        self._session: Session | None = None
+        self._session_task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._outbox_space = asyncio.Event()
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ready_sent = False
+
+    def routed_names(self) -> tuple[str, ...]:
+        return (self.name, self.rules.remote_worker)
+
+    @property
+    def connected(self) -> bool:
+        """Whether a session is open now."""
+        return self._session is not None
+
+    @property
+    def session_id(self) -> str | None:
+        """The id of the open session, if any."""
+        return self._session.session_id if self._session is not None else None
+
+    # ------------------------------------------------------------ outbound
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        decision = self.rules.outbound(message)
+        if isinstance(decision, Drop):
+            self._count_drop(self.stats.dropped_out, decision.reason, message)
+            return
+        await self._send(message)
+
+    async def _send(self, message: BusMessage) -> None:
+        session = self._session
+        while session is not None and session.outbox_full:
+            # Backpressure: wait for the peer to acknowledge. A peer that never
+            # does is caught by the heartbeat, which closes the session.
+            self._outbox_space.clear()
+            await self._outbox_space.wait()
+            session = self._session
+        if session is None:
+            self._count_drop(self.stats.dropped_out, DropReason.NOT_CONNECTED, message)
+            return
+        try:
+            data = session.send_message(message)
+        except MessageTooLarge as exc:
+            logger.warning("proxy %r dropped %s: %s", self.name, type(message).__name__, exc)
+            self._count_drop(self.stats.dropped_out, DropReason.TOO_LARGE, message)
+            return
+        except CodecError as exc:
+            logger.warning("proxy %r cannot encode %s: %s", self.name, type(message).__name__, exc)
+            self._count_drop(self.stats.dropped_out, DropReason.ENCODE_FAILED, message)
+            return
+        self.stats.messages_out += 1
+        await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        async with self._write_lock:
+            try:
+                await conn.send(data)
+            except TransportError:
+                # The receive loop sees the same closed connection and ends the session.
+                return
+        self.stats.bytes_out += len(data)
+
+    def _count_drop(self, counter: Counter[str], reason: DropReason, what: object) -> None:
+        counter[reason.value] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            direction = "outbound" if counter is self.stats.dropped_out else "inbound"
+            logger.debug("proxy %r dropped %s %r: %s", self.name, direction, what, reason.value)
+
+    # ------------------------------------------------------------ session loop
+
+    async def _run_session(self, conn: Connection, session: Session) -> None:
+        """Serve an open session until it ends; always closes ``conn``."""
+        self._conn, self._session = conn, session
+        self._ready_sent = False
+        self._outbox_space.set()
+        self.stats.sessions += 1
+        heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
+        watch: Watch = self.registry.watch(self.rules.local_worker, self._announce_ready)
+        code: int = CloseCode.INTERNAL_ERROR
+        reason = "internal error"
+        try:
+            code, reason = await self._receive_loop(conn, session)
+        except Exception:
+            logger.exception("proxy %r: the receive loop failed", self.name)
+        finally:
+            watch.cancel()
+            heartbeat.cancel()
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
+            self._session = self._conn = None
+            self._outbox_space.set()  # wake senders waiting for room: they now drop
+            self.registry.set_gone(self.rules.remote_worker)
+            await conn.aclose(code, reason)
+            logger.info("proxy %r: session closed (%d %s)", self.name, code, reason)
+
+    async def _receive_loop(self, conn: Connection, session: Session) -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        limit = self.max_message_bytes
+        while True:
+            try:
+                data = await conn.receive()
+            except ConnectionClosed as exc:
+                return (exc.code or CloseCode.GOING_AWAY), "connection closed"
+            except MessageTooLarge as exc:
+                logger.warning("proxy %r: peer sent an oversized frame: %s", self.name, exc)
+                return CloseCode.TOO_LARGE, "frame too large"
+            except ProtocolError as exc:
+                self._count_drop(self.stats.dropped_in, DropReason.MALFORMED, exc)
+                continue
+            self.stats.bytes_in += len(data)
+            if len(data) > limit:  # backends enforce this too; never decode past the limit
+                logger.warning("proxy %r: peer sent %d bytes > %d", self.name, len(data), limit)
+                return CloseCode.TOO_LARGE, "frame too large"
+            try:
+                event = session.receive(data, loop.time())
+            except ProtocolError as exc:
+                logger.warning("proxy %r: protocol error from peer: %s", self.name, exc)
+                await self._write(session.bye_frame(CloseCode.PROTOCOL_ERROR, str(exc)))
+                return CloseCode.PROTOCOL_ERROR, "protocol error"
+            if event is not None:
+                if isinstance(event, ByeReceived):
+                    logger.info(
+                        "proxy %r: peer said bye (%d %s)", self.name, event.code, event.reason
+                    )
+                    return CloseCode.NORMAL, "bye"
+                await self._on_event(event)
+            for frame in session.data_to_send():
+                await self._write(frame)
+            if not session.outbox_full:
+                self._outbox_space.set()
+            if self._ack_timer is None and session.last_received_seq:
+                self._ack_timer = loop.call_later(session.ack_delay, self._flush_ack, session)
+
+    async def _on_event(self, event: Event) -> None:
+        if isinstance(event, MessageReceived):
+            message = event.message
+            decision = self.rules.inbound(message)
+            if isinstance(decision, Drop):
+                self._count_drop(self.stats.dropped_in, decision.reason, message)
+                return
+            self.stats.messages_in += 1
+            await self.bus.send(message)
+        elif isinstance(event, MessageUndecodable):
+            self._count_drop(self.stats.dropped_in, event.reason, event.error)
+        elif isinstance(event, DuplicateDiscarded):
+            self.stats.duplicates += 1
+        elif isinstance(event, RemoteReady):
+            self._remote_ready(event.worker)
+        elif isinstance(event, PongReceived):
+            self.stats.heartbeat_rtt = event.rtt
+
+    def _remote_ready(self, worker: str) -> None:
+        if worker != self.rules.remote_worker:
+            logger.warning(
+                "proxy %r: peer announced worker %r, but only %r is configured; ignored",
+                self.name,
+                worker,
+                self.rules.remote_worker,
+            )
+            self.stats.dropped_in[DropReason.WRONG_SOURCE.value] += 1
+            return
+        self.registry.set_ready(worker, remote=True, via=self.name)
+
+    def _flush_ack(self, session: Session) -> None:
+        self._ack_timer = None
+        if self._session is session:
+            frame = session.ack_frame()
+            if frame is not None:
+                self.create_task(self._write(frame), name=f"{self.name}-ack")
+
+    async def _announce_ready(self, data: WorkerReadyData) -> None:
+        session = self._session
+        if session is not None and not self._ready_sent:
+            self._ready_sent = True
+            await self._write(session.ready_frame(data.name))
+
+    async def _heartbeat(self, conn: Connection, session: Session) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            now = loop.time()
+            if session.is_dead(now, self.heartbeat_timeout):
+                logger.warning(
+                    "proxy %r: nothing heard for %.1fs; closing the link",
+                    self.name,
+                    self.heartbeat_timeout,
+                )
+                await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                return
+            await self._write(session.ping_frame(now))
+
+    async def _close_session(self, code: int, reason: str) -> None:
+        """Say BYE, close the connection, and wait (bounded) for the session to wind down."""
+        session, conn, task = self._session, self._conn, self._session_task
+        if session is not None and conn is not None:
+            await self._write(session.bye_frame(code, reason))
+            await conn.aclose(code, reason)
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            await asyncio.wait({task}, timeout=self.heartbeat_timeout)
+
+
+class ProxyClient(_ProxyWorker):
+    """The client side of a proxy: connects to a server when activated.
+
+    Activate it (``await worker.activate_worker("proxy")``) to connect; it
+    never opens a second connection while one is open or opening. Events:
+    ``on_connected(proxy, connection)``, ``on_disconnected(proxy, connection)``,
+    ``on_connect_error(proxy, error)``.
+
+    Args:
+        name: this worker's name.
+        url: the server's URL (``ws://host:port/ws``).
+        local_worker_name: the worker on this bus that talks to the remote one.
+        remote_worker_name: the worker on the server's bus.
+        forward_messages: the message types allowed to cross, both ways.
+        headers: sent with the connection request (e.g. an auth token).
+        transport: a transport name or instance (default ``"websockets"``).
+        codec: a codec name or instance, or several in order of preference.
+        ssl: TLS context for ``wss://`` (and other secure schemes).
+        open_timeout: seconds allowed to connect and complete the handshake.
+        forward_broadcasts, max_message_bytes, heartbeat_interval,
+        heartbeat_timeout, max_unacked: see ``docs/concepts.md``.
+        active: connect as soon as the runner starts.
+    """
+
+    EVENTS = (*BaseWorker.EVENTS, "on_connected", "on_disconnected", "on_connect_error")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str,
+        local_worker_name: str,
+        remote_worker_name: str,
+        forward_messages: Sequence[type[BusMessage]] = (),
+        headers: dict[str, str] | None = None,
+        transport: str | Transport = "websockets",
+        codec: CodecSpec = "msgpack",
+        ssl: SSLContext | None = None,
+        open_timeout: float = 10.0,
+        forward_broadcasts: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 30.0,
+        max_unacked: int = 4096,
+        active: bool = False,
+    ) -> None:
+        super().__init__(
+            name,
+            local_worker_name=local_worker_name,
+            remote_worker_name=remote_worker_name,
+            forward_messages=forward_messages,
+            forward_broadcasts=forward_broadcasts,
+            max_message_bytes=max_message_bytes,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            max_unacked=max_unacked,
+            active=active,
+        )
+        self.url = url
+        self.headers = dict(headers or {})
+        self.transport = resolve_transport(transport)
+        self.codecs = _codec_list(codec)
+        self.ssl = ssl
+        self.open_timeout = open_timeout
+        self.last_error: ProxyError | None = None
+        self._outcome: asyncio.Future[None] | None = None
+
+    async def on_start(self) -> None:
+        if self.active:
+            self._connect()
+
+    async def on_activated(self, args: dict[str, Any] | None) -> None:
+        self._connect()
+
+    async def on_deactivated(self) -> None:
+        await self._close_session(CloseCode.NORMAL, "deactivated")
+
+    async def on_end(self, reason: str | None) -> None:
+        await self._close_session(CloseCode.NORMAL, reason or "end")
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        """Wait until the current connection attempt succeeds, or raise why it failed.
+
+        Raises:
+            AuthenticationError: the server refused our headers.
+            SessionRejected: the server refused the session for another reason.
+            ConnectError: the server could not be reached.
+            TimeoutError: no outcome within ``timeout`` seconds.
+        """
+        await asyncio.wait_for(asyncio.shield(self._get_outcome()), timeout)
+
+    def _get_outcome(self) -> asyncio.Future[None]:
+        if self._outcome is None:
+            self._outcome = asyncio.get_running_loop().create_future()
+        return self._outcome
+
+    def _connect(self) -> None:
+        if self._session_task is not None and not self._session_task.done():
+            logger.debug("proxy %r is already connected or connecting", self.name)
+            return
+        if self._outcome is not None and self._outcome.done():
+            self._outcome = None
+        self._get_outcome()
+        self._session_task = self.create_task(self._client_main(), name=f"{self.name}-session")
+
+    async def _client_main(self) -> None:
+        outcome = self._get_outcome()
+        try:
+            conn = await self.transport.connect(
+                self.url,
+                headers=self.headers,
+                ssl=self.ssl,
+                max_message_bytes=self.max_message_bytes,
+                open_timeout=self.open_timeout,
+            )
+        except ProxyError as exc:
+            await self._fail(outcome, exc)
+            return
+        try:
+            session, welcome = await asyncio.wait_for(self._handshake(conn), self.open_timeout)
+        except (ProxyError, TimeoutError) as exc:
+            await conn.aclose(CloseCode.PROTOCOL_ERROR, "handshake failed")
+            error = exc if isinstance(exc, ProxyError) else HandshakeError("handshake timed out")
+            await self._fail(outcome, error)
+            return
+        self.last_error = None
+        if not outcome.done():
+            outcome.set_result(None)
+        logger.info(
+            "proxy %r connected to %s (session %s)", self.name, self.url, session.session_id
+        )
+        await self._call_event("on_connected", conn)
+        try:
+            for worker in welcome.ready:
+                self._remote_ready(worker)
+            await self._run_session(conn, session)
+        finally:
+            await self._call_event("on_disconnected", conn)
+
+    async def _handshake(self, conn: Connection) -> tuple[Session, Welcome]:
+        await conn.send(
+            client_hello(
+                self.codecs,
+                client_worker=self.rules.local_worker,
+                server_worker=self.rules.remote_worker,
+                max_message_bytes=self.max_message_bytes,
+            )
+        )
+        welcome, codec = client_accept(await conn.receive(), self.codecs)
+        session = Session(
+            codec,
+            session_id=welcome.session_id,
+            peer_max_message_bytes=min(welcome.max_message_bytes, self.max_message_bytes),
+            max_unacked=self.max_unacked,
+            now=asyncio.get_running_loop().time(),
+        )
+        return session, welcome
+
+    async def _fail(self, outcome: asyncio.Future[None], error: ProxyError) -> None:
+        self.last_error = error
+        logger.error("proxy %r could not connect to %s: %s", self.name, self.url, error)
+        if not outcome.done():
+            outcome.set_exception(error)
+            outcome.add_done_callback(lambda f: f.exception())  # retrieved: no GC warning
+        await self._call_event("on_connect_error", error)
+
+
+class ProxyServer(_ProxyWorker):
+    """The server side of a proxy: serves one accepted connection in its own runner.
+
+    It starts serving when its runner starts. Events:
+    ``on_client_connected(proxy, connection)`` after a successful handshake, and
+    ``on_client_disconnected(proxy, connection)`` whenever that session ends,
+    however it ends. By default the runner is ended when the session ends.
+
+    Args:
+        name: this worker's name.
+        connection: an accepted :class:`~proxy_core.transport.Connection`.
+        worker_name: the worker on this bus that talks to the client's.
+        remote_worker_name: the client's worker.
+        forward_messages: the message types allowed to cross, both ways.
+        codecs: codec names or instances this server accepts; the client's
+            order of preference decides.
+        authenticate: ``authenticate(headers)`` run before the session exists.
+        end_runner_on_disconnect: end the runner when the session ends.
+        handshake_timeout: seconds the client has to send HELLO.
+    """
+
+    EVENTS = (*BaseWorker.EVENTS, "on_client_connected", "on_client_disconnected")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        connection: Connection,
+        worker_name: str,
+        remote_worker_name: str,
+        forward_messages: Sequence[type[BusMessage]] = (),
+        codecs: CodecSpec = ("msgpack", "json"),
+        authenticate: Authenticator | None = None,
+        end_runner_on_disconnect: bool = True,
+        handshake_timeout: float = 10.0,
+        forward_broadcasts: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 30.0,
+        max_unacked: int = 4096,
+    ) -> None:
+        super().__init__(
+            name,
+            local_worker_name=worker_name,
+            remote_worker_name=remote_worker_name,
+            forward_messages=forward_messages,
+            forward_broadcasts=forward_broadcasts,
+            max_message_bytes=max_message_bytes,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            max_unacked=max_unacked,
+            active=True,
+        )
+        if not isinstance(connection, Connection):
+            raise ConfigurationError(
+                f"connection must be a proxy_core Connection, got {type(connection).__qualname__}; "
+                "wrap library sockets with transport.adapt(...)"
+            )
+        self.connection = connection
+        self.codecs = _codec_list(codecs)
+        self.authenticate = authenticate
+        self.end_runner_on_disconnect = end_runner_on_disconnect
+        self.handshake_timeout = handshake_timeout
+
+    async def on_start(self) -> None:
+        self._session_task = self.create_task(self._server_main(), name=f"{self.name}-session")
+
+    async def on_end(self, reason: str | None) -> None:
+        await self._close_session(CloseCode.GOING_AWAY, reason or "server ending")
+
+    async def _server_main(self) -> None:
+        conn = self.connection
+        try:
+            session = await self._accept(conn)
+            if session is None:
+                return
+            await self._call_event("on_client_connected", conn)
+            try:
+                await self._run_session(conn, session)
+            finally:
+                await self._call_event("on_client_disconnected", conn)
+        finally:
+            await conn.aclose()
+            if self.end_runner_on_disconnect:
+                await self.runner.end("client disconnected")
+
+    async def _accept(self, conn: Connection) -> Session | None:
+        try:
+            first = await asyncio.wait_for(conn.receive(), self.handshake_timeout)
+        except (TransportError, MessageTooLarge, ProtocolError, TimeoutError) as exc:
+            logger.info("proxy %r: no valid HELLO from %s: %r", self.name, conn.remote_address, exc)
+            await conn.aclose(CloseCode.PROTOCOL_ERROR, "no HELLO")
+            return None
+        result = server_negotiate(
+            first,
+            self.codecs,
+            worker_name=self.rules.local_worker,
+            remote_worker_name=self.rules.remote_worker,
+        )
+        if not isinstance(result, Reject):
+            refusal = await check_authentication(self.authenticate, conn.request_headers)
+            if refusal is not None:
+                result = Reject(RejectCode.UNAUTHORIZED, refusal)
+        if isinstance(result, Reject):
+            logger.info("proxy %r rejected %s: %s", self.name, conn.remote_address, result.reason)
+            try:
+                await conn.send(encode_handshake(result))
+            except TransportError:
+                pass
+            await conn.aclose(result.code, result.reason[:120])
+            return None
+        hello, codec = result
+        now = asyncio.get_running_loop().time()
+        session = Session(
+            codec,
+            session_id=new_session_id(),
+            peer_max_message_bytes=min(hello.max_message_bytes, self.max_message_bytes),
+            max_unacked=self.max_unacked,
+            now=now,
+        )
+        welcome = Welcome(
+            codec=codec.name,
+            session_id=session.session_id,
+            ready=(),
+            max_message_bytes=self.max_message_bytes,
+        )
+        try:
+            await conn.send(encode_handshake(welcome))
+        except TransportError:
+            return None
+        return session

@@ -1,0 +1,113 @@
+"""The worker registry: who is ready, local or remote, and who is waiting to know."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Watch", "WorkerReadyData", "WorkerRegistry", "WatchCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReadyData:
+    """What a watch callback learns about a worker that became ready.
+
+    Attributes:
+        name: the worker's name.
+        remote: true when the worker lives on the other side of a proxy.
+        via: for a remote worker, the name of the proxy that announced it.
+    """
+
+    name: str
+    remote: bool = False
+    via: str | None = None
+
+
+WatchCallback = Callable[[WorkerReadyData], Awaitable[None]]
+
+
+class Watch:
+    """A registered watch; :meth:`cancel` stops it. Awaiting it is allowed and returns at once."""
+
+    def __init__(self, registry: WorkerRegistry, name: str, callback: WatchCallback) -> None:
+        self._registry = registry
+        self.name = name
+        self.callback = callback
+
+    def cancel(self) -> None:
+        """Stop receiving notifications for this watch."""
+        self._registry._unwatch(self)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        # Lets both `registry.watch(...)` and `await registry.watch(...)` work.
+        return
+        yield  # pragma: no cover
+
+
+class WorkerRegistry:
+    """Tracks ready workers and notifies watchers.
+
+    Args:
+        spawn: starts a callback coroutine as a task the owner tracks and
+            cancels on shutdown (the runner passes its own).
+    """
+
+    def __init__(self, spawn: Callable[[Coroutine[Any, Any, None]], object]) -> None:
+        self._spawn = spawn
+        self._ready: dict[str, WorkerReadyData] = {}
+        self._watches: dict[str, list[Watch]] = {}
+
+    def watch(self, name: str, callback: WatchCallback) -> Watch:
+        """Call ``await callback(data)`` each time worker ``name`` becomes ready.
+
+        Fires at once (in a new task) if the worker is already ready, whether
+        it is local or remote.
+        """
+        handle = Watch(self, name, callback)
+        self._watches.setdefault(name, []).append(handle)
+        data = self._ready.get(name)
+        if data is not None:
+            self._spawn(self._notify(handle, data))
+        return handle
+
+    def _unwatch(self, handle: Watch) -> None:
+        watches = self._watches.get(handle.name)
+        if watches and handle in watches:
+            watches.remove(handle)
+
+    def set_ready(self, name: str, *, remote: bool = False, via: str | None = None) -> None:
+        """Record that ``name`` is ready and notify its watchers (once per transition)."""
+        if name in self._ready:
+            return
+        data = WorkerReadyData(name, remote, via)
+        self._ready[name] = data
+        logger.debug("worker %r is ready (remote=%s)", name, remote)
+        for handle in list(self._watches.get(name, ())):
+            self._spawn(self._notify(handle, data))
+
+    def set_gone(self, name: str) -> None:
+        """Record that ``name`` is no longer available (a remote link closed, a worker ended)."""
+        if self._ready.pop(name, None) is not None:
+            logger.debug("worker %r is gone", name)
+
+    def is_ready(self, name: str) -> bool:
+        """Whether ``name`` is ready now."""
+        return name in self._ready
+
+    def get(self, name: str) -> WorkerReadyData | None:
+        """Return what is known about ready worker ``name``, or ``None``."""
+        return self._ready.get(name)
+
+    def ready_workers(self) -> list[str]:
+        """Return the names of the ready workers, sorted."""
+        return sorted(self._ready)
+
+    async def _notify(self, handle: Watch, data: WorkerReadyData) -> None:
+        try:
+            await handle.callback(data)
+        except Exception:
+            logger.exception("watch callback for worker %r failed", data.name)

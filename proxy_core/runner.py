@@ -1,0 +1,176 @@
+"""The runner: owns a bus and a registry, starts workers, and shuts them down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from .bus import Bus
+from .errors import ConfigurationError
+from .messages import BusCancelMessage, BusEndMessage, BusMessage, BusWorkerReadyMessage
+from .registry import WorkerRegistry
+from .worker import BaseWorker
+
+__all__ = ["WorkerRunner"]
+
+logger = logging.getLogger(__name__)
+
+_counter = itertools.count(1)
+
+
+class WorkerRunner:
+    """Runs workers on one in-process bus.
+
+    ``await runner.add_workers(*workers)`` hands each worker the bus (before
+    or during ``run``); ``await runner.run()`` starts them and returns once
+    :meth:`end` or :meth:`cancel` is called (or a worker puts a
+    :class:`~proxy_core.messages.BusEndMessage` or
+    :class:`~proxy_core.messages.BusCancelMessage` on the bus).
+
+    Args:
+        name: a name for logs; generated if omitted.
+        handle_sigint: on SIGINT, end gracefully (a second SIGINT cancels).
+            Only takes effect in the main thread.
+    """
+
+    def __init__(self, name: str | None = None, *, handle_sigint: bool = True) -> None:
+        self.name = name or f"runner-{next(_counter)}"
+        self.handle_sigint = handle_sigint
+        self.bus = Bus()
+        self.registry = WorkerRegistry(self._spawn)
+        self._workers: dict[str, BaseWorker] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = False
+        self._finished = False
+        self._done: asyncio.Event | None = None
+        self._stop_reason: str | None = None
+        self._graceful = True
+        self._sigints = 0
+        # The runner listens on its own bus for runner-wide end and cancel.
+        self.bus.attach(self, ())
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def workers(self) -> list[BaseWorker]:
+        """The workers added so far."""
+        return list(self._workers.values())
+
+    async def add_workers(self, *workers: BaseWorker) -> None:
+        """Hand the bus to ``workers``; start them now if the runner is running.
+
+        Raises:
+            ConfigurationError: a worker name (or a name a proxy claims) is taken,
+                or the runner has finished.
+        """
+        if self._finished:
+            raise ConfigurationError(f"runner {self.name!r} has finished; create a new one")
+        for worker in workers:
+            if not isinstance(worker, BaseWorker):
+                raise ConfigurationError(f"{worker!r} is not a BaseWorker")
+            if worker.name in self._workers:
+                raise ConfigurationError(
+                    f"a worker named {worker.name!r} is already in {self.name!r}"
+                )
+            worker._attach(self)
+            self.bus.attach(worker, worker.routed_names())
+            self._workers[worker.name] = worker
+            if self._running:
+                worker._start()
+
+    async def run(self) -> None:
+        """Start the workers and wait until the runner ends or is cancelled.
+
+        Raises:
+            ConfigurationError: the runner is already running or has finished.
+        """
+        if self._running or self._finished:
+            raise ConfigurationError(f"runner {self.name!r} can only run once")
+        self._running = True
+        self._done = asyncio.Event()
+        if self._stop_reason is not None:  # end() or cancel() came before run()
+            self._done.set()
+        remove_sigint = self._install_sigint()
+        try:
+            for worker in list(self._workers.values()):
+                worker._start()
+            await self._done.wait()
+        finally:
+            remove_sigint()
+            await self._shutdown()
+
+    async def end(self, reason: str | None = None) -> None:
+        """Stop gracefully: each worker's ``on_end`` runs, then ``run`` returns."""
+        self._request_stop(reason, graceful=True)
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Stop at once: worker tasks are cancelled without ``on_end``."""
+        self._request_stop(reason or "cancelled", graceful=False)
+
+    # ------------------------------------------------------------ bus endpoint
+
+    def deliver(self, message: BusMessage) -> None:
+        """Receive broadcasts: runner-wide end and cancel (called by the bus)."""
+        if isinstance(message, BusEndMessage):
+            self._request_stop(message.reason, graceful=True)
+        elif isinstance(message, BusCancelMessage):
+            self._request_stop(message.reason, graceful=False)
+
+    # ------------------------------------------------------------ internals
+
+    def _request_stop(self, reason: str | None, *, graceful: bool) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason or "ended"
+        self._graceful = self._graceful and graceful
+        if self._done is not None:
+            self._done.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _worker_ready(self, worker: BaseWorker) -> None:
+        self.registry.set_ready(worker.name)
+        self._spawn(self.bus.send(BusWorkerReadyMessage(worker.name, None, worker.name)))
+
+    async def _end_worker(self, worker: BaseWorker, reason: str | None) -> None:
+        await worker._stop(reason, graceful=True)
+        self.registry.set_gone(worker.name)
+
+    async def _shutdown(self) -> None:
+        logger.debug("runner %r stopping (%s)", self.name, self._stop_reason)
+        workers = list(self._workers.values())
+        await asyncio.gather(
+            *(w._stop(self._stop_reason, graceful=self._graceful) for w in workers),
+            return_exceptions=True,
+        )
+        current = asyncio.current_task()
+        pending = [t for t in self._tasks if t is not current and not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._running = False
+        self._finished = True
+
+    def _install_sigint(self) -> Any:
+        if not self.handle_sigint or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        loop = asyncio.get_running_loop()
+
+        def on_sigint() -> None:
+            self._sigints += 1
+            self._request_stop("SIGINT", graceful=self._sigints == 1)
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows
+            return lambda: None
+        return lambda: loop.remove_signal_handler(signal.SIGINT)

@@ -1,0 +1,128 @@
+"""``serve_proxy``: a server that gives every accepted connection its own runner and proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from ssl import SSLContext
+from typing import Any
+
+from .messages import BusMessage
+from .plugins import resolve_transport
+from .protocol import CloseCode
+from .proxy import CodecSpec, ProxyServer
+from .runner import WorkerRunner
+from .transport import DEFAULT_MAX_MESSAGE_BYTES, Authenticator, Connection, Transport
+
+__all__ = ["ProxyService", "serve_proxy"]
+
+logger = logging.getLogger(__name__)
+
+SetupHook = Callable[[WorkerRunner], Awaitable[None]]
+
+
+class ProxyService:
+    """A running :func:`serve_proxy` server.
+
+    Attributes:
+        url: the URL clients connect to (with the real port if 0 was asked for).
+        runners: the runners of the sessions open now.
+        proxies: the server proxies of the sessions open now.
+        sessions_served: how many connections were handed a runner so far.
+    """
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.runners: set[WorkerRunner] = set()
+        self.proxies: set[ProxyServer] = set()
+        self.sessions_served = 0
+
+
+@asynccontextmanager
+async def serve_proxy(
+    url: str,
+    *,
+    worker_name: str,
+    remote_worker_name: str,
+    setup: SetupHook,
+    transport: str | Transport = "websockets",
+    codecs: CodecSpec = ("msgpack", "json"),
+    forward_messages: Sequence[type[BusMessage]] = (),
+    authenticate: Authenticator | None = None,
+    ssl: SSLContext | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    proxy_name: str = "proxy",
+    **proxy_options: Any,
+) -> AsyncIterator[ProxyService]:
+    """Serve proxy sessions on ``url`` while the ``async with`` block runs.
+
+    Every accepted connection gets its own :class:`WorkerRunner`, a
+    :class:`ProxyServer` named ``proxy_name`` and the workers that
+    ``await setup(runner)`` adds, so sessions never share a bus. Leaving the
+    block stops accepting, cancels every open session and closes its socket.
+
+    Args:
+        url: where to listen, e.g. ``"ws://127.0.0.1:0/ws"`` (port 0 picks one).
+        worker_name: the worker ``setup`` adds that talks to the client.
+        remote_worker_name: the client's worker.
+        setup: ``async def setup(runner)`` that adds this session's workers.
+        transport: a transport name or instance.
+        codecs: the codecs accepted, by name or instance.
+        forward_messages: the message types allowed to cross, both ways.
+        authenticate: ``authenticate(headers)``, run before a session exists.
+        ssl: a server TLS context.
+        max_message_bytes: the frame limit, enforced before decoding.
+        proxy_name: the name of the proxy worker in each session.
+        **proxy_options: more :class:`ProxyServer` options (heartbeats...).
+    """
+    backend = resolve_transport(transport)
+    service = ProxyService()
+    counter = itertools.count(1)
+
+    async def handle(conn: Connection) -> None:
+        number = next(counter)
+        runner = WorkerRunner(name=f"session-{number}", handle_sigint=False)
+        proxy = ProxyServer(
+            proxy_name,
+            connection=conn,
+            worker_name=worker_name,
+            remote_worker_name=remote_worker_name,
+            forward_messages=forward_messages,
+            codecs=codecs,
+            max_message_bytes=max_message_bytes,
+            **proxy_options,
+        )
+        try:
+            await setup(runner)
+            await runner.add_workers(proxy)
+        except Exception:
+            logger.exception("setup of session %d failed; closing the connection", number)
+            await conn.aclose(CloseCode.INTERNAL_ERROR, "session setup failed")
+            return
+        service.sessions_served += 1
+        service.runners.add(runner)
+        service.proxies.add(proxy)
+        try:
+            await runner.run()
+        finally:
+            service.runners.discard(runner)
+            service.proxies.discard(proxy)
+
+    async with backend.serve(
+        url, handle, authenticate=authenticate, ssl=ssl, max_message_bytes=max_message_bytes
+    ) as listener:
+        service.url = listener.url
+        try:
+            yield service
+        finally:
+            runners = list(service.runners)
+            for runner in runners:
+                await runner.cancel("server closing")
+            # Each session's handler returns once its runner has shut down.
+            for _ in range(1000):
+                if not service.runners:
+                    break
+                await asyncio.sleep(0.01)

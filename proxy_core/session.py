@@ -1,0 +1,374 @@
+"""The sans-I/O session: handshake, sequence numbers, acks and heartbeats.
+
+Nothing here awaits or touches a socket. The proxy feeds received bytes and the
+clock in, and writes out what the session returns, as in the websockets and
+h11 protocol objects. See ``docs/protocol.md`` for the rules implemented here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .codecs.base import Codec
+from .errors import (
+    AuthenticationError,
+    CodecError,
+    HandshakeError,
+    MessageTooLarge,
+    ProtocolError,
+    SessionRejected,
+    UnknownMessageType,
+)
+from .messages import BusMessage
+from .protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Bye,
+    Hello,
+    Msg,
+    Ping,
+    Pong,
+    Ready,
+    Reject,
+    RejectCode,
+    Welcome,
+    decode_handshake,
+    encode_handshake,
+)
+from .rules import DropReason
+
+__all__ = [
+    "ByeReceived",
+    "DuplicateDiscarded",
+    "Event",
+    "MessageReceived",
+    "MessageUndecodable",
+    "PongReceived",
+    "RemoteReady",
+    "Session",
+    "client_accept",
+    "client_hello",
+    "server_negotiate",
+]
+
+
+# ---------------------------------------------------------------- handshake
+
+
+def client_hello(
+    codecs: Sequence[Codec], *, client_worker: str, server_worker: str, max_message_bytes: int
+) -> bytes:
+    """Return the HELLO frame a client sends first."""
+    return encode_handshake(
+        Hello(
+            codecs=tuple(c.name for c in codecs),
+            client_worker=client_worker,
+            server_worker=server_worker,
+            max_message_bytes=max_message_bytes,
+        )
+    )
+
+
+def client_accept(data: bytes, codecs: Sequence[Codec]) -> tuple[Welcome, Codec]:
+    """Read the server's answer to HELLO; return the WELCOME and the chosen codec.
+
+    Raises:
+        AuthenticationError: REJECT with code UNAUTHORIZED.
+        SessionRejected: any other REJECT.
+        HandshakeError: a malformed answer, or a codec we did not offer.
+    """
+    frame = decode_handshake(data)
+    if isinstance(frame, Reject):
+        if frame.code == RejectCode.UNAUTHORIZED:
+            raise AuthenticationError(frame.reason, frame.code)
+        raise SessionRejected(frame.code, frame.reason)
+    if not isinstance(frame, Welcome):
+        raise HandshakeError("expected WELCOME or REJECT from the server")
+    if frame.version != PROTOCOL_VERSION:
+        raise HandshakeError(f"server answered with protocol version {frame.version}")
+    for codec in codecs:
+        if codec.name == frame.codec:
+            return frame, codec
+    raise HandshakeError(f"server chose codec {frame.codec!r}, which was not offered")
+
+
+def server_negotiate(
+    data: bytes,
+    codecs: Sequence[Codec],
+    *,
+    worker_name: str,
+    remote_worker_name: str,
+) -> tuple[Hello, Codec] | Reject:
+    """Check a client's HELLO; return it with the chosen codec, or the REJECT to send.
+
+    The codec is the first one in the client's order of preference that the
+    server also has.
+    """
+    try:
+        hello = decode_handshake(data)
+    except HandshakeError as exc:
+        return Reject(RejectCode.BAD_HELLO, str(exc))
+    if not isinstance(hello, Hello):
+        return Reject(RejectCode.BAD_HELLO, "the first frame must be HELLO")
+    if hello.version != PROTOCOL_VERSION:
+        return Reject(
+            RejectCode.UNSUPPORTED_VERSION,
+            f"protocol version {hello.version} is not supported; this server speaks "
+            f"{PROTOCOL_VERSION}",
+        )
+    if hello.server_worker != worker_name or hello.client_worker != remote_worker_name:
+        return Reject(
+            RejectCode.UNKNOWN_WORKER,
+            f"this server connects worker {worker_name!r} with remote worker "
+            f"{remote_worker_name!r}; the client asked for {hello.server_worker!r} "
+            f"from {hello.client_worker!r}",
+        )
+    if hello.max_message_bytes < 1:
+        return Reject(RejectCode.BAD_HELLO, "max_message_bytes must be positive")
+    by_name = {c.name: c for c in codecs}
+    for name in hello.codecs:
+        if name in by_name:
+            return hello, by_name[name]
+    return Reject(
+        RejectCode.NO_COMMON_CODEC,
+        f"no common codec: client offered {list(hello.codecs)}, server has {sorted(by_name)}",
+    )
+
+
+def new_session_id() -> str:
+    """Return a fresh, unguessable session id."""
+    return secrets.token_hex(16)
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A bus message arrived in order."""
+
+    seq: int
+    message: BusMessage
+
+
+@dataclass(frozen=True, slots=True)
+class MessageUndecodable:
+    """A frame did not decode; ``seq`` is set when it was a MSG whose number was readable."""
+
+    seq: int | None
+    reason: DropReason
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateDiscarded:
+    """A MSG with a sequence number already delivered."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteReady:
+    """The peer announced that its served worker is ready."""
+
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """The answer to one of our PINGs; ``rtt`` in seconds."""
+
+    nonce: int
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class ByeReceived:
+    """The peer is closing the session on purpose."""
+
+    code: int
+    reason: str
+
+
+Event = (
+    MessageReceived
+    | MessageUndecodable
+    | DuplicateDiscarded
+    | RemoteReady
+    | PongReceived
+    | ByeReceived
+)
+
+
+# ---------------------------------------------------------------- session
+
+
+class Session:
+    """One open session, after the handshake: numbering, acks, outbox, liveness.
+
+    Args:
+        codec: the negotiated codec.
+        session_id: the id from WELCOME.
+        peer_max_message_bytes: the largest frame the peer accepts.
+        max_unacked: the outbox size; :attr:`outbox_full` tells the sender to wait.
+        ack_every: acknowledge at once after this many unacknowledged messages.
+        ack_delay: otherwise acknowledge this long after the first one.
+        now: the current time (any monotonic clock, in seconds).
+    """
+
+    def __init__(
+        self,
+        codec: Codec,
+        *,
+        session_id: str,
+        peer_max_message_bytes: int,
+        max_unacked: int = 4096,
+        ack_every: int = 32,
+        ack_delay: float = 0.05,
+        now: float,
+    ) -> None:
+        self.codec = codec
+        self.session_id = session_id
+        self.peer_max_message_bytes = peer_max_message_bytes
+        self.max_unacked = max_unacked
+        self.ack_every = ack_every
+        self.ack_delay = ack_delay
+        self.last_sent_seq = 0
+        self.last_received_seq = 0
+        self._last_acked_by_us = 0
+        self._first_unacked_at: float | None = None
+        self._outbox: deque[tuple[int, bytes]] = deque()
+        self._pending: list[bytes] = []
+        self._pings: dict[int, float] = {}
+        self._next_nonce = 1
+        self.last_received_at = now
+
+    # -------------------------------------------------------- sending
+
+    def send_message(self, message: BusMessage) -> bytes:
+        """Number and encode ``message``, keep it until acknowledged, return the frame.
+
+        The sequence number is spent only when the message is accepted.
+
+        Raises:
+            CodecError: a value cannot be encoded.
+            MessageTooLarge: the frame exceeds the peer's limit.
+        """
+        seq = self.last_sent_seq + 1
+        data = self.codec.encode(Msg(seq, message))
+        if len(data) > self.peer_max_message_bytes:
+            raise MessageTooLarge(len(data), self.peer_max_message_bytes)
+        self.last_sent_seq = seq
+        self._outbox.append((seq, data))
+        return data
+
+    @property
+    def outbox_full(self) -> bool:
+        """Whether the peer has left ``max_unacked`` messages unacknowledged."""
+        return len(self._outbox) >= self.max_unacked
+
+    @property
+    def unacked(self) -> int:
+        """How many sent messages the peer has not acknowledged yet."""
+        return len(self._outbox)
+
+    def ready_frame(self, worker: str) -> bytes:
+        """Return a READY frame for ``worker``."""
+        return self.codec.encode(Ready(worker))
+
+    def bye_frame(self, code: int, reason: str) -> bytes:
+        """Return a BYE frame."""
+        return self.codec.encode(Bye(code, reason))
+
+    def ping_frame(self, now: float) -> bytes:
+        """Return a PING frame and remember when it left."""
+        nonce = self._next_nonce
+        self._next_nonce += 1
+        self._pings[nonce] = now
+        if len(self._pings) > 16:  # unanswered pings: keep the newest few only
+            del self._pings[min(self._pings)]
+        return self.codec.encode(Ping(nonce))
+
+    def ack_due(self, now: float) -> bool:
+        """Whether an ACK should go out now (received messages waited ``ack_delay``)."""
+        return self._first_unacked_at is not None and now - self._first_unacked_at >= self.ack_delay
+
+    def ack_frame(self) -> bytes | None:
+        """Return an ACK for everything received so far, or ``None`` if nothing is owed."""
+        if self.last_received_seq == self._last_acked_by_us:
+            return None
+        self._last_acked_by_us = self.last_received_seq
+        self._first_unacked_at = None
+        return self.codec.encode(Ack(self.last_received_seq))
+
+    def data_to_send(self) -> list[bytes]:
+        """Return (and forget) the control frames the session wants sent (ACK, PONG)."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def is_dead(self, now: float, timeout: float) -> bool:
+        """Whether nothing at all has arrived for ``timeout`` seconds."""
+        return now - self.last_received_at > timeout
+
+    # -------------------------------------------------------- receiving
+
+    def receive(self, data: bytes, now: float) -> Event | None:
+        """Process one received frame; return what happened, if anything the caller must see.
+
+        Raises:
+            ProtocolError: the peer broke the protocol (a gap in the numbering,
+                an ACK for a message never sent); the session must close.
+        """
+        self.last_received_at = now
+        try:
+            envelope = self.codec.decode(data)
+        except CodecError as exc:
+            reason = (
+                DropReason.UNKNOWN_TYPE
+                if isinstance(exc, UnknownMessageType)
+                else DropReason.MALFORMED
+            )
+            if exc.seq is not None and self._accept_seq(exc.seq, now):
+                return MessageUndecodable(exc.seq, reason, str(exc))
+            return MessageUndecodable(None, reason, str(exc))
+        if isinstance(envelope, Msg):
+            if envelope.seq <= self.last_received_seq:
+                return DuplicateDiscarded(envelope.seq)
+            self._accept_seq(envelope.seq, now)
+            return MessageReceived(envelope.seq, envelope.message)
+        if isinstance(envelope, Ack):
+            self._on_ack(envelope.seq)
+            return None
+        if isinstance(envelope, Ping):
+            self._pending.append(self.codec.encode(Pong(envelope.nonce)))
+            return None
+        if isinstance(envelope, Pong):
+            sent = self._pings.pop(envelope.nonce, None)
+            return None if sent is None else PongReceived(envelope.nonce, now - sent)
+        if isinstance(envelope, Ready):
+            return RemoteReady(envelope.worker)
+        return ByeReceived(envelope.code, envelope.reason)
+
+    def _accept_seq(self, seq: int, now: float) -> bool:
+        if seq <= self.last_received_seq:
+            return False
+        if seq != self.last_received_seq + 1:
+            raise ProtocolError(f"expected message {self.last_received_seq + 1}, got {seq}")
+        self.last_received_seq = seq
+        if self._first_unacked_at is None:
+            self._first_unacked_at = now
+        if seq - self._last_acked_by_us >= self.ack_every:
+            frame = self.ack_frame()
+            if frame is not None:
+                self._pending.append(frame)
+        return True
+
+    def _on_ack(self, seq: int) -> None:
+        if seq > self.last_sent_seq:
+            raise ProtocolError(f"ACK for message {seq}, but only {self.last_sent_seq} were sent")
+        outbox = self._outbox
+        while outbox and outbox[0][0] <= seq:
+            outbox.popleft()

@@ -1,0 +1,238 @@
+"""Workers: named participants on a bus, run by a :class:`~proxy_core.runner.WorkerRunner`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .bus import Bus
+from .errors import ConfigurationError
+from .messages import (
+    BusActivateWorkerMessage,
+    BusDeactivateWorkerMessage,
+    BusEndWorkerMessage,
+    BusMessage,
+)
+
+if TYPE_CHECKING:
+    from .registry import WorkerRegistry
+    from .runner import WorkerRunner
+
+__all__ = ["BaseWorker"]
+
+logger = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
+
+
+class BaseWorker:
+    """A named worker on a bus.
+
+    Subclass it and override :meth:`on_bus_message`; send with
+    :meth:`send_bus_message`. The bus is handed over by the runner in
+    ``add_workers``, never passed to the constructor. Lifecycle messages
+    targeted at this worker (activate, deactivate, end) are handled here and
+    call the hooks :meth:`on_activated`, :meth:`on_deactivated`, :meth:`on_end`.
+
+    Args:
+        name: the worker's name, unique on its bus.
+        active: whether the worker starts active.
+    """
+
+    #: The events a subclass offers to ``event_handler``; extended by subclasses.
+    EVENTS: tuple[str, ...] = ("on_activated", "on_deactivated")
+
+    def __init__(self, name: str, *, active: bool = True) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a worker name must be a non-empty string, got {name!r}")
+        self._name = name
+        self._active = active
+        self._runner: WorkerRunner | None = None
+        self._queue: asyncio.Queue[BusMessage] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[str, list[Callable[..., Any]]] = {e: [] for e in self.EVENTS}
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def name(self) -> str:
+        """The worker's name."""
+        return self._name
+
+    @property
+    def active(self) -> bool:
+        """Whether the worker is active."""
+        return self._active
+
+    @property
+    def runner(self) -> WorkerRunner:
+        """The runner this worker was added to.
+
+        Raises:
+            ConfigurationError: the worker has not been added to a runner yet.
+        """
+        if self._runner is None:
+            raise ConfigurationError(
+                f"worker {self._name!r} has no runner yet: "
+                "add it with `await runner.add_workers(...)`"
+            )
+        return self._runner
+
+    @property
+    def bus(self) -> Bus:
+        """The bus of this worker's runner."""
+        return self.runner.bus
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        """The registry of this worker's runner."""
+        return self.runner.registry
+
+    def routed_names(self) -> tuple[str, ...]:
+        """Return the names whose messages the bus delivers to this worker."""
+        return (self._name,)
+
+    # ------------------------------------------------------------ events
+
+    def event_handler(self, event: str) -> Callable[[_F], _F]:
+        """Register the decorated function (plain or ``async``) as a handler of ``event``.
+
+        Raises:
+            ConfigurationError: this worker has no such event (the message lists them).
+        """
+        if event not in self._handlers:
+            raise ConfigurationError(
+                f"{type(self).__name__} has no event {event!r}; "
+                f"available: {', '.join(sorted(self._handlers))}"
+            )
+
+        def decorate(func: _F) -> _F:
+            self._handlers[event].append(func)
+            return func
+
+        return decorate
+
+    async def _call_event(self, event: str, *args: Any) -> None:
+        for handler in list(self._handlers.get(event, ())):
+            try:
+                result = handler(self, *args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("handler of %s on worker %r failed", event, self._name)
+
+    # ------------------------------------------------------------ sending
+
+    async def send_bus_message(self, message: BusMessage) -> None:
+        """Put ``message`` on this worker's bus."""
+        await self.bus.send(message)
+
+    async def activate_worker(self, name: str, args: dict[str, Any] | None = None) -> None:
+        """Ask worker ``name`` (local, or remote through a proxy) to activate."""
+        await self.send_bus_message(BusActivateWorkerMessage(self._name, name, args))
+
+    async def deactivate_worker(self, name: str) -> None:
+        """Ask worker ``name`` to deactivate."""
+        await self.send_bus_message(BusDeactivateWorkerMessage(self._name, name))
+
+    async def end_worker(self, name: str, reason: str | None = None) -> None:
+        """Ask worker ``name`` to finish and stop."""
+        await self.send_bus_message(BusEndWorkerMessage(self._name, name, reason))
+
+    # ------------------------------------------------------------ hooks
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        """Handle a message delivered to this worker (targeted at it, or a broadcast)."""
+
+    async def on_start(self) -> None:
+        """Run when the runner starts the worker, before it is announced as ready."""
+
+    async def on_activated(self, args: dict[str, Any] | None) -> None:
+        """Run when the worker is activated."""
+
+    async def on_deactivated(self) -> None:
+        """Run when the worker is deactivated."""
+
+    async def on_end(self, reason: str | None) -> None:
+        """Run when the worker stops gracefully (its runner ends, or it was asked to end)."""
+
+    # ------------------------------------------------------------ tasks
+
+    def create_task(
+        self, coro: Coroutine[Any, Any, _T], name: str | None = None
+    ) -> asyncio.Task[_T]:
+        """Start ``coro`` as a task owned by this worker, cancelled when the worker stops."""
+        task = asyncio.get_running_loop().create_task(coro, name=name or f"{self._name}-task")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------ runner interface
+
+    def _attach(self, runner: WorkerRunner) -> None:
+        if self._runner is not None and self._runner is not runner:
+            raise ConfigurationError(f"worker {self._name!r} already belongs to another runner")
+        self._runner = runner
+
+    def deliver(self, message: BusMessage) -> None:
+        """Queue ``message`` for this worker (called by the bus)."""
+        self._queue.put_nowait(message)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"worker-{self._name}"
+        )
+
+    async def _run(self) -> None:
+        await self.on_start()
+        self.runner._worker_ready(self)
+        queue = self._queue
+        while True:
+            message = await queue.get()
+            try:
+                await self._dispatch(message)
+            except Exception:
+                logger.exception("worker %r failed to handle %r", self._name, message)
+
+    async def _dispatch(self, message: BusMessage) -> None:
+        if message.target == self._name:
+            if isinstance(message, BusActivateWorkerMessage):
+                await self._set_active(True, message.args)
+                return
+            if isinstance(message, BusDeactivateWorkerMessage):
+                await self._set_active(False, None)
+                return
+            if isinstance(message, BusEndWorkerMessage):
+                self.runner._spawn(self.runner._end_worker(self, message.reason))
+                return
+        await self.on_bus_message(message)
+
+    async def _set_active(self, active: bool, args: dict[str, Any] | None) -> None:
+        if active:
+            self._active = True
+            await self.on_activated(args)
+            await self._call_event("on_activated", args)
+        elif self._active:
+            self._active = False
+            await self.on_deactivated()
+            await self._call_event("on_deactivated")
+
+    async def _stop(self, reason: str | None, *, graceful: bool) -> None:
+        if graceful:
+            try:
+                await self.on_end(reason)
+            except Exception:
+                logger.exception("on_end of worker %r failed", self._name)
+        tasks = [t for t in (self._task, *self._tasks) if t is not None and not t.done()]
+        current = asyncio.current_task()
+        tasks = [t for t in tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None

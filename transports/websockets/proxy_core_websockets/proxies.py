@@ -1,0 +1,99 @@
+"""``WebSocketProxyClient`` and ``WebSocketProxyServer``: the proxies bound to this backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from proxy_core import BusMessage, ProxyClient, ProxyServer
+from proxy_core.proxy import CodecSpec
+from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
+
+from .transport import WebSocketsTransport
+
+__all__ = ["WebSocketProxyClient", "WebSocketProxyServer"]
+
+
+class WebSocketProxyClient(ProxyClient):
+    """A :class:`~proxy_core.ProxyClient` over the ``websockets`` library.
+
+    It connects when activated (``await worker.activate_worker(name)``), not
+    before, and never twice. Events: ``on_connected``, ``on_disconnected``,
+    ``on_connect_error``.
+
+    Args:
+        name: this worker's name.
+        url: ``ws://`` or ``wss://`` URL of the server.
+        local_worker_name: the worker on this bus that talks to the remote one.
+        remote_worker_name: the worker on the server's bus.
+        forward_messages: the message types allowed to cross, both ways.
+        headers: HTTP headers sent with the WebSocket handshake.
+        codec: codec name(s) or instance(s), in order of preference.
+        **options: more :class:`~proxy_core.ProxyClient` options.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str,
+        local_worker_name: str,
+        remote_worker_name: str,
+        forward_messages: Sequence[type[BusMessage]] = (),
+        headers: dict[str, str] | None = None,
+        codec: CodecSpec = "json",
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            name,
+            url=url,
+            local_worker_name=local_worker_name,
+            remote_worker_name=remote_worker_name,
+            forward_messages=forward_messages,
+            headers=headers,
+            transport=WebSocketsTransport(),
+            codec=codec,
+            **options,
+        )
+
+
+class WebSocketProxyServer(ProxyServer):
+    """A :class:`~proxy_core.ProxyServer` on an accepted WebSocket.
+
+    Args:
+        name: this worker's name.
+        websocket: an accepted ``websockets`` server connection, or an accepted
+            Starlette/FastAPI ``WebSocket``.
+        worker_name: the worker on this bus that talks to the client's.
+        remote_worker_name: the client's worker.
+        forward_messages: the message types allowed to cross, both ways.
+        codecs: codec names or instances accepted from the client.
+        max_message_bytes: the frame limit, enforced before decoding.
+        **options: more :class:`~proxy_core.ProxyServer` options
+            (``authenticate``, heartbeats...).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        websocket: object,
+        worker_name: str,
+        remote_worker_name: str,
+        forward_messages: Sequence[type[BusMessage]] = (),
+        codecs: CodecSpec = ("msgpack", "json"),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        **options: Any,
+    ) -> None:
+        connection = WebSocketsTransport().adapt(websocket, max_message_bytes=max_message_bytes)
+        super().__init__(
+            name,
+            connection=connection,
+            worker_name=worker_name,
+            remote_worker_name=remote_worker_name,
+            forward_messages=forward_messages,
+            codecs=codecs,
+            max_message_bytes=max_message_bytes,
+            **options,
+        )
+        self.websocket = websocket
