@@ -1,0 +1,104 @@
+"""The server side of the two-process example: a deterministic assistant behind a proxy.
+
+Run ``python examples/assistant.py --port 8765``, then, in another terminal,
+``python examples/main.py --remote-url ws://localhost:8765/ws``.
+
+Every accepted connection gets its own runner, bus, proxy and ``Assistant``
+(``serve_proxy``), so sessions never share state. The assistant is a small
+deterministic worker: no LLM, no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from proxy_core import (
+    AudioRawFrame,
+    BaseWorker,
+    BusFrameMessage,
+    BusMessage,
+    TextFrame,
+    WorkerRunner,
+    serve_proxy,
+)
+
+logger = logging.getLogger("assistant")
+
+
+def respond(text: str) -> str:
+    """Return the assistant's reply to ``text`` (deterministic)."""
+    lowered = text.lower()
+    if "hello" in lowered or "hi" == lowered.strip():
+        return "Hello! I am the assistant on the other bus."
+    if "?" in text:
+        return f"Good question. You asked {len(text.split())} words' worth: {text!r}."
+    if "thank" in lowered:
+        return "You're welcome. Goodbye!"
+    return f"You said: {text}"
+
+
+class Assistant(BaseWorker):
+    """Answers each text frame; counts the audio it hears."""
+
+    def __init__(self, name: str = "assistant") -> None:
+        super().__init__(name, active=False)
+        self.audio_bytes = 0
+
+    async def on_activated(self, args: dict[str, Any] | None) -> None:
+        logger.info("activated with %s", args)
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if not isinstance(message, BusFrameMessage):
+            return
+        frame = message.frame
+        if isinstance(frame, AudioRawFrame):
+            self.audio_bytes += len(frame.audio)
+            reply = f"I heard {self.audio_bytes} bytes of audio so far."
+        elif isinstance(frame, TextFrame):
+            reply = respond(frame.text)
+        else:
+            return
+        await self.send_bus_message(BusFrameMessage(self.name, message.source, TextFrame(reply)))
+
+
+async def serve(host: str, port: int, transport: str) -> None:
+    """Serve assistant sessions until SIGINT or SIGTERM."""
+
+    async def setup(runner: WorkerRunner) -> None:
+        await runner.add_workers(Assistant())
+
+    scheme = "grpc" if transport == "grpc" else "ws"
+    async with serve_proxy(
+        f"{scheme}://{host}:{port}/ws",
+        transport=transport,
+        worker_name="assistant",
+        remote_worker_name="acme",
+        forward_messages=(BusFrameMessage,),
+        setup=setup,
+    ) as service:
+        print(f"assistant listening on {service.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print(f"assistant stopping after {service.sessions_served} session(s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--transport", default="websockets")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    asyncio.run(serve(args.host, args.port, args.transport))
+
+
+if __name__ == "__main__":
+    main()
