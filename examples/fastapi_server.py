@@ -51,7 +51,8 @@ async def serve(host: str, port: int) -> None:
     """Run the app with uvicorn and print the bound URL (useful with --port 0)."""
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
+    # uvicorn offers no event for "started"; poll it, bounded by the task ending.
+    while not server.started and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     if server.started:
         bound = server.servers[0].sockets[0].getsockname()[1]

@@ -33,7 +33,7 @@ def run(*cmd: str | Path) -> None:
 
 
 def setup(dev: bool) -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script must explain itself on old Pythons
         sys.exit(f"proxy-core needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PY.exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
