@@ -186,10 +186,20 @@ class _ProxyWorker(BaseWorker):
     async def _send(self, message: BusMessage) -> None:
         session = self._session
         while session is not None and session.outbox_full:
-            # Backpressure: wait for the peer to acknowledge. A peer that never
-            # does is caught by the heartbeat, which closes the session.
+            # Backpressure: wait for the peer to acknowledge. A live peer acks
+            # within ack_delay; one that does not for heartbeat_timeout is stuck.
             self._outbox_space.clear()
-            await self._outbox_space.wait()
+            try:
+                await asyncio.wait_for(self._outbox_space.wait(), self.heartbeat_timeout)
+            except TimeoutError:
+                logger.warning(
+                    "proxy %r: peer acknowledged nothing for %.1fs; closing the link",
+                    self.name,
+                    self.heartbeat_timeout,
+                )
+                conn = self._conn
+                if conn is not None and self._session is session:
+                    await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "no acknowledgements")
             session = self._session
         if session is None:
             self._count_drop(self.stats.dropped_out, DropReason.NOT_CONNECTED, message)
