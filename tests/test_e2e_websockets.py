@@ -1,0 +1,614 @@
+"""End to end over real WebSocket connections on 127.0.0.1: the seed scenario and the rules.
+
+Both ends are real runners with real proxies (or, where the peer must misbehave, a
+bare ``websockets`` peer that speaks the protocol by hand). See ``_support.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import pytest
+from _support import (
+    CLIENT_OTHER,
+    CLIENT_WORKER,
+    SERVER_OTHER,
+    SERVER_WORKER,
+    TIMEOUT,
+    ClientSide,
+    LocalNote,
+    Note,
+    RawPeer,
+    Recorder,
+    ServerSide,
+    SpyJson,
+    SpyMsgpack,
+    delta,
+    frame,
+    no_leaked_tasks,  # noqa: F401 -- the fixture, used through pytestmark
+    raw_handshake,
+    raw_server,
+    ready,
+    run_client,
+    run_server,
+    settled_tasks,
+    text_of,
+    text_tree,
+    wait,
+    welcome,
+)
+from websockets.asyncio.server import ServerConnection
+
+from proxy_core import (
+    AudioRawFrame,
+    AuthenticationError,
+    BaseWorker,
+    BusCancelMessage,
+    BusDataMessage,
+    BusFrameMessage,
+    BusMessage,
+    WorkerReadyData,
+)
+from proxy_core.transport import Connection
+from proxy_core_websockets import WebSocketsTransport
+
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+SHAPES = ["serve_proxy", "pipecat"]
+
+
+async def connected_pair(client: ClientSide, server: Any) -> ServerSide:
+    """Activate the client's proxy and return the server session it opened."""
+    await client.activate()
+    side: ServerSide = await server.sessions.next()
+    await wait(side.connected.wait())
+    return side
+
+
+async def assert_crosses(sender: BaseWorker, receiver: Recorder, message: BusMessage) -> None:
+    """Send ``message`` and wait until it arrives, equal, on the other side."""
+    await sender.send_bus_message(message)
+    got = await receiver.wait_for(lambda m: m == message)
+    assert got == message
+
+
+# --------------------------------------------------------------------------- the seed
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_seed_scenario(shape: str, codec: str) -> None:
+    spies = (SpyMsgpack(), SpyJson())
+    async with (
+        run_server(shape, codecs=spies) as server,
+        run_client(server.url, codec=codec) as client,
+    ):
+        assert not client.proxy.connected
+        await client.acme.activate_worker("proxy")
+        await client.proxy.wait_connected(TIMEOUT)
+        data = await wait(asyncio.shield(client.remote_ready))
+        assert data == WorkerReadyData(SERVER_WORKER, remote=True, via="proxy")
+        assert client.runner.registry.is_ready(SERVER_WORKER)
+        side = await server.sessions.next()
+
+        await client.acme.activate_worker(SERVER_WORKER, args={"voice": "calm", "n": 1})
+        assert await wait(side.assistant.activations.get()) == {"voice": "calm", "n": 1}
+        assert side.assistant.active
+
+        hello_text = frame(CLIENT_WORKER, SERVER_WORKER, "hello")
+        await assert_crosses(client.acme, side.assistant, hello_text)
+        audio_out = BusFrameMessage(
+            CLIENT_WORKER, SERVER_WORKER, AudioRawFrame(bytes(range(256)) * 4, 16000, 1)
+        )
+        await assert_crosses(client.acme, side.assistant, audio_out)
+        answer = frame(SERVER_WORKER, CLIENT_WORKER, "HELLO")
+        await assert_crosses(side.assistant, client.acme, answer)
+        audio_back = BusFrameMessage(
+            SERVER_WORKER, CLIENT_WORKER, AudioRawFrame(b"\x00\xff" * 800, 24000, 2)
+        )
+        await assert_crosses(side.assistant, client.acme, audio_back)
+
+        chosen, unused = (spies[1], spies[0]) if codec == "json" else spies
+        assert chosen.decoded > 0 and unused.decoded == 0
+        assert client.proxy.stats.messages_out >= 3  # activate, text, audio
+        assert client.proxy.stats.messages_in == 2
+        assert side.server_proxy.stats.messages_in == client.proxy.stats.messages_out
+        assert client.proxy.session_id == side.server_proxy.session_id
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+class CountingTransport(WebSocketsTransport):
+    """The websockets transport, counting connection attempts."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def connect(self, url: str, **options: Any) -> Connection:
+        self.attempts += 1
+        return await super().connect(url, **options)
+
+
+def client_session_tasks() -> list[asyncio.Task[Any]]:
+    """The client proxies' connection tasks alive now (connecting or connected)."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "ProxyClient._client_main"
+    ]
+
+
+async def test_connects_when_activated_and_only_once() -> None:
+    async with run_server() as server, run_client(server.url) as client:
+        counting = CountingTransport()
+        client.proxy.transport = counting
+        # The runner is up and the proxy started (its on_start ran): still no connection.
+        other_side = frame(CLIENT_WORKER, CLIENT_OTHER, "local round trip")
+        await client.acme.send_bus_message(other_side)
+        await client.other.wait_for(lambda m: m == other_side)
+        assert counting.attempts == 0
+        assert not client.proxy.connected
+        assert client_session_tasks() == []
+        assert server.service is not None and server.service.sessions_served == 0
+
+        await client.acme.activate_worker("proxy")
+        await client.acme.activate_worker("proxy")  # queued behind the first: a no-op
+        await client.proxy.wait_connected(TIMEOUT)
+        side = await server.sessions.next()
+        # Both activations were handled before this message (one queue, in order).
+        await assert_crosses(client.acme, side.assistant, frame(CLIENT_WORKER, SERVER_WORKER, "x"))
+        await client.acme.activate_worker("proxy")  # while connected: a no-op too
+        await assert_crosses(client.acme, side.assistant, frame(CLIENT_WORKER, SERVER_WORKER, "y"))
+        assert counting.attempts == 1
+        assert len(client_session_tasks()) == 1
+        assert server.service.sessions_served == 1
+        assert len(server.sessions.all) == 1
+        assert client.proxy.stats.sessions == 1
+
+
+# --------------------------------------------------------------------------- filter rules
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("direction", ["client_to_server", "server_to_client"])
+async def test_outbound_rules_across_the_link(shape: str, direction: str) -> None:
+    async with run_server(shape) as server, run_client(server.url) as client:
+        side = await connected_pair(client, server)
+        if direction == "client_to_server":
+            sender, other, proxy, receiver = client.acme, client.other, client.proxy, side.assistant
+            receiver_proxy = side.server_proxy
+        else:
+            sender, other, proxy, receiver = (
+                side.assistant,
+                side.helper,
+                side.server_proxy,
+                client.acme,
+            )
+            receiver_proxy = client.proxy
+        me, peer = sender.name, receiver.name
+        cases: list[tuple[Any, BusMessage, str]] = [
+            (sender, LocalNote(me, peer, "local"), "local"),
+            (sender, BusCancelMessage(me, peer, "cancel them"), "local"),
+            (sender, frame(me, None, "broadcast"), "broadcast"),
+            (sender, frame(me, proxy.name, "to the proxy itself"), "wrong_target"),
+            (other, frame(other.name, peer, "leak"), "wrong_source"),
+            (sender, Note(me, peer, "not allow-listed"), "not_allowed"),
+            (sender, BusDataMessage(me, peer, {"k": "v"}), "not_allowed"),
+        ]
+        messages_in = receiver_proxy.stats.messages_in
+        for number, (who, message, reason) in enumerate(cases):
+            before = Counter(proxy.stats.dropped_out)
+            await who.send_bus_message(message)
+            marker = frame(me, peer, f"marker {number}")
+            await assert_crosses(sender, receiver, marker)
+            assert delta(proxy.stats.dropped_out, before) == {reason: 1}, message
+        # Only the markers crossed, equal to what was sent, in order.
+        assert [m for m in receiver.crossed()] == [
+            frame(me, peer, f"marker {n}") for n in range(len(cases))
+        ]
+        assert receiver_proxy.stats.messages_in - messages_in == len(cases)
+        assert not receiver_proxy.stats.dropped_in
+        # A message targeted at a worker nobody serves never reaches the proxy at all.
+        undeliverable = sender.bus.undeliverable
+        await sender.send_bus_message(frame(me, "nobody", "lost"))
+        assert sender.bus.undeliverable == undeliverable + 1
+
+
+async def test_server_allowlist_narrower_than_the_clients_drops_inbound() -> None:
+    async with (
+        run_server(forward_messages=(BusFrameMessage,)) as server,
+        run_client(server.url, forward_messages=(BusFrameMessage, BusDataMessage)) as client,
+    ):
+        side = await connected_pair(client, server)
+        out_before = client.proxy.stats.messages_out
+        await client.acme.send_bus_message(BusDataMessage(CLIENT_WORKER, SERVER_WORKER, {"a": 1}))
+        await assert_crosses(client.acme, side.assistant, frame(CLIENT_WORKER, SERVER_WORKER, "m"))
+        # The client let it out; the server refused it at its door.
+        assert client.proxy.stats.messages_out == out_before + 2
+        assert side.server_proxy.stats.dropped_in == Counter(not_allowed=1)
+        assert side.assistant.crossed() == [frame(CLIENT_WORKER, SERVER_WORKER, "m")]
+        # The other way, the server's own allow-list keeps it home.
+        await side.assistant.send_bus_message(BusDataMessage(SERVER_WORKER, CLIENT_WORKER, {}))
+        await assert_crosses(side.assistant, client.acme, frame(SERVER_WORKER, CLIENT_WORKER, "n"))
+        assert side.server_proxy.stats.dropped_out["not_allowed"] == 1
+        assert client.acme.crossed() == [frame(SERVER_WORKER, CLIENT_WORKER, "n")]
+        assert not client.proxy.stats.dropped_in
+
+
+@pytest.mark.parametrize("direction", ["client_to_server", "server_to_client"])
+async def test_forward_broadcasts_lets_allow_listed_broadcasts_cross(direction: str) -> None:
+    async with (
+        run_server(forward_broadcasts=True) as server,
+        run_client(server.url, forward_broadcasts=True) as client,
+    ):
+        side = await connected_pair(client, server)
+        if direction == "client_to_server":
+            sender, proxy, receivers = client.acme, client.proxy, (side.assistant, side.helper)
+            bystander = client.other
+        else:
+            sender, proxy, receivers = (
+                side.assistant,
+                side.server_proxy,
+                (client.acme, client.other),
+            )
+            bystander = side.helper
+        before = Counter(proxy.stats.dropped_out)
+        await sender.send_bus_message(Note(sender.name, None, "not allow-listed"))
+        shout = frame(sender.name, None, "to everyone")
+        await sender.send_bus_message(shout)
+        for receiver in receivers:  # every worker on the far bus gets it, equal
+            assert await receiver.wait_for(lambda m: text_of(m) == "to everyone") == shout
+        assert await bystander.wait_for(lambda m: m == shout) == shout  # and the near bus too
+        assert delta(proxy.stats.dropped_out, before) == {"broadcast": 1}
+        for receiver in receivers:
+            assert [m for m in receiver.crossed()] == [shout]
+
+
+@contextlib.asynccontextmanager
+async def hand_spoken_server(
+    ready_in_welcome: list[str] | None = None,
+) -> AsyncIterator[tuple[str, asyncio.Future[RawPeer]]]:
+    """A bare server that completes the handshake by hand and gives the test its peer."""
+    peers: asyncio.Future[RawPeer] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: ServerConnection) -> None:
+        first = json.loads(await ws.recv())
+        assert first["type"] == "hello", first
+        codec = first["codecs"][0]
+        await ws.send(welcome(codec, ready=ready_in_welcome))
+        if not peers.done():
+            peers.set_result(RawPeer(ws, codec))
+        await ws.wait_closed()
+
+    async with raw_server(handler) as url:
+        yield url, peers
+
+
+def inbound_cases(remote: str, local: str, bystander: str) -> list[tuple[dict[str, Any], str]]:
+    """Messages a hostile peer sends, each with the reason the receiving proxy must drop it."""
+    return [
+        (
+            {"$type": "tests.e2e.local_note", "source": remote, "target": local, "text": "x"},
+            "local",
+        ),
+        ({"$type": "bus.cancel", "source": remote, "target": None, "reason": "die"}, "local"),
+        ({"$type": "bus.end", "source": remote, "target": local, "reason": "die"}, "local"),
+        ({"$type": "bus.ready", "source": remote, "target": None, "worker": "x"}, "local"),
+        (text_tree(remote, None, "broadcast"), "broadcast"),
+        (text_tree(remote, bystander, "wrong target"), "wrong_target"),
+        ({"$type": "bus.activate", "source": remote, "target": bystander}, "wrong_target"),
+        (text_tree("mallory", local, "spoofed source"), "wrong_source"),
+        (
+            {"$type": "tests.e2e.note", "source": remote, "target": local, "text": "x"},
+            "not_allowed",
+        ),
+        ({"$type": "bus.data", "source": remote, "target": local, "data": {}}, "not_allowed"),
+        ({"$type": "evil.module:Thing", "source": remote, "target": local}, "unknown_type"),
+        (
+            {
+                "$type": "bus.frame",
+                "source": remote,
+                "target": local,
+                "frame": {"$type": "os:system"},
+            },
+            "unknown_type",
+        ),
+    ]
+
+
+async def check_inbound_rules(
+    peer: RawPeer, proxy: Any, receiver: Any, bystander: Any, runner_ended: Callable[[], bool]
+) -> None:
+    remote = CLIENT_WORKER if receiver.name == SERVER_WORKER else SERVER_WORKER
+    expected = []
+    for number, (tree, reason) in enumerate(inbound_cases(remote, receiver.name, bystander.name)):
+        before = Counter(proxy.stats.dropped_in)
+        await peer.send_msg(tree)
+        await peer.send_msg(text_tree(remote, receiver.name, f"marker {number}"))
+        marker = frame(remote, receiver.name, f"marker {number}")
+        expected.append(marker)
+        assert await receiver.wait_for(lambda m, marker=marker: m == marker) == marker
+        assert delta(proxy.stats.dropped_in, before) == {reason: 1}, tree
+    assert receiver.crossed() == expected
+    assert bystander.crossed() == []
+    assert not runner_ended()
+
+
+async def test_inbound_rules_on_the_server() -> None:
+    async with run_server() as server:
+        ws, peer = await raw_handshake(server.url)
+        async with ws:
+            side = await server.sessions.next()
+            await peer.next_frame(lambda f: f == ready(SERVER_WORKER))
+            await check_inbound_rules(
+                peer, side.server_proxy, side.assistant, side.helper, side.ended.is_set
+            )
+            assert side.assistant.activations.empty()
+
+
+async def test_inbound_rules_on_the_client() -> None:
+    async with hand_spoken_server() as (url, peers), run_client(url) as client:
+        await client.acme.activate_worker("proxy")
+        await client.proxy.wait_connected(TIMEOUT)
+        peer = await wait(peers)
+        await peer.send(ready(SERVER_WORKER))
+        await wait(asyncio.shield(client.remote_ready))
+        assert client.task is not None
+        await check_inbound_rules(peer, client.proxy, client.acme, client.other, client.task.done)
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+async def test_watch_fires_only_for_the_configured_remote_worker_on_the_client() -> None:
+    async with (
+        hand_spoken_server(ready_in_welcome=["mallory"]) as (url, peers),
+        run_client(url) as client,
+    ):
+        fired: list[str] = []
+
+        async def note(data: WorkerReadyData) -> None:
+            fired.append(data.name)
+
+        client.runner.registry.watch("mallory", note)
+        client.runner.registry.watch(CLIENT_OTHER, note)
+        await client.acme.activate_worker("proxy")
+        await client.proxy.wait_connected(TIMEOUT)
+        peer = await wait(peers)
+        await peer.send(ready("mallory"))
+        await peer.send(ready(CLIENT_OTHER))  # a name that is ready locally: still not theirs
+        await peer.send(ready(SERVER_WORKER))
+        data = await wait(asyncio.shield(client.remote_ready))
+        assert data == WorkerReadyData(SERVER_WORKER, remote=True, via="proxy")
+        # The watch on our own local worker fired when it started; nothing else did.
+        assert fired == [CLIENT_OTHER]
+        registry = client.runner.registry
+        assert not registry.is_ready("mallory")
+        assert registry.get(CLIENT_OTHER) == WorkerReadyData(CLIENT_OTHER)  # not made remote
+        assert client.proxy.stats.dropped_in == Counter(wrong_source=3)  # welcome + 2 READY
+
+
+async def test_watch_fires_only_for_the_configured_remote_worker_on_the_server() -> None:
+    async with run_server() as server:
+        ws, peer = await raw_handshake(server.url)
+        async with ws:
+            side = await server.sessions.next()
+            fired: list[WorkerReadyData] = []
+            acme_ready = asyncio.Event()
+
+            async def note(data: WorkerReadyData) -> None:
+                fired.append(data)
+                acme_ready.set()
+
+            registry = side.runner.registry
+            registry.watch("mallory", note)
+            registry.watch(CLIENT_WORKER, note)
+            await peer.send(ready("mallory"))
+            await peer.send(ready(CLIENT_WORKER))
+            await wait(acme_ready.wait())
+            assert fired == [
+                WorkerReadyData(CLIENT_WORKER, remote=True, via=side.server_proxy.name)
+            ]
+            assert not registry.is_ready("mallory")
+            assert side.server_proxy.stats.dropped_in == Counter(wrong_source=1)
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+async def test_two_clients_on_one_server_stay_isolated() -> None:
+    async with run_server() as server, run_client(server.url) as a, run_client(server.url) as b:
+        side_a = await connected_pair(a, server)
+        side_b = await connected_pair(b, server)
+        assert side_a.runner is not side_b.runner
+        assert side_a.assistant is not side_b.assistant
+        assert side_a.server_proxy is not side_b.server_proxy
+        assert side_a.runner.bus is not side_b.runner.bus
+        assert a.proxy.session_id != b.proxy.session_id
+        assert server.service is not None
+        assert server.service.proxies == {side_a.server_proxy, side_b.server_proxy}
+
+        for round_ in (1, 2):
+            sent_a = await a.say(f"A{round_}")
+            sent_b = await b.say(f"B{round_}")
+            assert await side_a.assistant.wait_for(lambda m, s=sent_a: m == s) == sent_a
+            assert await side_b.assistant.wait_for(lambda m, s=sent_b: m == s) == sent_b
+            reply_a = frame(SERVER_WORKER, CLIENT_WORKER, f"to A{round_}")
+            reply_b = frame(SERVER_WORKER, CLIENT_WORKER, f"to B{round_}")
+            await side_a.assistant.send_bus_message(reply_a)
+            await side_b.assistant.send_bus_message(reply_b)
+            assert await a.acme.wait_for(lambda m, r=reply_a: m == r) == reply_a
+            assert await b.acme.wait_for(lambda m, r=reply_b: m == r) == reply_b
+        # A server-side broadcast stays in its own session's bus.
+        await side_a.assistant.send_bus_message(frame(SERVER_WORKER, None, "A only"))
+        await side_a.helper.wait_text("A only")
+        await side_b.helper.send_bus_message(frame(SERVER_OTHER, SERVER_WORKER, "B marker"))
+        await side_b.assistant.wait_text("B marker")
+
+        assert side_a.assistant.texts() == ["A1", "A2"]
+        assert side_b.assistant.texts() == ["B1", "B2", "B marker"]
+        assert side_b.helper.texts() == []
+        assert a.acme.texts() == ["to A1", "to A2"]
+        assert b.acme.texts() == ["to B1", "to B2"]
+
+        # Ending one session leaves the other working.
+        await a.end()
+        await wait(side_a.ended.wait())
+        await b.say("still here")
+        await side_b.assistant.wait_text("still here")
+        assert not side_b.ended.is_set()
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+async def test_serve_proxy_authentication_refusal() -> None:
+    seen: list[dict[str, str]] = []
+
+    def authenticate(headers: Mapping[str, str]) -> bool:
+        seen.append(dict(headers))
+        if headers.get("authorization") != "Bearer good":
+            raise AuthenticationError("bad token")
+        return True
+
+    async with run_server(authenticate=authenticate) as server:
+        async with run_client(server.url, headers={"Authorization": "Bearer bad"}) as client:
+            await client.acme.activate_worker("proxy")
+            with pytest.raises(AuthenticationError) as caught:
+                await client.proxy.wait_connected(TIMEOUT)
+            assert caught.value.reason == "bad token"
+            assert client.proxy.last_error is caught.value
+            assert client.connect_errors == [caught.value]
+            assert client.events == ["connect_error"]
+            assert not client.proxy.connected
+            assert not client.runner.registry.is_ready(SERVER_WORKER)
+        assert seen[0]["authorization"] == "Bearer bad"
+        assert server.service is not None and server.service.sessions_served == 0
+        assert server.sessions.all == []  # setup never ran: no session, no runner
+
+        async with run_client(
+            server.url, headers={"Authorization": "Bearer good", "X-Tenant": "acme-corp"}
+        ) as client:
+            side = await connected_pair(client, server)
+            assert client.proxy.last_error is None
+            await assert_crosses(
+                client.acme, side.assistant, frame(CLIENT_WORKER, SERVER_WORKER, "in")
+            )
+        assert seen[1]["authorization"] == "Bearer good"
+        assert seen[1]["x-tenant"] == "acme-corp"  # names lower-cased
+        assert server.service.sessions_served == 1
+
+
+async def test_adapter_authentication_refusal_is_reject_4001() -> None:
+    def authenticate(headers: Mapping[str, str]) -> bool:
+        return headers.get("x-api-key") == "sesame"
+
+    async with run_server("pipecat", authenticate=authenticate) as server:
+        async with run_client(server.url, headers={"X-Api-Key": "wrong"}) as client:
+            await client.acme.activate_worker("proxy")
+            with pytest.raises(AuthenticationError) as caught:
+                await client.proxy.wait_connected(TIMEOUT)
+            assert caught.value.code == 4001
+            assert caught.value.reason == "unauthorized"
+            assert client.proxy.last_error is caught.value
+            assert client.connect_errors == [caught.value]
+            side = await server.sessions.next()
+            await wait(side.ended.wait())
+            assert side.events == []  # never connected, so never disconnected either
+        async with run_client(server.url, headers={"X-Api-Key": "sesame"}) as client:
+            side = await connected_pair(client, server)
+            await assert_crosses(
+                side.assistant, client.acme, frame(SERVER_WORKER, CLIENT_WORKER, "hi")
+            )
+
+
+# --------------------------------------------------------------------------- session ends
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_client_bye_ends_the_server_session(shape: str) -> None:
+    async with run_server(shape) as server, run_client(server.url) as client:
+        side = await connected_pair(client, server)
+        assert client.events == ["connected"]
+        assert side.events == ["connected"]
+        await client.end()
+        await wait(side.disconnected.wait())
+        await wait(side.ended.wait())  # end_runner_on_disconnect
+        assert side.events == ["connected", "disconnected"]
+        assert side.assistant.ended.is_set()  # a graceful end: on_end ran
+        assert client.events == ["connected", "disconnected"]
+        assert not client.runner.registry.is_ready(SERVER_WORKER)
+        assert not side.runner.registry.is_ready(CLIENT_WORKER)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_client_vanishing_ends_the_server_session(shape: str) -> None:
+    async with run_server(shape) as server:
+        ws, peer = await raw_handshake(server.url)
+        side = await server.sessions.next()
+        await peer.send(ready(CLIENT_WORKER))
+        await peer.send_msg(text_tree(CLIENT_WORKER, SERVER_WORKER, "last words"))
+        await side.assistant.wait_text("last words")
+        assert side.runner.registry.is_ready(CLIENT_WORKER)
+        ws.transport.abort()  # no close frame, no BYE: the TCP connection just drops
+        await wait(side.disconnected.wait())
+        await wait(side.ended.wait())
+        assert side.events == ["connected", "disconnected"]
+        assert not side.runner.registry.is_ready(CLIENT_WORKER)
+        await wait(ws.wait_closed())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_server_runner_cancel_ends_the_client_session(shape: str) -> None:
+    async with run_server(shape) as server, run_client(server.url) as client:
+        side = await connected_pair(client, server)
+        assert client.runner.registry.is_ready(SERVER_WORKER)
+        await side.runner.cancel("server going down")
+        await wait(side.disconnected.wait())
+        await wait(side.ended.wait())
+        await wait(client.disconnected.wait())
+        assert side.events == ["connected", "disconnected"]
+        assert not side.assistant.ended.is_set()  # cancelled: no graceful on_end
+        assert client.events == ["connected", "disconnected"]
+        assert not client.proxy.connected
+        assert not client.runner.registry.is_ready(SERVER_WORKER)
+        # The client runner goes on; what acme sends to the remote is now dropped.
+        handled = asyncio.Event()
+        client.proxy.event_handler("on_deactivated")(lambda *_: handled.set())
+        await client.say("anyone?")
+        await client.acme.deactivate_worker("proxy")  # handled after the message, in order
+        await wait(handled.wait())
+        assert client.proxy.stats.dropped_out["not_connected"] == 1
+        assert client.task is not None and not client.task.done()
+
+
+# --------------------------------------------------------------------------- leaks
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_no_tasks_left_behind(shape: str) -> None:
+    baseline = asyncio.all_tasks()
+    async with run_server(shape) as server:
+        async with run_client(server.url) as client:
+            side = await connected_pair(client, server)
+            await assert_crosses(
+                client.acme, side.assistant, frame(CLIENT_WORKER, SERVER_WORKER, "a")
+            )
+            await assert_crosses(
+                side.assistant, client.acme, frame(SERVER_WORKER, CLIENT_WORKER, "b")
+            )
+        async with run_client(server.url) as client:
+            side = await connected_pair(client, server)
+            await side.runner.cancel()
+            await wait(client.disconnected.wait())
+        ws, _ = await raw_handshake(server.url)
+        ws.transport.abort()
+        await wait(ws.wait_closed())
+    assert await settled_tasks(baseline) == set()
+    assert asyncio.all_tasks() <= baseline | {asyncio.current_task()}
