@@ -31,7 +31,7 @@ from .errors import (
 )
 from .messages import BusMessage
 from .plugins import resolve_codec, resolve_transport
-from .protocol import CloseCode, Reject, RejectCode, Welcome, encode_handshake
+from .protocol import CloseCode, Hello, Reject, RejectCode, Welcome, encode_handshake
 from .registry import Watch, WorkerReadyData
 from .rules import Drop, DropReason, FilterRules
 from .session import (
@@ -455,6 +455,7 @@ class ProxyClient(_ProxyWorker):
         Raises:
             AuthenticationError: the server refused our headers.
             SessionRejected: the server refused the session for another reason.
+            HandshakeError: the server closed the connection or answered nonsense.
             ConnectError: the server could not be reached.
             TimeoutError: no outcome within ``timeout`` seconds.
         """
@@ -509,15 +510,19 @@ class ProxyClient(_ProxyWorker):
             await self._call_event("on_disconnected", conn)
 
     async def _handshake(self, conn: Connection) -> tuple[Session, Welcome]:
-        await conn.send(
-            client_hello(
-                self.codecs,
-                client_worker=self.rules.local_worker,
-                server_worker=self.rules.remote_worker,
-                max_message_bytes=self.max_message_bytes,
-            )
+        hello = client_hello(
+            self.codecs,
+            client_worker=self.rules.local_worker,
+            server_worker=self.rules.remote_worker,
+            max_message_bytes=self.max_message_bytes,
         )
-        welcome, codec = client_accept(await conn.receive(), self.codecs)
+        try:
+            await conn.send(hello)
+            answer = await conn.receive()
+        except (TransportError, MessageTooLarge, ProtocolError) as exc:
+            # The server hung up, or answered with a frame that cannot be a WELCOME.
+            raise HandshakeError(f"no WELCOME from the server: {exc}") from exc
+        welcome, codec = client_accept(answer, self.codecs)
         session = Session(
             codec,
             session_id=welcome.session_id,
@@ -623,18 +628,24 @@ class ProxyServer(_ProxyWorker):
                 await self.runner.end("client disconnected")
 
     async def _accept(self, conn: Connection) -> Session | None:
+        result: tuple[Hello, Codec] | Reject
         try:
             first = await asyncio.wait_for(conn.receive(), self.handshake_timeout)
-        except (TransportError, MessageTooLarge, ProtocolError, TimeoutError) as exc:
+        except ProtocolError as exc:
+            # A text frame (HELLO is JSON, an easy mistake): refuse it like any
+            # malformed HELLO, so that the client learns why.
+            result = Reject(RejectCode.BAD_HELLO, f"HELLO must be a binary frame: {exc}")
+        except (TransportError, MessageTooLarge, TimeoutError) as exc:
             logger.info("proxy %r: no valid HELLO from %s: %r", self.name, conn.remote_address, exc)
             await conn.aclose(CloseCode.PROTOCOL_ERROR, "no HELLO")
             return None
-        result = server_negotiate(
-            first,
-            self.codecs,
-            worker_name=self.rules.local_worker,
-            remote_worker_name=self.rules.remote_worker,
-        )
+        else:
+            result = server_negotiate(
+                first,
+                self.codecs,
+                worker_name=self.rules.local_worker,
+                remote_worker_name=self.rules.remote_worker,
+            )
         if not isinstance(result, Reject):
             refusal = await check_authentication(self.authenticate, conn.request_headers)
             if refusal is not None:

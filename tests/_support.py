@@ -261,7 +261,15 @@ class Sessions:
             side.ended.set()
 
     async def next(self) -> ServerSide:
+        """Return the next session the server started (rejected ones included)."""
         return await wait(self.queue.get())
+
+    def of(self, client: ClientSide) -> ServerSide:
+        """Return the server side of ``client``'s open session."""
+        assert client.proxy.session_id is not None, "the client has no session"
+        found = [s for s in self.all if s.proxy and s.proxy.session_id == client.proxy.session_id]
+        assert len(found) == 1, found
+        return found[0]
 
 
 @dataclass
@@ -505,8 +513,7 @@ class RawPeer:
 
         await wait(drain())
         await wait(self.ws.wait_closed())
-        rcvd = self.ws.close_rcvd
-        return (rcvd.code, rcvd.reason) if rcvd is not None else (None, None)
+        return self.ws.close_code, self.ws.close_reason
 
 
 @contextlib.asynccontextmanager
