@@ -5,6 +5,9 @@ The public API is re-exported here; ``tests/test_public_api.py`` locks it.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .bus import Bus
 from .codecs.base import Codec
 from .errors import (
@@ -40,13 +43,37 @@ from .messages import (
     TypeRegistry,
     register_type,
 )
-from .proxy import ProxyClient, ProxyServer, ProxyStats
 from .registry import WorkerReadyData, WorkerRegistry
 from .rules import Drop, DropReason, FilterRules, Forward
-from .runner import WorkerRunner
-from .service import ProxyService, serve_proxy
 from .transport import DEFAULT_MAX_MESSAGE_BYTES, Connection, Listener, Transport
-from .worker import BaseWorker
+
+if TYPE_CHECKING:
+    from .proxy import ProxyClient, ProxyServer, ProxyStats
+    from .runner import WorkerRunner
+    from .service import ProxyService, serve_proxy
+    from .worker import BaseWorker
+
+# The parts that need asyncio load on first use, so that the pure modules
+# (rules, messages, codecs, session) can be imported without an event loop library.
+_LAZY = {
+    "BaseWorker": "worker",
+    "ProxyClient": "proxy",
+    "ProxyServer": "proxy",
+    "ProxyService": "service",
+    "ProxyStats": "proxy",
+    "WorkerRunner": "runner",
+    "serve_proxy": "service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'proxy_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -142,6 +142,9 @@ class WorkerRunner:
 
     async def _end_worker(self, worker: BaseWorker, reason: str | None) -> None:
         await worker._stop(reason, graceful=True)
+        # Gone for good: off the bus (no queue filling up) and out of shutdown.
+        self.bus.detach(worker)
+        self._workers.pop(worker.name, None)
         self.registry.set_gone(worker.name)
 
     async def _shutdown(self) -> None:

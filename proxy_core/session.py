@@ -331,6 +331,8 @@ class Session:
                 if isinstance(exc, UnknownMessageType)
                 else DropReason.MALFORMED
             )
+            if exc.seq is not None and exc.seq <= self.last_received_seq:
+                return DuplicateDiscarded(exc.seq)
             if exc.seq is not None and self._accept_seq(exc.seq, now):
                 return MessageUndecodable(exc.seq, reason, str(exc))
             return MessageUndecodable(None, reason, str(exc))

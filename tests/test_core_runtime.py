@@ -463,12 +463,6 @@ async def test_end_worker_ends_that_worker() -> None:
         assert runner.registry.is_ready("a")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a worker ended with end_worker stays in the runner and on the bus, so "
-    "runner shutdown calls its on_end a second time (and messages to it queue forever)",
-)
 async def test_on_end_runs_once_for_a_worker_ended_early() -> None:
     runner = new_runner()
     a, b = Recorder("a"), Recorder("b")

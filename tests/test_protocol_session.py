@@ -662,12 +662,6 @@ def test_ready_and_bye_are_events(link: Link) -> None:
     assert events == [RemoteReady(SERVER_WORKER), ByeReceived(1000, "x")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (minor): a replayed undecodable MSG (seq already received) is reported as "
-    "MessageUndecodable(None, ...) instead of DuplicateDiscarded, so it is counted twice",
-)
 def test_a_replayed_undecodable_message_is_a_duplicate(link: Link, codec_name: str) -> None:
     link = with_sender_codec(link, secret_codec(codec_name))
     frame = link.sender.send_message(Secret("a", "b"))

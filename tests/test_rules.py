@@ -365,11 +365,6 @@ def test_rules_module_graph_does_not_import_asyncio() -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: proxy_core/__init__.py eagerly imports proxy/runner/worker/service, so "
-    "`import proxy_core.rules` imports asyncio (STYLE.md: the rules module must not)",
-)
 def test_importing_rules_does_not_import_asyncio() -> None:
     code = "import sys, proxy_core.rules; assert 'asyncio' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

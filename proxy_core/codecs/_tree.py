@@ -106,6 +106,8 @@ class TreeConverter:
         if type(tree) is not list or not tree:
             raise CodecError("a frame must be a non-empty array")
         kind = tree[0]
+        if type(kind) is not int:  # `true` and `1.0` compare equal to 1: refuse them
+            raise CodecError(f"frame kind must be an integer, got {type(kind).__qualname__}")
         size = len(tree)
         if kind == Kind.MSG and size == 3:
             seq = _int(tree[1], "seq")
@@ -114,6 +116,8 @@ class TreeConverter:
             except CodecError as exc:
                 exc.seq = seq
                 raise
+            except RecursionError:
+                raise CodecError("message nests too deeply", seq=seq) from None
             if not isinstance(message, BusMessage):
                 raise CodecError(
                     f"MSG carries a {type(message).__qualname__}, not a bus message", seq=seq

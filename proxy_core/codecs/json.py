@@ -30,7 +30,10 @@ class JsonCodec(Codec):
         self._encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
     def encode(self, envelope: Envelope) -> bytes:
-        tree = self._tree.envelope_to_tree(envelope)
+        try:
+            tree = self._tree.envelope_to_tree(envelope)
+        except RecursionError:
+            raise CodecError("message nests too deeply to encode") from None
         try:
             return self._encoder.encode(tree).encode()
         except (ValueError, TypeError, RecursionError) as exc:

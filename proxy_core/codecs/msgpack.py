@@ -37,7 +37,10 @@ class MsgpackCodec(Codec):
         self._packer = msgpack.Packer(use_bin_type=True, datetime=False)
 
     def encode(self, envelope: Envelope) -> bytes:
-        tree = self._tree.envelope_to_tree(envelope)
+        try:
+            tree = self._tree.envelope_to_tree(envelope)
+        except RecursionError:
+            raise CodecError("message nests too deeply to encode") from None
         try:
             data: bytes = self._packer.pack(tree)
         except (ValueError, TypeError, OverflowError) as exc:
