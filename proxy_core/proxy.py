@@ -240,7 +240,6 @@ class _ProxyWorker(BaseWorker):
     async def _run_session(self, conn: Connection, session: Session) -> None:
         """Serve an open session until it ends; always closes ``conn``."""
         self._conn, self._session = conn, session
-        self._ready_sent = False
         self._outbox_space.set()
         self.stats.sessions += 1
         heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
@@ -249,6 +248,9 @@ class _ProxyWorker(BaseWorker):
         reason = "internal error"
         try:
             code, reason = await self._receive_loop(conn, session)
+        except asyncio.CancelledError:
+            code, reason = CloseCode.GOING_AWAY, "cancelled"
+            raise
         except Exception:
             logger.exception("proxy %r: the receive loop failed", self.name)
         finally:
@@ -630,15 +632,22 @@ class ProxyServer(_ProxyWorker):
     async def _accept(self, conn: Connection) -> Session | None:
         result: tuple[Hello, Codec] | Reject
         try:
-            first = await asyncio.wait_for(conn.receive(), self.handshake_timeout)
+            first: bytes | ProtocolError = await asyncio.wait_for(
+                conn.receive(), self.handshake_timeout
+            )
         except ProtocolError as exc:
-            # A text frame (HELLO is JSON, an easy mistake): refuse it like any
-            # malformed HELLO, so that the client learns why.
-            result = Reject(RejectCode.BAD_HELLO, f"HELLO must be a binary frame: {exc}")
+            first = exc  # a text frame: refused below like any malformed HELLO
         except (TransportError, MessageTooLarge, TimeoutError) as exc:
             logger.info("proxy %r: no valid HELLO from %s: %r", self.name, conn.remote_address, exc)
             await conn.aclose(CloseCode.PROTOCOL_ERROR, "no HELLO")
             return None
+        # Authenticate first: the reason of any other refusal would tell an
+        # unauthenticated peer our worker names or codecs.
+        refusal = await check_authentication(self.authenticate, conn.request_headers)
+        if refusal is not None:
+            result = Reject(RejectCode.UNAUTHORIZED, refusal)
+        elif isinstance(first, ProtocolError):
+            result = Reject(RejectCode.BAD_HELLO, f"HELLO must be a binary frame: {first}")
         else:
             result = server_negotiate(
                 first,
@@ -646,10 +655,6 @@ class ProxyServer(_ProxyWorker):
                 worker_name=self.rules.local_worker,
                 remote_worker_name=self.rules.remote_worker,
             )
-        if not isinstance(result, Reject):
-            refusal = await check_authentication(self.authenticate, conn.request_headers)
-            if refusal is not None:
-                result = Reject(RejectCode.UNAUTHORIZED, refusal)
         if isinstance(result, Reject):
             logger.info("proxy %r rejected %s: %s", self.name, conn.remote_address, result.reason)
             try:
@@ -659,6 +664,8 @@ class ProxyServer(_ProxyWorker):
             await conn.aclose(result.code, result.reason[:120])
             return None
         hello, codec = result
+        # Announce our worker in WELCOME if it is ready already; READY follows otherwise.
+        self._ready_sent = self.registry.is_ready(self.rules.local_worker)
         now = asyncio.get_running_loop().time()
         session = Session(
             codec,
@@ -670,7 +677,7 @@ class ProxyServer(_ProxyWorker):
         welcome = Welcome(
             codec=codec.name,
             session_id=session.session_id,
-            ready=(),
+            ready=(self.rules.local_worker,) if self._ready_sent else (),
             max_message_bytes=self.max_message_bytes,
         )
         try:

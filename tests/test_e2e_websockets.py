@@ -30,7 +30,9 @@ from _support import (
     SpyMsgpack,
     delta,
     frame,
+    hello,
     no_leaked_tasks,  # noqa: F401 -- the fixture, used through pytestmark
+    raw_client,
     raw_handshake,
     raw_server,
     ready,
@@ -526,6 +528,23 @@ async def test_adapter_authentication_refusal_is_reject_4001() -> None:
             await assert_crosses(
                 side.assistant, client.acme, frame(SERVER_WORKER, CLIENT_WORKER, "hi")
             )
+
+
+async def test_adapter_authenticates_before_telling_anything() -> None:
+    """An unauthenticated peer learns neither the worker names nor the codecs."""
+
+    def authenticate(headers: Mapping[str, str]) -> bool:
+        return headers.get("x-api-key") == "sesame"
+
+    async with run_server("pipecat", authenticate=authenticate) as server:
+        for probe in (hello(server_worker="guess"), hello(codecs=["cbor"]), b"garbage"):
+            async with raw_client(server.url, headers={"X-Api-Key": "wrong"}) as ws:
+                await ws.send(probe)
+                answer = json.loads(await wait(ws.recv()))
+                await wait(ws.wait_closed())
+            assert (answer["type"], answer["code"], ws.close_code) == ("reject", 4001, 4001)
+            for secret in (SERVER_WORKER, CLIENT_WORKER, "msgpack", "json"):
+                assert secret not in answer["reason"] and secret not in (ws.close_reason or "")
 
 
 # --------------------------------------------------------------------------- session ends
