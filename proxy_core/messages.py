@@ -231,7 +231,11 @@ class BusCancelMessage(BusLocalMessage, BusMessage):
 @register_type("bus.ready")
 @dataclass
 class BusWorkerReadyMessage(BusLocalMessage, BusMessage):
-    """Broadcast by the runner when a worker, local or remote, becomes ready."""
+    """Broadcast by the runner when one of its local workers becomes ready.
+
+    Remote readiness is reported through the registry only
+    (``runner.registry.watch(name, callback)``).
+    """
 
     worker: str = ""
     remote: bool = False

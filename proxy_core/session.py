@@ -337,6 +337,8 @@ class Session:
                 return MessageUndecodable(exc.seq, reason, str(exc))
             return MessageUndecodable(None, reason, str(exc))
         if isinstance(envelope, Msg):
+            if envelope.seq < 1:
+                raise ProtocolError(f"message sequence numbers start at 1, got {envelope.seq}")
             if envelope.seq <= self.last_received_seq:
                 return DuplicateDiscarded(envelope.seq)
             self._accept_seq(envelope.seq, now)

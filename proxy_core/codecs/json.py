@@ -13,6 +13,11 @@ from .base import Codec
 __all__ = ["JsonCodec"]
 
 
+def _refuse_constant(name: str) -> float:
+    # NaN and Infinity are not JSON; the encoder refuses them, so must the decoder.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 class JsonCodec(Codec):
     """Encode envelopes as compact UTF-8 JSON, readable in any language.
 
@@ -41,7 +46,7 @@ class JsonCodec(Codec):
 
     def decode(self, data: bytes) -> Envelope:
         try:
-            tree = json.loads(data)
+            tree = json.loads(data, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:
             raise CodecError(f"not valid JSON: {exc}") from None
         try:

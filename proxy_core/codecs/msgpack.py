@@ -30,7 +30,7 @@ class MsgpackCodec(Codec):
             import msgpack
         except ImportError:  # pragma: no cover - depends on the environment
             raise ConfigurationError(
-                "the msgpack codec needs the msgpack package: pip install 'proxy-core[msgpack]'"
+                "the msgpack codec needs the msgpack package: pip install msgpack"
             ) from None
         self._msgpack: Any = msgpack
         self._tree = TreeConverter(registry or DEFAULT_TYPES, native_bytes=True)
