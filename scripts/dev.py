@@ -23,8 +23,23 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 
-# The distributions of this repository, installed editable.
-PACKAGES = [".", "transports/websockets"]
+
+def packages() -> list[str]:
+    """Return the distributions of this repository, installed editable: the core,
+    every backend under transports/, and the third-party plugin used by the tests."""
+    found = ["."] + sorted(
+        str(p.parent.relative_to(ROOT)) for p in ROOT.glob("transports/*/pyproject.toml")
+    )
+    if (ROOT / "tests" / "thirdparty_codec" / "pyproject.toml").exists():
+        found.append("tests/thirdparty_codec")
+    return found
+
+
+def typed_packages() -> list[str]:
+    """Return the package folders that mypy --strict checks."""
+    return ["proxy_core"] + sorted(
+        str(p.relative_to(ROOT)) for p in ROOT.glob("transports/*/proxy_core_*") if p.is_dir()
+    )
 
 
 def run(*cmd: str | Path) -> None:
@@ -40,7 +55,7 @@ def setup(dev: bool) -> None:
     run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     root = ".[dev]" if dev else "."
     args: list[str] = []
-    for package in PACKAGES:
+    for package in packages():
         args += ["-e", root if package == "." else package]
     run(PY, "-m", "pip", "install", "--quiet", *args)
 
@@ -57,7 +72,7 @@ def main() -> int:
         elif command == "test":
             run(BIN / "ruff", "check", ".")
             run(BIN / "ruff", "format", "--check", ".")
-            run(BIN / "mypy", "proxy_core", "transports/websockets/proxy_core_websockets")
+            run(BIN / "mypy", *typed_packages())
             run(PY, "-m", "pytest", *extra)
     except subprocess.CalledProcessError as exc:
         return exc.returncode or 1
