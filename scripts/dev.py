@@ -38,7 +38,9 @@ def packages() -> list[str]:
 def typed_packages() -> list[str]:
     """Return the package folders that mypy --strict checks."""
     return ["proxy_core"] + sorted(
-        str(p.relative_to(ROOT)) for p in ROOT.glob("transports/*/proxy_core_*") if p.is_dir()
+        str(p.relative_to(ROOT))
+        for p in ROOT.glob("transports/*/proxy_core_*")
+        if p.is_dir() and not p.name.endswith(".egg-info")
     )
 
 
