@@ -1,0 +1,1 @@
+"""The gRPC backend of proxy-core."""
