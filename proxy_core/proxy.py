@@ -504,6 +504,7 @@ class ProxyClient(_ProxyWorker):
             "proxy %r connected to %s (session %s)", self.name, self.url, session.session_id
         )
         await self._call_event("on_connected", conn)
+        self._ready_sent = False  # a new session: announce our worker again
         try:
             for worker in welcome.ready:
                 self._remote_ready(worker)

@@ -466,6 +466,7 @@ class RawPeer:
         self.codec = codec
         self.seq = 0
         self.frames: list[Any] = []
+        self.welcome: dict[str, Any] = {}
 
     async def send(self, tree: Any) -> None:
         await self.ws.send(pack(tree, self.codec))
@@ -489,6 +490,11 @@ class RawPeer:
                     return tree
 
         return await wait(scan())
+
+    async def wait_ready(self, worker: str) -> None:
+        """Return once the peer announced ``worker``: in its WELCOME, or in a READY frame."""
+        if worker not in self.welcome.get("ready", []):
+            await self.next_frame(lambda f: f == ready(worker))
 
     async def next_text(self, text: str) -> Any:
         """Return the next MSG frame carrying a TextFrame with ``text``."""
@@ -537,7 +543,9 @@ async def raw_handshake(url: str, codec: str = "msgpack") -> tuple[ClientConnect
     answer = json.loads(await wait(ws.recv()))
     assert answer["type"] == "welcome", answer
     assert answer["codec"] == codec
-    return ws, RawPeer(ws, codec)
+    peer = RawPeer(ws, codec)
+    peer.welcome = answer
+    return ws, peer
 
 
 @contextlib.asynccontextmanager

@@ -174,6 +174,62 @@ async def test_connects_when_activated_and_only_once() -> None:
         assert client.proxy.stats.sessions == 1
 
 
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_awkward_values_cross_equal(codec: str) -> None:
+    allowed = (BusFrameMessage, BusDataMessage)
+    async with (
+        run_server(forward_messages=allowed) as server,
+        run_client(server.url, codec=codec, forward_messages=allowed) as client,
+    ):
+        side = await connected_pair(client, server)
+        data = {
+            "$type": "evil.module:Thing",  # a key, not a tag: escaped on the wire
+            "$dict": [["a", 1]],
+            "$bytes": "not base64!",
+            "tuple": (1, "two", (3.5, None)),
+            "bytes": b"\x00\xff" * 3,
+            "text": "h\u00e9llo \U0001f916 \u202e \x00",
+            "ints": [0, -1, 2**63 - 1, -(2**63)],
+            "floats": [0.1, -0.0, 1e308],
+            "flags": [True, False, None],
+            "nested": {"list": [{"k": [b"v"]}], "empty": {}, "": ""},
+        }
+        for message in (
+            BusDataMessage(CLIENT_WORKER, SERVER_WORKER, data),
+            frame(CLIENT_WORKER, SERVER_WORKER, "\U0001f916" * 100 + "\x00"),
+            BusFrameMessage(CLIENT_WORKER, SERVER_WORKER, AudioRawFrame(b"", 8000, 0)),
+        ):
+            await assert_crosses(client.acme, side.assistant, message)
+        back = BusDataMessage(SERVER_WORKER, CLIENT_WORKER, data)
+        await assert_crosses(side.assistant, client.acme, back)
+        assert not client.proxy.stats.dropped_in and not side.server_proxy.stats.dropped_in
+
+
+async def test_backpressure_holds_messages_until_acknowledged() -> None:
+    async with run_server(max_unacked=4) as server:
+        ws, peer = await raw_handshake(server.url)
+        async with ws:
+            side = await server.sessions.next()
+            for n in range(10):
+                await side.assistant.send_bus_message(frame(SERVER_WORKER, CLIENT_WORKER, f"{n}"))
+
+            async def take(count: int) -> list[int]:
+                return [(await peer.next_frame(lambda f: f[0] == 1))[1] for _ in range(count)]
+
+            assert await take(4) == [1, 2, 3, 4]
+            # The outbox is full: the fifth waits for an ACK. Prove nothing else left
+            # by pinging: the PONG comes back on the same ordered connection.
+            await peer.send([4, 77])
+            await peer.next_frame(lambda f: f == [5, 77])
+            assert [f[1] for f in peer.frames if f[0] == 1] == [1, 2, 3, 4]
+            await peer.send([2, 2])
+            assert await take(2) == [5, 6]
+            await peer.send([2, 6])
+            assert await take(4) == [7, 8, 9, 10]
+            assert side.server_proxy.stats.messages_out == 10
+            assert not side.server_proxy.stats.dropped_out.get("not_connected")
+
+
 # --------------------------------------------------------------------------- filter rules
 
 
@@ -347,7 +403,7 @@ async def test_inbound_rules_on_the_server() -> None:
         ws, peer = await raw_handshake(server.url)
         async with ws:
             side = await server.sessions.next()
-            await peer.next_frame(lambda f: f == ready(SERVER_WORKER))
+            await peer.wait_ready(SERVER_WORKER)
             await check_inbound_rules(
                 peer, side.server_proxy, side.assistant, side.helper, side.ended.is_set
             )
@@ -605,6 +661,53 @@ async def test_server_runner_cancel_ends_the_client_session(shape: str) -> None:
         await wait(handled.wait())
         assert client.proxy.stats.dropped_out["not_connected"] == 1
         assert client.task is not None and not client.task.done()
+
+
+async def test_leaving_serve_proxy_disconnects_its_clients() -> None:
+    async with run_client("ws://unused") as client:
+        async with run_server() as server:
+            client.proxy.url = server.url
+            side = await connected_pair(client, server)
+        # serve_proxy cancelled the session's runner and closed the socket.
+        assert side.ended.is_set()
+        assert side.events == ["connected", "disconnected"]
+        await wait(client.disconnected.wait())
+        assert not client.runner.registry.is_ready(SERVER_WORKER)
+
+
+async def test_reactivating_after_a_disconnect_opens_a_new_session() -> None:
+    async with run_server() as server, run_client(server.url) as client:
+        first = await connected_pair(client, server)
+        first_id = client.proxy.session_id
+        ready_again = asyncio.get_running_loop().create_future()
+
+        async def note(data: WorkerReadyData) -> None:
+            if not ready_again.done():
+                ready_again.set_result(data)
+
+        await first.runner.cancel()
+        await wait(client.disconnected.wait())
+        client.runner.registry.watch(SERVER_WORKER, note)  # not ready now: does not fire
+        assert not ready_again.done()
+        await client.acme.activate_worker("proxy")
+        await client.proxy.wait_connected(TIMEOUT)
+        assert await wait(ready_again) == WorkerReadyData(SERVER_WORKER, remote=True, via="proxy")
+        second = await server.sessions.next()
+        assert second is not first and client.proxy.session_id != first_id
+        # The new server session learns that acme is ready, as the first one did.
+        acme_ready = asyncio.get_running_loop().create_future()
+
+        async def acme_is_ready(data: WorkerReadyData) -> None:
+            if not acme_ready.done():
+                acme_ready.set_result(data)
+
+        second.runner.registry.watch(CLIENT_WORKER, acme_is_ready)
+        assert await wait(acme_ready) == WorkerReadyData(CLIENT_WORKER, remote=True, via="proxy")
+        await assert_crosses(
+            client.acme, second.assistant, frame(CLIENT_WORKER, SERVER_WORKER, "2")
+        )
+        assert client.proxy.stats.sessions == 2
+        assert client.events == ["connected", "disconnected", "connected"]
 
 
 # --------------------------------------------------------------------------- leaks
