@@ -53,12 +53,12 @@ LIMIT = 4096
 
 @pytest.fixture
 async def server(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Server]:
-    """A ``serve_proxy`` server with a small frame limit and a short handshake timeout.
+    """A ``serve_proxy`` server with a small frame limit.
 
     On the way out: a normal client still works, and nothing was logged as an error.
     """
     caplog.set_level(logging.INFO)
-    async with run_server(max_message_bytes=LIMIT, handshake_timeout=0.5) as server:
+    async with run_server(max_message_bytes=LIMIT) as server:
         yield server
         await assert_still_serves(server)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -146,13 +146,15 @@ async def test_wrong_worker_names_are_rejected_4004(server: Server, names: dict[
     assert_no_session(server)
 
 
-async def test_silent_client_is_dropped_after_the_handshake_timeout(server: Server) -> None:
-    async with raw_client(server.url) as ws:
-        await wait(ws.wait_closed())  # 0.5 s: the server's handshake_timeout
-        assert ws.close_code == 1002
-    side = server.sessions.all[0]
-    await wait(side.ended.wait())
-    assert side.events == []
+async def test_silent_client_is_dropped_after_the_handshake_timeout() -> None:
+    async with run_server(handshake_timeout=0.5) as server:
+        async with raw_client(server.url) as ws:
+            await wait(ws.wait_closed())  # after the server's handshake_timeout
+            assert ws.close_code == 1002
+        side = server.sessions.all[0]
+        await wait(side.ended.wait())
+        assert side.events == []
+        await assert_still_serves(server)
 
 
 # --------------------------------------------------------------------------- after the handshake
@@ -338,3 +340,102 @@ async def test_frame_over_the_clients_limit_closes_its_session() -> None:
         assert client.events == ["connected", "disconnected"]
         assert not client.runner.registry.is_ready(SERVER_WORKER)
         assert [m for m in client.acme.crossed()] == [small]
+
+
+async def test_duplicates_are_discarded_and_counted(server: Server) -> None:
+    ws, peer = await raw_handshake(server.url)
+    async with ws:
+        side = await server.sessions.next()
+        first = msg(1, text_tree(CLIENT_WORKER, SERVER_WORKER, "once"))
+        await peer.send(first)
+        await peer.send(first)  # a replay
+        await peer.send(msg(1, text_tree(CLIENT_WORKER, SERVER_WORKER, "forged replay")))
+        await peer.send(msg(2, text_tree(CLIENT_WORKER, SERVER_WORKER, "two")))
+        await side.assistant.wait_text("two")
+        assert side.assistant.texts() == ["once", "two"]
+        assert side.server_proxy.stats.duplicates == 2
+
+
+@pytest.mark.parametrize(
+    "frame_tree",
+    [
+        [2, 1],  # an ACK for a message never sent
+        msg(0, text_tree(CLIENT_WORKER, SERVER_WORKER, "zero")),  # numbering starts at 1
+        msg(5, text_tree(CLIENT_WORKER, SERVER_WORKER, "gap")),
+    ],
+)
+async def test_numbering_violations_close_with_1002(server: Server, frame_tree: Any) -> None:
+    ws, peer = await raw_handshake(server.url)
+    async with ws:
+        side = await server.sessions.next()
+        await peer.send(frame_tree)
+        code, _ = await peer.closed()
+        assert code == 1002
+        assert any(f[0] == 6 and f[1] == 1002 for f in peer.frames), peer.frames  # BYE first
+    await wait(side.disconnected.wait())
+    assert side.assistant.crossed() == []
+
+
+async def test_message_over_the_servers_limit_is_dropped_by_the_client(server: Server) -> None:
+    # The client's own limit is 1 MiB, but WELCOME said the server takes 4 KiB.
+    async with run_client(server.url) as client:
+        await client.activate()
+        side = server.sessions.of(client)
+        big = BusFrameMessage(CLIENT_WORKER, SERVER_WORKER, AudioRawFrame(b"\x00" * LIMIT, 8000))
+        await client.acme.send_bus_message(big)
+        sent = await client.say("small")
+        assert await side.assistant.wait_text("small") == sent
+        assert client.proxy.stats.dropped_out["too_large"] == 1
+        assert side.assistant.crossed() == [sent]
+        assert client.proxy.connected
+
+
+async def test_silent_peer_is_dropped_by_the_heartbeat() -> None:
+    async with run_server(heartbeat_interval=0.2, heartbeat_timeout=1.0) as server:
+        ws, peer = await raw_handshake(server.url)
+        async with ws:
+            side = await server.sessions.next()
+            await peer.send_msg(text_tree(CLIENT_WORKER, SERVER_WORKER, "then silence"))
+            await side.assistant.wait_text("then silence")
+            code, _ = await peer.closed()  # PINGs go unanswered
+            assert code == 4008
+            assert any(f[0] == 4 for f in peer.frames)  # it was pinged
+        await wait(side.disconnected.wait())
+        await wait(side.ended.wait())
+        await assert_still_serves(server)  # a live client answers PINGs and stays
+
+
+async def test_peer_that_never_acknowledges_is_dropped() -> None:
+    async with run_server(max_unacked=2, heartbeat_interval=0.2, heartbeat_timeout=1.0) as server:
+        ws, peer = await raw_handshake(server.url)
+        async with ws:
+            side = await server.sessions.next()
+
+            async def answer_pings() -> None:  # alive, but acknowledges nothing
+                while True:
+                    ping = await peer.next_frame(lambda f: f[0] == 4)
+                    await peer.send([5, ping[1]])
+
+            pinger = asyncio.create_task(answer_pings())
+            for n in range(3):
+                await side.assistant.send_bus_message(frame(SERVER_WORKER, CLIENT_WORKER, f"{n}"))
+            await wait(side.disconnected.wait())
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
+            code, _ = await peer.closed()
+            assert code == 4008
+            assert [f[1] for f in peer.frames if f[0] == 1] == [1, 2]
+        await wait(side.ended.wait())
+        await assert_still_serves(server)
+
+
+async def test_server_silent_after_hello_is_a_handshake_timeout() -> None:
+    async def silent(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.wait_closed()
+
+    async with raw_server(silent) as url, run_client(url, open_timeout=0.5) as client:
+        await client.acme.activate_worker("proxy")
+        with pytest.raises(HandshakeError, match="timed out"):
+            await client.proxy.wait_connected(TIMEOUT)
+        assert client.events == ["connect_error"]
