@@ -22,6 +22,7 @@ from .codecs.base import Codec
 from .errors import (
     CodecError,
     ConfigurationError,
+    ConnectError,
     ConnectionClosed,
     HandshakeError,
     MessageTooLarge,
@@ -160,6 +161,7 @@ class _ProxyWorker(BaseWorker):
         self._outbox_space = asyncio.Event()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
+        self._opening = False  # connecting or in the handshake: no session yet
 
     def routed_names(self) -> tuple[str, ...]:
         return (self.name, self.rules.remote_worker)
@@ -368,6 +370,10 @@ class _ProxyWorker(BaseWorker):
             await self._write(session.bye_frame(code, reason))
             await conn.aclose(code, reason)
         if task is not None and task is not asyncio.current_task() and not task.done():
+            if self._opening:
+                # No session to close yet: abandon the attempt rather than wait
+                # for its timeout (open_timeout, handshake_timeout).
+                task.cancel()
             await asyncio.wait({task}, timeout=self.heartbeat_timeout)
 
 
@@ -479,24 +485,19 @@ class ProxyClient(_ProxyWorker):
 
     async def _client_main(self) -> None:
         outcome = self._get_outcome()
+        self._opening = True
         try:
-            conn = await self.transport.connect(
-                self.url,
-                headers=self.headers,
-                ssl=self.ssl,
-                max_message_bytes=self.max_message_bytes,
-                open_timeout=self.open_timeout,
-            )
-        except ProxyError as exc:
-            await self._fail(outcome, exc)
+            opened = await self._open(outcome)
+        except asyncio.CancelledError:
+            if not outcome.done():
+                outcome.set_exception(ConnectError("the proxy stopped before it connected"))
+                outcome.add_done_callback(lambda f: f.exception())  # retrieved: no GC warning
+            raise
+        finally:
+            self._opening = False
+        if opened is None:
             return
-        try:
-            session, welcome = await asyncio.wait_for(self._handshake(conn), self.open_timeout)
-        except (ProxyError, TimeoutError) as exc:
-            await conn.aclose(CloseCode.PROTOCOL_ERROR, "handshake failed")
-            error = exc if isinstance(exc, ProxyError) else HandshakeError("handshake timed out")
-            await self._fail(outcome, error)
-            return
+        conn, session, welcome = opened
         self.last_error = None
         if not outcome.done():
             outcome.set_result(None)
@@ -511,6 +512,33 @@ class ProxyClient(_ProxyWorker):
             await self._run_session(conn, session)
         finally:
             await self._call_event("on_disconnected", conn)
+
+    async def _open(
+        self, outcome: asyncio.Future[None]
+    ) -> tuple[Connection, Session, Welcome] | None:
+        """Connect and handshake; on failure, report it and return ``None``."""
+        try:
+            conn = await self.transport.connect(
+                self.url,
+                headers=self.headers,
+                ssl=self.ssl,
+                max_message_bytes=self.max_message_bytes,
+                open_timeout=self.open_timeout,
+            )
+        except ProxyError as exc:
+            await self._fail(outcome, exc)
+            return None
+        try:
+            session, welcome = await asyncio.wait_for(self._handshake(conn), self.open_timeout)
+        except (ProxyError, TimeoutError) as exc:
+            await conn.aclose(CloseCode.PROTOCOL_ERROR, "handshake failed")
+            error = exc if isinstance(exc, ProxyError) else HandshakeError("handshake timed out")
+            await self._fail(outcome, error)
+            return None
+        except asyncio.CancelledError:
+            await conn.aclose(CloseCode.GOING_AWAY, "stopped")
+            raise
+        return conn, session, welcome
 
     async def _handshake(self, conn: Connection) -> tuple[Session, Welcome]:
         hello = client_hello(
@@ -617,7 +645,11 @@ class ProxyServer(_ProxyWorker):
     async def _server_main(self) -> None:
         conn = self.connection
         try:
-            session = await self._accept(conn)
+            self._opening = True
+            try:
+                session = await self._accept(conn)
+            finally:
+                self._opening = False
             if session is None:
                 return
             await self._call_event("on_client_connected", conn)

@@ -54,6 +54,7 @@ from proxy_core import (
     BusDataMessage,
     BusFrameMessage,
     BusMessage,
+    ConnectError,
     WorkerReadyData,
 )
 from proxy_core.transport import Connection
@@ -708,6 +709,58 @@ async def test_reactivating_after_a_disconnect_opens_a_new_session() -> None:
         )
         assert client.proxy.stats.sessions == 2
         assert client.events == ["connected", "disconnected", "connected"]
+
+
+@pytest.mark.parametrize("stop", ["end", "deactivate"])
+@pytest.mark.parametrize("phase", ["opening", "handshake"])
+async def test_stopping_the_client_while_it_connects_is_prompt(phase: str, stop: str) -> None:
+    """Ending the runner (or deactivating the proxy) abandons a pending connection at once."""
+    accepted = asyncio.Event()
+    gone = asyncio.Event()
+
+    async def mute_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # until the client goes away
+        gone.set()
+        writer.close()
+
+    async def mute_websocket(ws: ServerConnection) -> None:
+        await ws.recv()  # HELLO, never answered
+        accepted.set()
+        await ws.wait_closed()
+        gone.set()
+
+    if phase == "opening":
+        tcp = await asyncio.start_server(mute_tcp, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{tcp.sockets[0].getsockname()[1]}/ws"
+        serving: Any = tcp
+    else:
+        serving = raw_server(mute_websocket)
+        url = await serving.__aenter__()
+    try:
+        # Long timeouts: only abandoning the attempt can make the stop quick.
+        async with run_client(url, open_timeout=120, heartbeat_timeout=120) as client:
+            await client.acme.activate_worker("proxy")
+            await wait(accepted.wait())
+            waiter = asyncio.create_task(client.proxy.wait_connected(TIMEOUT))
+            if stop == "end":
+                await asyncio.wait_for(client.end(), 10)
+            else:
+                stopped = asyncio.Event()
+                client.proxy.event_handler("on_deactivated")(lambda *_: stopped.set())
+                await client.acme.deactivate_worker("proxy")
+                await asyncio.wait_for(stopped.wait(), 10)
+            await wait(gone.wait())  # the half-open connection was closed
+            with pytest.raises(ConnectError):
+                await waiter
+            assert client.events == []  # stopping on purpose is no connect error
+            assert client.proxy.last_error is None
+    finally:
+        if phase == "opening":
+            serving.close()
+            await serving.wait_closed()
+        else:
+            await serving.__aexit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- leaks
