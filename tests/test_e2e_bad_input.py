@@ -439,3 +439,31 @@ async def test_server_silent_after_hello_is_a_handshake_timeout() -> None:
         with pytest.raises(HandshakeError, match="timed out"):
             await client.proxy.wait_connected(TIMEOUT)
         assert client.events == ["connect_error"]
+
+
+async def test_server_ending_before_hello_does_not_wait_for_it() -> None:
+    async with run_server("pipecat", handshake_timeout=120) as server:
+        async with raw_client(server.url) as ws:
+            side = await server.sessions.next()
+            await asyncio.wait_for(side.runner.end("shutting down"), 10)
+            await asyncio.wait_for(side.ended.wait(), 10)
+            await wait(ws.wait_closed())
+        assert side.events == []
+        await assert_still_serves(server)
+
+
+async def test_client_drops_a_silent_server_by_heartbeat() -> None:
+    async def mute_after_welcome(ws: ServerConnection) -> None:
+        first = json.loads(await ws.recv())
+        await ws.send(welcome(first["codecs"][0], ready=[SERVER_WORKER]))
+        async for _ in ws:  # read (PINGs included), never answer
+            pass
+
+    async with (
+        raw_server(mute_after_welcome) as url,
+        run_client(url, heartbeat_interval=0.2, heartbeat_timeout=1.0) as client,
+    ):
+        await client.activate()
+        await wait(client.disconnected.wait())
+        assert client.events == ["connected", "disconnected"]
+        assert not client.runner.registry.is_ready(SERVER_WORKER)

@@ -640,17 +640,21 @@ async def test_client_vanishing_ends_the_server_session(shape: str) -> None:
         await wait(ws.wait_closed())
 
 
+@pytest.mark.parametrize("how", ["cancel", "end"])
 @pytest.mark.parametrize("shape", SHAPES)
-async def test_server_runner_cancel_ends_the_client_session(shape: str) -> None:
+async def test_server_runner_stop_ends_the_client_session(shape: str, how: str) -> None:
     async with run_server(shape) as server, run_client(server.url) as client:
         side = await connected_pair(client, server)
         assert client.runner.registry.is_ready(SERVER_WORKER)
-        await side.runner.cancel("server going down")
+        if how == "cancel":
+            await side.runner.cancel("server going down")
+        else:
+            await side.runner.end("server going down")
         await wait(side.disconnected.wait())
         await wait(side.ended.wait())
         await wait(client.disconnected.wait())
         assert side.events == ["connected", "disconnected"]
-        assert not side.assistant.ended.is_set()  # cancelled: no graceful on_end
+        assert side.assistant.ended.is_set() == (how == "end")  # on_end only when graceful
         assert client.events == ["connected", "disconnected"]
         assert not client.proxy.connected
         assert not client.runner.registry.is_ready(SERVER_WORKER)
