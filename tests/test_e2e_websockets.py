@@ -91,15 +91,21 @@ async def test_seed_scenario(shape: str, codec: str) -> None:
         run_server(shape, codecs=spies) as server,
         run_client(server.url, codec=codec) as client,
     ):
+        # As in the seed: acme watches for the remote assistant and activates it.
+        watched: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
+
+        async def on_assistant_ready(data: WorkerReadyData) -> None:
+            await client.acme.activate_worker(SERVER_WORKER, args={"voice": "calm", "n": 1})
+            watched.set_result(data)
+
+        client.runner.registry.watch(SERVER_WORKER, on_assistant_ready)
         assert not client.proxy.connected
         await client.acme.activate_worker("proxy")
         await client.proxy.wait_connected(TIMEOUT)
-        data = await wait(asyncio.shield(client.remote_ready))
+        data = await wait(watched)
         assert data == WorkerReadyData(SERVER_WORKER, remote=True, via="proxy")
         assert client.runner.registry.is_ready(SERVER_WORKER)
         side = await server.sessions.next()
-
-        await client.acme.activate_worker(SERVER_WORKER, args={"voice": "calm", "n": 1})
         assert await wait(side.assistant.activations.get()) == {"voice": "calm", "n": 1}
         assert side.assistant.active
 
