@@ -36,6 +36,7 @@ from .protocol import CloseCode, Hello, Reject, RejectCode, Welcome, encode_hand
 from .registry import Watch, WorkerReadyData
 from .rules import Drop, DropReason, FilterRules
 from .session import (
+    MIN_MESSAGE_BYTES,
     ByeReceived,
     DuplicateDiscarded,
     Event,
@@ -142,8 +143,10 @@ class _ProxyWorker(BaseWorker):
                 raise ConfigurationError(
                     f"forward_messages must hold BusMessage subclasses, got {kind!r}"
                 )
-        if max_message_bytes < 64:
-            raise ConfigurationError("max_message_bytes must be at least 64")
+        if max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ConfigurationError(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}")
+        if max_unacked < 1:
+            raise ConfigurationError("max_unacked must be at least 1")
         if heartbeat_interval <= 0 or heartbeat_timeout <= heartbeat_interval:
             raise ConfigurationError("need 0 < heartbeat_interval < heartbeat_timeout")
         self.rules = FilterRules(
@@ -170,6 +173,11 @@ class _ProxyWorker(BaseWorker):
     def connected(self) -> bool:
         """Whether a session is open now."""
         return self._session is not None
+
+    @property
+    def codec(self) -> str | None:
+        """The name of the codec negotiated for the open session, if any."""
+        return self._session.codec.name if self._session is not None else None
 
     @property
     def session_id(self) -> str | None:

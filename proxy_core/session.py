@@ -57,6 +57,9 @@ __all__ = [
 
 # ---------------------------------------------------------------- handshake
 
+#: The smallest ``max_message_bytes`` either side may announce or configure.
+MIN_MESSAGE_BYTES = 64
+
 
 def client_hello(
     codecs: Sequence[Codec], *, client_worker: str, server_worker: str, max_message_bytes: int
@@ -126,8 +129,10 @@ def server_negotiate(
             f"{remote_worker_name!r}; the client asked for {hello.server_worker!r} "
             f"from {hello.client_worker!r}",
         )
-    if hello.max_message_bytes < 1:
-        return Reject(RejectCode.BAD_HELLO, "max_message_bytes must be positive")
+    if hello.max_message_bytes < MIN_MESSAGE_BYTES:
+        return Reject(
+            RejectCode.BAD_HELLO, f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}"
+        )
     by_name = {c.name: c for c in codecs}
     for name in hello.codecs:
         if name in by_name:
