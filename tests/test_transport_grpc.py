@@ -1,0 +1,882 @@
+"""The gRPC backend, over a real ``grpc.aio`` server on 127.0.0.1 (port 0).
+
+Every wait is bounded (``asyncio.wait_for(..., TIMEOUT)``) and nothing sleeps
+for a fixed time, so the tests are quick when all is well and fail rather than
+hang when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+import pytest
+
+from proxy_core import (
+    AudioRawFrame,
+    BaseWorker,
+    BusFrameMessage,
+    BusMessage,
+    ProxyClient,
+    TextFrame,
+    WorkerReadyData,
+    WorkerRunner,
+    serve_proxy,
+)
+from proxy_core.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionClosed,
+    MessageTooLarge,
+    ProtocolError,
+    ProxyError,
+)
+from proxy_core.plugins import load_transport, resolve_transport
+from proxy_core.transport import Connection, Listener
+from proxy_core_grpc import (
+    GrpcClientConnection,
+    GrpcProxyClient,
+    GrpcProxyServer,
+    GrpcServerConnection,
+    GrpcTransport,
+)
+from proxy_core_grpc._generated.service_pb2 import Frame
+from proxy_core_grpc._wire import decode_frame, encode_frame
+from proxy_core_grpc.transport import METHOD_PATH
+
+TIMEOUT = 30.0
+LIMIT = 1000
+T = TypeVar("T")
+
+
+async def wait(awaitable: Awaitable[T]) -> T:
+    """Await with a generous bound, so a bug fails the test instead of hanging it."""
+    return await asyncio.wait_for(awaitable, TIMEOUT)
+
+
+@dataclass
+class Probe:
+    """What a server-side handler saw: when it started and how it ended."""
+
+    started: asyncio.Future[Connection] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    outcome: asyncio.Future[BaseException] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    protocol_errors: list[ProtocolError] = field(default_factory=list)
+    calls: int = 0
+
+    async def echo(self, conn: Connection) -> None:
+        """Echo frames, note malformed ones, and record how the connection ended."""
+        self.calls += 1
+        self.started.set_result(conn)
+        while True:
+            try:
+                data = await conn.receive()
+            except ProtocolError as exc:
+                self.protocol_errors.append(exc)
+                continue
+            except ProxyError as exc:
+                self.outcome.set_result(exc)
+                return
+            await conn.send(data)
+
+
+@pytest.fixture
+def transport() -> GrpcTransport:
+    return GrpcTransport()
+
+
+@pytest.fixture
+async def probe() -> Probe:
+    return Probe()
+
+
+@pytest.fixture
+async def echo_server(transport: GrpcTransport, probe: Probe) -> AsyncIterator[Listener]:
+    async with transport.serve("grpc://127.0.0.1:0", probe.echo) as listener:
+        yield listener
+
+
+def target_of(url: str) -> str:
+    return url.split("://", 1)[1]
+
+
+@contextlib.asynccontextmanager
+async def raw_channel(url: str) -> AsyncIterator[Any]:
+    """A bare ``grpc.aio`` channel to a plaintext server."""
+    channel = grpc.aio.insecure_channel(target_of(url))
+    try:
+        yield channel
+    finally:
+        await channel.close()
+
+
+def raw_call(channel: Any, metadata: Any = None) -> Any:
+    """Start a ``Connect`` call that sends and receives raw ``Frame`` bytes."""
+    return channel.stream_stream(METHOD_PATH)(metadata=metadata)
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    behavior: Callable[[Any, Any], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """Serve ``Connect`` with a bare ``grpc.aio`` servicer; yield its URL."""
+    server = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(behavior)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("proxy_core.v1.ProxySession", {"Connect": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- the Frame wire format ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 2**20])
+def test_hand_framing_equals_protobuf(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    wire = encode_frame(payload)
+    assert wire == Frame(data=payload).SerializeToString()
+    assert Frame.FromString(wire).data == payload
+    assert decode_frame(wire) == payload
+    assert decode_frame(wire, size) == payload
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"\x12\x01a",  # field 2
+        b"\x0a\x02a",  # shorter than declared
+        b"\x0a\x01ab",  # longer than declared
+        b"\x0a\x01a\x10\x01",  # an unknown field after data
+        b"\x0a\x80",  # truncated varint
+        b"\x0a" + b"\xff" * 11,  # overlong varint
+    ],
+)
+def test_malformed_frames_are_protocol_errors(wire: bytes) -> None:
+    with pytest.raises(ProtocolError, match="malformed Frame"):
+        decode_frame(wire)
+
+
+def test_declared_length_is_checked_against_the_limit_first() -> None:
+    with pytest.raises(MessageTooLarge) as refused:
+        decode_frame(b"\x0a\x80\x80\x04", LIMIT)  # declares 65536 bytes, sends none
+    assert (refused.value.size, refused.value.limit) == (65536, LIMIT)
+
+
+def test_method_path_comes_from_the_descriptor() -> None:
+    assert METHOD_PATH == "/proxy_core.v1.ProxySession/Connect"
+
+
+def test_found_by_name_through_the_entry_point() -> None:
+    assert load_transport("grpc") is GrpcTransport
+    assert isinstance(resolve_transport("grpc"), GrpcTransport)
+    assert GrpcTransport.schemes == ("grpc", "grpcs")
+
+
+# --- round trips ------------------------------------------------------------------
+
+
+async def test_echo_round_trip(transport: GrpcTransport, probe: Probe) -> None:
+    async with transport.serve("grpc://127.0.0.1:0", probe.echo) as listener:
+        assert listener.url.startswith("grpc://127.0.0.1:")
+        assert not listener.url.endswith(":0")
+        conn = await wait(transport.connect(listener.url))
+        assert isinstance(conn, GrpcClientConnection)
+        await conn.send(b"hello")
+        assert await wait(conn.receive()) == b"hello"
+        await conn.send(b"")
+        assert await wait(conn.receive()) == b""
+        await wait(conn.aclose())
+        await wait(conn.aclose())  # idempotent
+        with pytest.raises(ConnectionClosed):
+            await conn.send(b"late")
+        with pytest.raises(ConnectionClosed):
+            await wait(conn.receive())
+        outcome = await wait(probe.outcome)
+        assert isinstance(outcome, ConnectionClosed)
+        assert outcome.code == 1000  # a half-close, answered by the server
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    assert not others, f"leaked tasks: {others}"
+
+
+async def test_thousand_frames_keep_their_order(
+    transport: GrpcTransport, echo_server: Listener
+) -> None:
+    frames = [i.to_bytes(4, "big") * (1 + i % 7) for i in range(1000)]
+    async with await wait(transport.connect(echo_server.url)) as conn:
+
+        async def send_all() -> None:
+            for frame in frames:
+                await conn.send(frame)
+
+        sender = asyncio.create_task(send_all())
+        received = [await wait(conn.receive()) for _ in frames]
+        await wait(sender)
+    assert received == frames
+
+
+async def test_async_iteration_ends_at_close(
+    transport: GrpcTransport, echo_server: Listener
+) -> None:
+    conn = await wait(transport.connect(echo_server.url))
+    await conn.send(b"one")
+    seen = []
+    async for data in conn:
+        seen.append(data)
+        await conn.aclose()
+    assert seen == [b"one"]
+
+
+# --- the size limit ---------------------------------------------------------------
+
+
+async def test_server_refuses_a_frame_over_the_limit(
+    transport: GrpcTransport, probe: Probe
+) -> None:
+    async with transport.serve(
+        "grpc://127.0.0.1:0", probe.echo, max_message_bytes=LIMIT
+    ) as listener:
+        conn = await wait(transport.connect(listener.url))
+        await conn.send(b"a" * LIMIT)
+        assert await wait(conn.receive()) == b"a" * LIMIT
+        await conn.send(b"b" * (LIMIT + 1))
+        refused = await wait(probe.outcome)
+        assert isinstance(refused, MessageTooLarge)
+        assert (refused.size, refused.limit) == (LIMIT + 1, LIMIT)
+        with pytest.raises(ConnectionClosed) as closed:
+            await wait(conn.receive())
+        assert closed.value.code == 1009
+        assert not isinstance(closed.value, MessageTooLarge)
+        await conn.aclose()
+
+
+async def test_server_refuses_a_frame_far_over_the_limit(
+    transport: GrpcTransport, probe: Probe
+) -> None:
+    # Beyond about twice the limit gRPC refuses the message itself; the
+    # handler sees the call end, the client still learns why.
+    async with transport.serve(
+        "grpc://127.0.0.1:0", probe.echo, max_message_bytes=LIMIT
+    ) as listener:
+        conn = await wait(transport.connect(listener.url))
+        await conn.send(b"b" * (10 * LIMIT))
+        with pytest.raises(ConnectionClosed) as closed:
+            await wait(conn.receive())
+        assert closed.value.code == 1009
+        outcome = await wait(probe.outcome)
+        assert isinstance(outcome, ConnectionClosed)
+        await conn.aclose()
+
+
+async def test_client_refuses_a_frame_over_the_limit(transport: GrpcTransport) -> None:
+    ended: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def handler(conn: Connection) -> None:
+        await conn.send(b"a" * LIMIT)
+        await conn.send(b"b" * (LIMIT + 1))
+        try:
+            await conn.receive()
+        except ProxyError as exc:
+            ended.set_result(exc)
+
+    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+        conn = await wait(transport.connect(listener.url, max_message_bytes=LIMIT))
+        assert await wait(conn.receive()) == b"a" * LIMIT
+        with pytest.raises(MessageTooLarge) as refused:
+            await wait(conn.receive())
+        assert (refused.value.size, refused.value.limit) == (LIMIT + 1, LIMIT)
+        with pytest.raises(ConnectionClosed) as closed:  # reported once, then plainly closed
+            await wait(conn.receive())
+        assert closed.value.code == 1009
+        server_side = await wait(ended)
+        # gRPC cannot carry a code from the client: the call was cancelled.
+        assert isinstance(server_side, ConnectionClosed)
+        assert not isinstance(server_side, MessageTooLarge)
+        await conn.aclose()
+
+
+async def test_sending_over_ones_own_limit_is_refused_locally(
+    transport: GrpcTransport, echo_server: Listener, probe: Probe
+) -> None:
+    conn = await wait(transport.connect(echo_server.url, max_message_bytes=LIMIT))
+    with pytest.raises(MessageTooLarge):
+        await conn.send(b"x" * (LIMIT + 1))
+    await conn.send(b"x" * LIMIT)  # the connection is still fine
+    assert await wait(conn.receive()) == b"x" * LIMIT
+    server_side = await wait(probe.started)
+    with pytest.raises(MessageTooLarge):
+        await server_side.send(b"y" * (2**20 + 1))
+    await conn.aclose()
+
+
+# --- malformed messages -----------------------------------------------------------
+
+
+async def test_malformed_frame_from_a_client_is_a_protocol_error(
+    probe: Probe, echo_server: Listener
+) -> None:
+    async with raw_channel(echo_server.url) as channel:
+        call = raw_call(channel)
+        await call.write(b"\x12\x01a")  # field 2, not a Frame of ours
+        await call.write(encode_frame(b"still works"))
+        assert await wait(call.read()) == encode_frame(b"still works")
+        call.cancel()
+    assert len(probe.protocol_errors) == 1
+    assert "malformed Frame" in str(probe.protocol_errors[0])
+
+
+async def test_malformed_frame_from_a_server_is_a_protocol_error(
+    transport: GrpcTransport,
+) -> None:
+    async def behavior(requests: Any, context: Any) -> None:
+        await context.send_initial_metadata(())
+        await context.write(b"\x0a\x05abc")
+        await context.write(encode_frame(b"fine"))
+        await context.write(await context.read())
+
+    async with raw_server(behavior) as url:
+        async with await wait(transport.connect(url)) as conn:
+            with pytest.raises(ProtocolError, match="malformed Frame"):
+                await wait(conn.receive())
+            assert await wait(conn.receive()) == b"fine"
+            await conn.send(b"back")
+            assert await wait(conn.receive()) == b"back"
+
+
+# --- authentication, URLs and connection failures ---------------------------------
+
+
+def refuse_without_token(headers: Mapping[str, str]) -> bool:
+    if headers.get("x-token") != "sesame":
+        raise AuthenticationError("bad token")
+    return True
+
+
+async def refuse_async(headers: Mapping[str, str]) -> bool:
+    return headers.get("x-token") == "sesame"
+
+
+def refuse_by_crashing(headers: Mapping[str, str]) -> bool:
+    raise ZeroDivisionError("hook bug")
+
+
+@pytest.mark.parametrize(
+    ("hook", "reason"),
+    [
+        (refuse_without_token, "bad token"),
+        (refuse_async, "unauthorized"),
+        (refuse_by_crashing, "authentication failed"),
+    ],
+)
+async def test_authentication_refusal(
+    transport: GrpcTransport,
+    probe: Probe,
+    hook: Callable[[Mapping[str, str]], Any],
+    reason: str,
+) -> None:
+    async with transport.serve("grpc://127.0.0.1:0", probe.echo, authenticate=hook) as listener:
+        with pytest.raises(AuthenticationError) as refused:
+            await wait(transport.connect(listener.url, headers={"X-Token": "wrong"}))
+        assert refused.value.reason == reason
+        assert refused.value.code == 4001
+        assert probe.calls == 0
+        if hook is not refuse_by_crashing:
+            conn = await wait(transport.connect(listener.url, headers={"X-Token": "sesame"}))
+            await conn.send(b"in")
+            assert await wait(conn.receive()) == b"in"
+            await conn.aclose()
+            assert probe.calls == 1
+
+
+async def test_refusal_is_unauthenticated_status_for_any_grpc_client(
+    transport: GrpcTransport, probe: Probe
+) -> None:
+    async with transport.serve(
+        "grpc://127.0.0.1:0", probe.echo, authenticate=refuse_without_token
+    ) as listener:
+        async with raw_channel(listener.url) as channel:
+            call = raw_call(channel, metadata=(("x-token", "nope"),))
+            assert await wait(call.code()) == grpc.StatusCode.UNAUTHENTICATED
+            assert await call.details() == "bad token"
+    assert probe.calls == 0
+
+
+async def test_closed_port_is_a_connect_error(transport: GrpcTransport) -> None:
+    url = f"grpc://127.0.0.1:{free_port()}"
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(ConnectError) as failed:
+        await wait(transport.connect(url, open_timeout=5.0))
+    assert loop.time() - start < 5.0 + 1.0
+    assert url in str(failed.value)
+
+
+async def test_silent_server_times_out_as_a_connect_error(transport: GrpcTransport) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    async with server:
+        url = f"grpc://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        with pytest.raises(ConnectError, match="timed out") as failed:
+            await wait(transport.connect(url, open_timeout=0.3))
+        assert isinstance(failed.value.__cause__, TimeoutError)
+        for writer in accepted:
+            writer.close()
+
+
+async def test_a_server_without_the_service_is_a_connect_error(
+    transport: GrpcTransport,
+) -> None:
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        with pytest.raises(ConnectError, match="does not serve"):
+            await wait(transport.connect(f"grpc://127.0.0.1:{port}"))
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/", "ws://x:1", "127.0.0.1:80", "grpc://:5"])
+async def test_bad_urls_are_a_configuration_error(transport: GrpcTransport, url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        await transport.connect(url)
+    with pytest.raises(ConfigurationError):
+        transport.serve(url, Probe().echo)
+
+
+async def test_an_ssl_context_is_refused_with_advice(transport: GrpcTransport) -> None:
+    import ssl
+
+    context = ssl.create_default_context()
+    with pytest.raises(ConfigurationError, match="channel_credentials"):
+        await transport.connect("grpcs://127.0.0.1:1", ssl=context)
+    with pytest.raises(ConfigurationError, match="server_credentials"):
+        transport.serve("grpcs://127.0.0.1:0", Probe().echo, ssl=context)
+    with pytest.raises(ConfigurationError, match="server_credentials"):
+        transport.serve("grpcs://127.0.0.1:0", Probe().echo)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"bad header": "x"}, {"grpc-timeout": "1S"}, {"x-bin": "x"}, {"x-token": "caf\u00e9"}],
+)
+async def test_headers_that_cannot_be_metadata(
+    transport: GrpcTransport, headers: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigurationError, match="metadata"):
+        await transport.connect("grpc://127.0.0.1:1", headers=headers)
+
+
+async def test_busy_address_is_a_connect_error(transport: GrpcTransport) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        url = f"grpc://127.0.0.1:{sock.getsockname()[1]}"
+        with pytest.raises(ConnectError, match="could not listen"):
+            async with transport.serve(url, Probe().echo):
+                pass
+
+
+def test_adapt_is_not_applicable(transport: GrpcTransport) -> None:
+    with pytest.raises(ConfigurationError, match="cannot adopt"):
+        transport.adapt(object())
+
+
+# --- what the handler sees, and how connections end -------------------------------
+
+
+async def test_request_headers_and_address(
+    transport: GrpcTransport, probe: Probe, echo_server: Listener
+) -> None:
+    conn = await wait(
+        transport.connect(
+            echo_server.url,
+            headers={"X-Custom-Header": "custom value", "Authorization": "Bearer t0k3n"},
+        )
+    )
+    server_side = await wait(probe.started)
+    assert isinstance(server_side, GrpcServerConnection)
+    assert server_side.request_headers["x-custom-header"] == "custom value"
+    assert server_side.request_headers["authorization"] == "Bearer t0k3n"
+    assert all(name == name.lower() for name in server_side.request_headers)
+    assert (server_side.remote_address or "").startswith("127.0.0.1:")
+    assert conn.request_headers == {}
+    assert conn.remote_address == target_of(echo_server.url)
+    await conn.aclose()
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(1000, ""), (1001, "going away"), (1009, "too big"), (4001, "no"), (4008, "h\u00e9artbeat %")],
+)
+async def test_server_close_code_and_reason_reach_the_client(
+    transport: GrpcTransport, code: int, reason: str
+) -> None:
+    async def handler(conn: Connection) -> None:
+        await conn.send(await conn.receive())
+        await conn.aclose(code, reason)
+        with pytest.raises(ConnectionClosed):
+            await conn.receive()
+
+    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+        conn = await wait(transport.connect(listener.url))
+        await conn.send(b"last")
+        assert await wait(conn.receive()) == b"last"
+        with pytest.raises(ConnectionClosed) as closed:
+            await wait(conn.receive())
+        assert (closed.value.code, closed.value.reason) == (code, reason)
+        with pytest.raises(ConnectionClosed):
+            await conn.send(b"after")
+        await conn.aclose()
+
+
+async def test_server_close_reason_is_bounded(transport: GrpcTransport) -> None:
+    async def handler(conn: Connection) -> None:
+        await conn.aclose(4000, "\u00e9" * 200)
+
+    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+        conn = await wait(transport.connect(listener.url))
+        with pytest.raises(ConnectionClosed) as closed:
+            await wait(conn.receive())
+        assert closed.value.code == 4000
+        assert closed.value.reason == "\u00e9" * 61  # 123 bytes of UTF-8, whole characters
+        await conn.aclose()
+
+
+@pytest.mark.parametrize("how", ["cancel", "close_channel"])
+async def test_client_vanishing_mid_stream(probe: Probe, echo_server: Listener, how: str) -> None:
+    async with raw_channel(echo_server.url) as channel:
+        call = raw_call(channel)
+        await call.write(encode_frame(b"one"))
+        assert await wait(call.read()) == encode_frame(b"one")
+        if how == "cancel":
+            call.cancel()
+        else:
+            await channel.close()
+        outcome = await wait(probe.outcome)
+    assert isinstance(outcome, ConnectionClosed)
+    assert outcome.code == 1006
+
+
+async def test_client_process_dying_mid_stream(probe: Probe, echo_server: Listener) -> None:
+    code = (
+        "import asyncio, os, grpc\n"
+        "async def main():\n"
+        f"    channel = grpc.aio.insecure_channel({target_of(echo_server.url)!r})\n"
+        f"    call = channel.stream_stream({METHOD_PATH!r})()\n"
+        "    await call.write(b'\\x0a\\x03one')\n"
+        "    await call.read()\n"
+        "    os._exit(0)\n"
+        "asyncio.run(main())\n"
+    )
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    assert await wait(process.wait()) == 0
+    outcome = await wait(probe.outcome)
+    assert isinstance(outcome, ConnectionClosed)
+    assert outcome.code == 1006
+
+
+async def test_server_going_away_is_seen_by_the_client(
+    transport: GrpcTransport, probe: Probe
+) -> None:
+    async with transport.serve("grpc://127.0.0.1:0", probe.echo) as listener:
+        conn = await wait(transport.connect(listener.url))
+        await wait(probe.started)
+    with pytest.raises(ConnectionClosed) as closed:
+        await wait(conn.receive())
+    assert closed.value.code == 1001
+    assert isinstance(await wait(probe.outcome), ConnectionClosed)
+    await conn.aclose()
+    with pytest.raises(ConnectError):
+        await wait(transport.connect(listener.url, open_timeout=5.0))
+
+
+async def test_shutdown_cancels_a_handler_that_ignores_its_connection(
+    transport: GrpcTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy_core_grpc.transport as module
+
+    monkeypatch.setattr(module, "_SHUTDOWN_GRACE", 0.5)
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def stubborn(conn: Connection) -> None:
+        started.set_result(None)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set_result(None)
+            raise
+
+    async with transport.serve("grpc://127.0.0.1:0", stubborn) as listener:
+        conn = await wait(transport.connect(listener.url))
+        await wait(started)
+    assert cancelled.done()
+    with pytest.raises(ConnectionClosed):
+        await wait(conn.receive())
+    await conn.aclose()
+
+
+async def test_listener_aclose_is_idempotent(transport: GrpcTransport) -> None:
+    async with transport.serve("grpc://127.0.0.1:0", Probe().echo) as listener:
+        await wait(listener.aclose())
+        await wait(listener.aclose())
+
+
+async def test_raising_handler_closes_with_1011(
+    transport: GrpcTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(conn: Connection) -> None:
+        raise RuntimeError("handler bug")
+
+    with caplog.at_level(logging.ERROR, logger="proxy_core_grpc.transport"):
+        async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+            conn = await wait(transport.connect(listener.url))
+            with pytest.raises(ConnectionClosed) as closed:
+                await wait(conn.receive())
+            await conn.aclose()
+    assert closed.value.code == 1011
+    assert any("handler bug" in (r.exc_text or "") for r in caplog.records)
+
+
+# --- TLS --------------------------------------------------------------------------
+
+
+async def test_grpcs_round_trip_and_wrong_ca(probe: Probe) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_credentials = grpc.ssl_server_credentials(
+        [(cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes())]
+    )
+    server = GrpcTransport(server_credentials=server_credentials)
+    async with server.serve("grpcs://127.0.0.1:0", probe.echo) as listener:
+        assert listener.url.startswith("grpcs://127.0.0.1:")
+        client = GrpcTransport(
+            channel_credentials=grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+        )
+        async with await wait(client.connect(listener.url)) as conn:
+            await conn.send(b"secret")
+            assert await wait(conn.receive()) == b"secret"
+        stranger = trustme.CA()
+        wrong = GrpcTransport(
+            channel_credentials=grpc.ssl_channel_credentials(
+                root_certificates=stranger.cert_pem.bytes()
+            )
+        )
+        with pytest.raises(ConnectError) as failed:
+            await wait(wrong.connect(listener.url, open_timeout=5.0))
+        assert listener.url in str(failed.value)
+        # Plaintext to a TLS port fails too, as a ConnectError.
+        with pytest.raises(ConnectError):
+            plain = listener.url.replace("grpcs://", "grpc://")
+            await wait(GrpcTransport().connect(plain, open_timeout=5.0))
+    assert probe.calls == 1
+
+
+# --- end to end: proxies found by name --------------------------------------------
+
+
+class Recorder(BaseWorker):
+    """A worker that queues every message it gets."""
+
+    def __init__(self, name: str, *, active: bool = True) -> None:
+        super().__init__(name, active=active)
+        self.inbox: asyncio.Queue[BusMessage] = asyncio.Queue()
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        self.inbox.put_nowait(message)
+
+    async def next_frame(self) -> BusFrameMessage:
+        while True:
+            message = await wait(self.inbox.get())
+            if isinstance(message, BusFrameMessage):
+                return message
+
+
+async def exchange_both_ways(
+    url: str, sessions: asyncio.Queue[Recorder], client: ProxyClient
+) -> None:
+    """Connect ``client``, then cross a text and an audio frame each way."""
+    runner = WorkerRunner(handle_sigint=False)
+    acme = Recorder("acme")
+    ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(data: WorkerReadyData) -> None:
+        if not ready.done():
+            ready.set_result(data)
+
+    runner.registry.watch("assistant", on_ready)
+    await runner.add_workers(acme, client)
+    task = asyncio.create_task(runner.run())
+    try:
+        await acme.activate_worker(client.name)
+        await client.wait_connected(TIMEOUT)
+        assert (await wait(ready)).remote
+        assistant = await wait(sessions.get())
+        outbound: list[BusFrameMessage] = [
+            BusFrameMessage("acme", "assistant", TextFrame("hello over grpc")),
+            BusFrameMessage("acme", "assistant", AudioRawFrame(bytes(range(256)) * 8, 16000, 1)),
+        ]
+        for message in outbound:
+            await acme.send_bus_message(message)
+            assert await assistant.next_frame() == message
+        inbound: list[BusFrameMessage] = [
+            BusFrameMessage("assistant", "acme", TextFrame("HELLO")),
+            BusFrameMessage("assistant", "acme", AudioRawFrame(b"\x00\xff" * 800, 24000, 2)),
+        ]
+        for message in inbound:
+            await assistant.send_bus_message(message)
+            assert await acme.next_frame() == message
+        assert client.stats.messages_in == 2
+    finally:
+        await runner.end("test over")
+        await wait(task)
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+@pytest.mark.parametrize("shape", ["by_name", "GrpcProxyClient"])
+async def test_serve_proxy_and_proxy_client_by_name(codec: str, shape: str) -> None:
+    sessions: asyncio.Queue[Recorder] = asyncio.Queue()
+
+    async def setup(runner: WorkerRunner) -> None:
+        assistant = Recorder("assistant")
+        await runner.add_workers(assistant)
+        sessions.put_nowait(assistant)
+
+    def token_required(headers: Mapping[str, str]) -> bool:
+        return headers.get("authorization") == "Bearer sesame"
+
+    async with serve_proxy(
+        "grpc://127.0.0.1:0",
+        transport="grpc",
+        worker_name="assistant",
+        remote_worker_name="acme",
+        setup=setup,
+        forward_messages=(BusFrameMessage,),
+        authenticate=token_required,
+    ) as service:
+        assert service.url.startswith("grpc://127.0.0.1:")
+        options: dict[str, Any] = {
+            "url": service.url,
+            "local_worker_name": "acme",
+            "remote_worker_name": "assistant",
+            "forward_messages": (BusFrameMessage,),
+            "headers": {"Authorization": "Bearer sesame"},
+            "codec": codec,
+        }
+        client: ProxyClient
+        if shape == "by_name":
+            client = ProxyClient("proxy", transport="grpc", **options)
+        else:
+            client = GrpcProxyClient("proxy", **options)
+        assert isinstance(client.transport, GrpcTransport)
+        await exchange_both_ways(service.url, sessions, client)
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    assert not others, f"leaked tasks: {others}"
+
+
+async def test_proxy_client_refused_by_metadata_authentication() -> None:
+    async def setup(runner: WorkerRunner) -> None:
+        raise AssertionError("a refused client must get no session")
+
+    async with serve_proxy(
+        "grpc://127.0.0.1:0",
+        transport="grpc",
+        worker_name="assistant",
+        remote_worker_name="acme",
+        setup=setup,
+        authenticate=refuse_without_token,
+    ) as service:
+        client = ProxyClient(
+            "proxy",
+            url=service.url,
+            transport="grpc",
+            local_worker_name="acme",
+            remote_worker_name="assistant",
+            headers={"X-Token": "wrong"},
+        )
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(Recorder("acme"), client)
+        task = asyncio.create_task(runner.run())
+        try:
+            await client.activate_worker("proxy")
+            with pytest.raises(AuthenticationError, match="bad token"):
+                await client.wait_connected(TIMEOUT)
+        finally:
+            await runner.end("test over")
+            await wait(task)
+        assert service.sessions_served == 0
+
+
+async def test_grpc_proxy_server_on_a_served_connection() -> None:
+    sessions: asyncio.Queue[Recorder] = asyncio.Queue()
+
+    async def handler(conn: Connection) -> None:
+        assert isinstance(conn, GrpcServerConnection)
+        runner = WorkerRunner(handle_sigint=False)
+        assistant = Recorder("assistant")
+        proxy = GrpcProxyServer(
+            "gateway",
+            connection=conn,
+            worker_name="assistant",
+            remote_worker_name="acme",
+            forward_messages=(BusFrameMessage,),
+        )
+        await runner.add_workers(proxy, assistant)
+        sessions.put_nowait(assistant)
+        await runner.run()
+
+    async with GrpcTransport().serve("grpc://127.0.0.1:0", handler) as listener:
+        client = GrpcProxyClient(
+            "proxy",
+            url=listener.url,
+            local_worker_name="acme",
+            remote_worker_name="assistant",
+            forward_messages=(BusFrameMessage,),
+        )
+        await exchange_both_ways(listener.url, sessions, client)
+
+
+def test_grpc_proxy_server_needs_a_grpc_server_connection() -> None:
+    with pytest.raises(ConfigurationError, match="GrpcServerConnection"):
+        GrpcProxyServer(
+            "gateway",
+            connection=object(),  # type: ignore[arg-type]
+            worker_name="assistant",
+            remote_worker_name="acme",
+        )
+
+
+def test_imports_cleanly_in_a_fresh_interpreter() -> None:
+    code = "import proxy_core_grpc; proxy_core_grpc.GrpcTransport()"
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True, timeout=TIMEOUT)

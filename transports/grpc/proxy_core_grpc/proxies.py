@@ -1,0 +1,116 @@
+"""``GrpcProxyClient`` and ``GrpcProxyServer``: the proxies bound to the gRPC backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from proxy_core import BusMessage, ProxyClient, ProxyServer
+from proxy_core.errors import ConfigurationError
+from proxy_core.proxy import CodecSpec
+from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
+
+from .transport import GrpcServerConnection, GrpcTransport
+
+__all__ = ["GrpcProxyClient", "GrpcProxyServer"]
+
+
+class GrpcProxyClient(ProxyClient):
+    """A :class:`~proxy_core.ProxyClient` over gRPC.
+
+    It connects when activated (``await worker.activate_worker(name)``), not
+    before, and never twice. Events: ``on_connected``, ``on_disconnected``,
+    ``on_connect_error``.
+
+    Args:
+        name: this worker's name.
+        url: ``grpc://host:port`` or ``grpcs://host:port`` of the server.
+        local_worker_name: the worker on this bus that talks to the remote one.
+        remote_worker_name: the worker on the server's bus.
+        forward_messages: the message types allowed to cross, both ways.
+        headers: sent as request metadata (names lower-cased), e.g. a token.
+        codec: codec name(s) or instance(s), in order of preference.
+        channel_credentials: TLS credentials for ``grpcs://``, e.g.
+            ``grpc.ssl_channel_credentials(root_certificates=ca_pem)``
+            (default: the system's trusted roots).
+        **options: more :class:`~proxy_core.ProxyClient` options (not ``ssl``:
+            gRPC takes credentials instead).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str,
+        local_worker_name: str,
+        remote_worker_name: str,
+        forward_messages: Sequence[type[BusMessage]] = (),
+        headers: dict[str, str] | None = None,
+        codec: CodecSpec = "msgpack",
+        channel_credentials: Any = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            name,
+            url=url,
+            local_worker_name=local_worker_name,
+            remote_worker_name=remote_worker_name,
+            forward_messages=forward_messages,
+            headers=headers,
+            transport=GrpcTransport(channel_credentials=channel_credentials),
+            codec=codec,
+            **options,
+        )
+
+
+class GrpcProxyServer(ProxyServer):
+    """A :class:`~proxy_core.ProxyServer` on one accepted gRPC call.
+
+    gRPC has no socket accepted outside the transport, so most servers use
+    ``serve_proxy(url, transport="grpc", ...)``, which makes a proxy per call.
+    This class is for a handler given to ``GrpcTransport().serve(url, handler)``
+    that builds its runner itself: pass the connection the handler receives.
+
+    Args:
+        name: this worker's name.
+        connection: the :class:`~proxy_core_grpc.GrpcServerConnection` handed
+            to a ``GrpcTransport.serve`` handler.
+        worker_name: the worker on this bus that talks to the client's.
+        remote_worker_name: the client's worker.
+        forward_messages: the message types allowed to cross, both ways.
+        codecs: codec names or instances accepted from the client.
+        max_message_bytes: the frame limit, enforced before decoding.
+        **options: more :class:`~proxy_core.ProxyServer` options
+            (``authenticate``, heartbeats...).
+
+    Raises:
+        ConfigurationError: ``connection`` is not a ``GrpcServerConnection``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        connection: GrpcServerConnection,
+        worker_name: str,
+        remote_worker_name: str,
+        forward_messages: Sequence[type[BusMessage]] = (),
+        codecs: CodecSpec = ("msgpack", "json"),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        **options: Any,
+    ) -> None:
+        if not isinstance(connection, GrpcServerConnection):
+            raise ConfigurationError(
+                "connection must be the GrpcServerConnection given to a GrpcTransport.serve "
+                f"handler, got {type(connection).__module__}.{type(connection).__qualname__}"
+            )
+        super().__init__(
+            name,
+            connection=connection,
+            worker_name=worker_name,
+            remote_worker_name=remote_worker_name,
+            forward_messages=forward_messages,
+            codecs=codecs,
+            max_message_bytes=max_message_bytes,
+            **options,
+        )

@@ -1,0 +1,810 @@
+"""The gRPC backend of proxy-core, on ``grpc.aio``: one bidirectional stream per connection.
+
+:class:`GrpcTransport` (registered as ``grpc``, URL schemes ``grpc`` and
+``grpcs``) opens and serves calls of ``proxy_core.v1.ProxySession/Connect``
+(``proto/proxy_core/v1/service.proto``, which is the binding's specification):
+
+- Each proxy-core frame is one ``Frame`` message, serialized by hand (see
+  :mod:`proxy_core_grpc._wire`) so no protobuf object is built per frame.
+- The client's headers travel as request metadata; ``authenticate`` refuses
+  with status UNAUTHENTICATED before the handler ever runs, which the client
+  reports as :class:`~proxy_core.errors.AuthenticationError`.
+- A server that closes puts the close code and reason in trailing metadata,
+  so codes like 1009 or 4008 reach the client. gRPC gives a client no way to
+  send a code: the server sees a half-close (1000) or a cancelled call (1006).
+- ``max_message_bytes`` applies to the payload. A client lets gRPC refuse
+  larger messages before buffering them; a server lets gRPC buffer up to
+  twice the limit so that it can answer with :class:`MessageTooLarge`
+  (gRPC's own refusal on a server is indistinguishable from a client that
+  vanished), and beyond that gRPC refuses (the handler sees close code 1006).
+
+TLS is configured with gRPC credentials on the transport
+(``GrpcTransport(channel_credentials=..., server_credentials=...)``): an
+``ssl.SSLContext`` cannot be turned into gRPC credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from ssl import SSLContext
+from typing import Any, ClassVar, NoReturn
+from urllib.parse import SplitResult, unquote, urlsplit
+
+import grpc
+import grpc.aio
+
+from proxy_core.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionClosed,
+    MessageTooLarge,
+    ProxyError,
+)
+from proxy_core.transport import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Authenticator,
+    Connection,
+    ConnectionHandler,
+    Listener,
+    Transport,
+    check_authentication,
+)
+
+from . import _wire
+from ._generated import service_pb2
+
+__all__ = [
+    "METHOD_PATH",
+    "GrpcClientConnection",
+    "GrpcConnection",
+    "GrpcServerConnection",
+    "GrpcTransport",
+]
+
+logger = logging.getLogger(__name__)
+
+_SERVICE = service_pb2.DESCRIPTOR.services_by_name["ProxySession"]
+_METHOD = _SERVICE.methods_by_name["Connect"]
+#: The full method name of the one RPC: ``/proxy_core.v1.ProxySession/Connect``.
+METHOD_PATH = f"/{_SERVICE.full_name}/{_METHOD.name}"
+
+_SCHEMES = ("grpc", "grpcs")
+_DEFAULT_PORTS = {"grpc": 80, "grpcs": 443}
+_NORMAL = 1000
+_GOING_AWAY = 1001
+_ABNORMAL_CLOSURE = 1006
+_MESSAGE_TOO_BIG = 1009
+_INTERNAL_ERROR = 1011
+_UNAUTHORIZED = 4001
+# How long a closing client waits for the server to end the call after its
+# half-close (the server answers at once if it is reading).
+_CLOSE_TIMEOUT = 5.0
+# gRPC reports a cancelled call to a server as the end of the request stream
+# first and cancels the RPC a moment later: after the end of the stream, wait
+# this long to tell a clean half-close (1000) from a vanished client (1006).
+_CANCEL_SETTLE = 0.05
+# How long ``server.stop`` waits for calls that are ending anyway.
+_STOP_GRACE = 1.0
+# After this long, a server shutting down cancels handlers that ignore the close.
+_SHUTDOWN_GRACE = 10.0
+
+# Metadata keys: lower-case letters, digits, "-", "_", "."; "grpc-" is reserved.
+_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
+_RESERVED_KEYS = frozenset({"content-type", "te", "host", "user-agent"})
+
+_PEER_TOO_BIG = "SERVER"  # the side gRPC names when the server refused our message
+
+
+class GrpcConnection(Connection):
+    """What both ends of a gRPC proxy-core connection share: the frame limit.
+
+    See :class:`GrpcClientConnection` (from :meth:`GrpcTransport.connect`) and
+    :class:`GrpcServerConnection` (what :meth:`GrpcTransport.serve` hands its
+    handler).
+    """
+
+    __slots__ = ("_limit",)
+
+    def __init__(self, *, max_message_bytes: int) -> None:
+        self._limit = max_message_bytes
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The limit on one frame, in either direction."""
+        return self._limit
+
+    def _check_outgoing(self, data: bytes) -> None:
+        # gRPC would fail the whole call for a message over its send limit.
+        if len(data) > self._limit:
+            raise MessageTooLarge(len(data), self._limit)
+
+
+class GrpcClientConnection(GrpcConnection):
+    """The client end: a ``grpc.aio`` stream-stream call on a channel it owns.
+
+    ``aclose`` half-closes the request stream, waits (at most 5 seconds) for
+    the server to end the call, then cancels it and closes the channel.
+    """
+
+    __slots__ = ("_call", "_channel", "_closing", "_ended", "_target")
+
+    def __init__(
+        self,
+        channel: Any,
+        call: Any,
+        *,
+        target: str,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(max_message_bytes=max_message_bytes)
+        self._channel = channel
+        self._call = call
+        self._target = target
+        self._closing: tuple[int, str] | None = None  # set by aclose
+        self._ended: ConnectionClosed | None = None  # how the call ended, once known
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary frame.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+            MessageTooLarge: ``data`` is over this side's ``max_message_bytes``
+                (nothing is sent; the connection stays usable).
+        """
+        if self._closing is not None:
+            raise ConnectionClosed(*self._closing)
+        if self._ended is not None:
+            raise ConnectionClosed(self._ended.code, self._ended.reason)
+        self._check_outgoing(data)
+        try:
+            await self._call.write(data)
+        except asyncio.CancelledError:
+            if not self._call_cancelled():
+                raise
+            raise self._closed() from None
+        except Exception as exc:  # the call is over: AioRpcError, InvalidStateError...
+            error = await self._end_from_call()
+            raise ConnectionClosed(error.code, error.reason) from exc
+
+    async def receive(self) -> bytes:
+        """Receive the next binary frame.
+
+        Raises:
+            ConnectionClosed: the connection is over; ``code`` and ``reason``
+                are the server's when it closed, else derived from the status.
+            MessageTooLarge: the server sent a frame over the limit (gRPC
+                refused it and the call is over); reported once.
+            ProtocolError: the message is not a well-formed ``Frame``; the
+                connection stays usable.
+        """
+        if self._ended is not None:
+            raise self._closed()
+        try:
+            message = await self._call.read()
+        except asyncio.CancelledError:
+            if not self._call_cancelled():
+                raise
+            raise self._closed() from None
+        except grpc.aio.AioRpcError as exc:
+            raise self._end(exc.code(), exc.details() or "", exc.trailing_metadata()) from exc
+        except grpc.aio.UsageError as exc:
+            raise ConfigurationError("receive() called while another receive() waits") from exc
+        if message is grpc.aio.EOF:
+            trailing = await self._call.trailing_metadata()
+            raise self._end(grpc.StatusCode.OK, "", trailing)
+        try:
+            return _wire.decode_frame(message, self._limit)
+        except MessageTooLarge as exc:
+            # gRPC enforces the limit; this is a Frame whose length field lies.
+            self._call.cancel()
+            self._ended = ConnectionClosed(_MESSAGE_TOO_BIG, "message too big")
+            raise exc from None
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection; idempotent, never raises.
+
+        The server cannot be told ``code``: it sees the end of the request
+        stream (close code 1000 there), or a cancelled call if it does not end
+        the call within 5 seconds.
+        """
+        if self._closing is not None:
+            return
+        self._closing = (code, reason)
+        call = self._call
+        try:
+            if not call.done():
+                await call.done_writing()
+                await asyncio.wait_for(call.code(), _CLOSE_TIMEOUT)
+        except Exception:  # a broken call or a silent server: close it anyway
+            logger.debug("half-closing the gRPC call failed", exc_info=True)
+        finally:
+            call.cancel()
+            try:
+                await self._channel.close()
+            except Exception:
+                logger.debug("closing the gRPC channel failed", exc_info=True)
+
+    @property
+    def remote_address(self) -> str | None:
+        """The server's ``host:port`` as in the URL."""
+        return self._target
+
+    def _call_cancelled(self) -> bool:
+        """Whether a ``CancelledError`` came from the cancelled call, not from our task."""
+        task = asyncio.current_task()
+        return bool(self._call.cancelled()) and (task is None or task.cancelling() == 0)
+
+    def _closed(self) -> ConnectionClosed:
+        if self._closing is not None:
+            return ConnectionClosed(*self._closing)
+        ended = self._ended or ConnectionClosed(_ABNORMAL_CLOSURE, "call cancelled")
+        return ConnectionClosed(ended.code, ended.reason)
+
+    def _end(self, status: Any, details: str, trailing: Any) -> ProxyError:
+        """Record how the call ended and return what ``receive`` raises for it."""
+        if self._closing is not None:
+            self._ended = ConnectionClosed(*self._closing)
+            return self._closed()
+        error = _client_close(status, details, trailing or (), self._limit)
+        if isinstance(error, MessageTooLarge):
+            self._ended = ConnectionClosed(_MESSAGE_TOO_BIG, "message too big")
+        else:
+            self._ended = error
+        return error
+
+    async def _end_from_call(self) -> ConnectionClosed:
+        if self._ended is None:
+            try:
+                status = await self._call.code()
+                details = await self._call.details()
+                trailing = await self._call.trailing_metadata()
+            except Exception:  # pragma: no cover -- the call is over; be safe
+                status, details, trailing = grpc.StatusCode.UNKNOWN, "", ()
+            self._end(status, details or "", trailing)
+        return self._closed()
+
+
+class GrpcServerConnection(GrpcConnection):
+    """The server end: the ``grpc.aio`` servicer context of one ``Connect`` call.
+
+    The handler runs in a task of its own; the RPC ends when the connection is
+    closed (by ``aclose``, by the client's half-close, by a refused frame), or
+    when gRPC cancels it (the client went away, the server stopped).
+    """
+
+    __slots__ = ("_cancelled", "_close", "_context", "_finish", "_finished", "_headers", "_status")
+
+    def __init__(
+        self,
+        context: Any,
+        headers: Mapping[str, str],
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(max_message_bytes=max_message_bytes)
+        self._context = context
+        self._headers = dict(headers)
+        self._close: tuple[int, str] | None = None
+        self._status: Any = grpc.StatusCode.OK
+        self._finish = asyncio.Event()  # asks the RPC to end: the servicer returns
+        self._finished = asyncio.Event()  # the servicer returned or was cancelled
+        self._cancelled = asyncio.Event()  # gRPC cancelled the RPC
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary frame.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+            MessageTooLarge: ``data`` is over ``max_message_bytes`` (nothing is
+                sent; the connection stays usable).
+        """
+        if self._close is not None:
+            raise ConnectionClosed(*self._close)
+        self._check_outgoing(data)
+        try:
+            await self._context.write(data)
+        except Exception as exc:  # ExecuteBatchError, UsageError: the RPC is over
+            raise await self._peer_gone(half_closed=False) from exc
+
+    async def receive(self) -> bytes:
+        """Receive the next binary frame.
+
+        Raises:
+            ConnectionClosed: the connection is over: 1000 when the client
+                half-closed, 1006 when it cancelled or vanished, else the code
+                given to ``aclose``.
+            MessageTooLarge: the client sent a frame over the limit; the call
+                is ended with RESOURCE_EXHAUSTED (close code 1009).
+            ProtocolError: the message is not a well-formed ``Frame``; the
+                connection stays usable.
+        """
+        if self._close is not None:
+            raise ConnectionClosed(*self._close)
+        try:
+            message = await self._context.read()
+        except Exception as exc:  # UsageError once the RPC is over
+            raise await self._peer_gone(half_closed=False) from exc
+        if message is grpc.aio.EOF:
+            raise await self._peer_gone(half_closed=True)
+        try:
+            return _wire.decode_frame(message, self._limit)
+        except MessageTooLarge:
+            self._end_rpc(_MESSAGE_TOO_BIG, "message too big", grpc.StatusCode.RESOURCE_EXHAUSTED)
+            raise
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """End the call with ``code`` and ``reason`` in trailing metadata; idempotent, never raises.
+
+        The status is OK for 1000 and 1001, RESOURCE_EXHAUSTED for 1009,
+        INTERNAL for 1011, UNAUTHENTICATED for 4001, ABORTED otherwise.
+        """
+        self._end_rpc(code, reason)
+        if not self._finished.is_set():
+            try:
+                await asyncio.wait_for(self._finished.wait(), _CLOSE_TIMEOUT)
+            except TimeoutError:  # pragma: no cover -- the servicer returns at once
+                logger.debug("the gRPC servicer did not return after close")
+
+    @property
+    def request_headers(self) -> Mapping[str, str]:
+        """The request metadata, names lower-cased (binary ``-bin`` keys left out)."""
+        return self._headers
+
+    @property
+    def remote_address(self) -> str | None:
+        """The peer as ``host:port`` (from ``context.peer()``)."""
+        return _format_peer(self._context.peer())
+
+    def _end_rpc(self, code: int, reason: str, status: Any = None) -> None:
+        if self._close is not None:
+            return
+        self._close = (code, reason)
+        self._status = status if status is not None else _status_for_close(code)
+        self._finish.set()
+
+    def _rpc_cancelled(self) -> None:
+        self._cancelled.set()
+        if self._close is None:
+            self._close = (_ABNORMAL_CLOSURE, "the client cancelled the call or went away")
+
+    async def _peer_gone(self, *, half_closed: bool) -> ConnectionClosed:
+        """Return the error for a request stream that ended or an RPC that broke."""
+        if self._close is None and not self._cancelled.is_set():
+            try:
+                await asyncio.wait_for(self._cancelled.wait(), _CANCEL_SETTLE)
+            except TimeoutError:
+                pass
+        if half_closed:
+            # Answer the client's half-close by ending the call, as a
+            # WebSocket echoes a close frame.
+            self._end_rpc(_NORMAL, "")
+        else:
+            self._end_rpc(_ABNORMAL_CLOSURE, "the call broke")
+        assert self._close is not None
+        return ConnectionClosed(*self._close)
+
+    async def _serve(self) -> None:
+        """Keep the servicer alive until the connection ends; set the status."""
+        try:
+            await self._finish.wait()
+        except asyncio.CancelledError:
+            self._rpc_cancelled()
+            raise
+        finally:
+            self._finished.set()
+        assert self._close is not None
+        code, reason = self._close
+        context = self._context
+        context.set_trailing_metadata(_wire.close_metadata(code, reason))
+        if self._status != grpc.StatusCode.OK:
+            context.set_code(self._status)
+            context.set_details(reason or f"closed with code {code}")
+
+
+class _GrpcListener(Listener):
+    """The bound server yielded by :meth:`GrpcTransport.serve`."""
+
+    def __init__(
+        self,
+        server: Any,
+        url: str,
+        connections: set[GrpcServerConnection],
+        handlers: set[asyncio.Task[None]],
+    ) -> None:
+        self._server = server
+        self._url = url
+        self._connections = connections
+        self._handlers = handlers
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect to, with the real port."""
+        return self._url
+
+    async def aclose(self) -> None:
+        """Stop accepting, end every call with 1001 and wait for the handlers."""
+        async with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            for conn in list(self._connections):
+                conn._end_rpc(_GOING_AWAY, "server shutting down")
+            await self._server.stop(_STOP_GRACE)
+            handlers = set(self._handlers)
+            if not handlers:
+                return
+            _, pending = await asyncio.wait(handlers, timeout=_SHUTDOWN_GRACE)
+            # A handler that awaits something other than its connection would
+            # keep the server open forever: cancel the stragglers.
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+
+class GrpcTransport(Transport):
+    """The ``grpc.aio`` backend: ``grpc://`` (plaintext) and ``grpcs://`` (TLS) URLs.
+
+    Args:
+        channel_credentials: for ``grpcs://`` clients, e.g.
+            ``grpc.ssl_channel_credentials(root_certificates=ca_pem)``; the
+            default trusts the system's roots.
+        server_credentials: required to serve ``grpcs://``, e.g.
+            ``grpc.ssl_server_credentials([(key_pem, cert_pem)])``.
+    """
+
+    name: ClassVar[str] = "grpc"
+    schemes: ClassVar[tuple[str, ...]] = _SCHEMES
+
+    def __init__(self, *, channel_credentials: Any = None, server_credentials: Any = None) -> None:
+        self.channel_credentials = channel_credentials
+        self.server_credentials = server_credentials
+
+    async def connect(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ssl: SSLContext | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        open_timeout: float = 10.0,
+    ) -> Connection:
+        """Open a ``Connect`` call to ``url``, ready once the server accepted it.
+
+        Args:
+            url: ``grpc://host:port`` or ``grpcs://host:port`` (default ports
+                80 and 443; a path is ignored).
+            headers: sent as request metadata, names lower-cased.
+            ssl: not supported (pass ``channel_credentials`` to the transport).
+            max_message_bytes: the limit on one frame, in either direction.
+            open_timeout: seconds allowed to connect and be accepted.
+
+        Raises:
+            ConfigurationError: a bad URL, a header that cannot be metadata, or ``ssl``.
+            AuthenticationError: the server answered UNAUTHENTICATED or PERMISSION_DENIED.
+            ConnectError: anything else kept the call from opening.
+        """
+        parts = _parse_url(url)
+        _check_limit(max_message_bytes)
+        if ssl is not None:
+            raise ConfigurationError(_SSL_CONTEXT_REFUSED)
+        metadata = _client_metadata(headers)
+        target = f"{_format_host(parts.hostname)}:{_port(parts)}"
+        channel = self._channel(parts.scheme, target, max_message_bytes)
+        call: Any = None
+        try:
+            multicallable = channel.stream_stream(
+                METHOD_PATH, request_serializer=_wire.encode_frame, response_deserializer=None
+            )
+            call = multicallable(metadata=metadata)
+            # The server sends its initial metadata once it accepted the call.
+            async with asyncio.timeout(open_timeout):
+                await call.initial_metadata()
+                status = await call.code() if call.done() else grpc.StatusCode.OK
+            if status != grpc.StatusCode.OK:
+                _refuse(url, status, await call.details() or "", max_message_bytes)
+        except BaseException as exc:
+            if call is not None:
+                call.cancel()
+            await channel.close()
+            if isinstance(exc, TimeoutError):
+                raise ConnectError(
+                    f"could not connect to {_redact(url)}: timed out after {open_timeout:g}s"
+                ) from exc
+            if isinstance(exc, ProxyError | asyncio.CancelledError) or not isinstance(
+                exc, Exception
+            ):
+                raise
+            raise ConnectError(f"could not connect to {_redact(url)}: {_describe(exc)}") from exc
+        return GrpcClientConnection(
+            channel, call, target=target, max_message_bytes=max_message_bytes
+        )
+
+    def _channel(self, scheme: str, target: str, limit: int) -> Any:
+        size = _wire.wire_size(limit)
+        options = [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+        ]
+        if scheme == "grpcs":
+            credentials = self.channel_credentials or grpc.ssl_channel_credentials()
+            return grpc.aio.secure_channel(target, credentials, options=options)
+        return grpc.aio.insecure_channel(target, options=options)
+
+    def serve(
+        self,
+        url: str,
+        handler: ConnectionHandler,
+        *,
+        authenticate: Authenticator | None = None,
+        ssl: SSLContext | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> AbstractAsyncContextManager[Listener]:
+        """Serve ``url`` (port 0 picks a free port), calling ``handler`` per call.
+
+        ``authenticate`` sees the request metadata first; a refused client
+        gets status UNAUTHENTICATED with the reason as details and the
+        handler is never called. The call ends when the handler returns
+        (1000) or raises (1011, logged; a ``ConnectionClosed`` or
+        ``MessageTooLarge`` escaping the handler is an ordinary end).
+        Leaving the context ends every call with 1001 and waits for the
+        handlers (cancelling those still running after 10 seconds).
+
+        Args:
+            url: ``grpc://host:port`` or ``grpcs://host:port``.
+            handler: awaited with a :class:`GrpcServerConnection` per call.
+            authenticate: the hook that sees the request metadata first.
+            ssl: not supported (pass ``server_credentials`` to the transport).
+            max_message_bytes: the limit on one frame, in either direction.
+
+        Raises:
+            ConfigurationError: a bad URL, ``ssl``, or ``grpcs://`` without
+                ``server_credentials``.
+            ConnectError: the address could not be bound (raised on entering).
+        """
+        parts = _parse_url(url)
+        _check_limit(max_message_bytes)
+        if ssl is not None:
+            raise ConfigurationError(_SSL_CONTEXT_REFUSED)
+        if parts.scheme == "grpcs" and self.server_credentials is None:
+            raise ConfigurationError(
+                f"serving {_redact(url)} needs GrpcTransport(server_credentials=...), e.g. "
+                "grpc.ssl_server_credentials([(key_pem, cert_pem)])"
+            )
+        return self._serve(parts, handler, authenticate, max_message_bytes)
+
+    @asynccontextmanager
+    async def _serve(
+        self,
+        parts: SplitResult,
+        handler: ConnectionHandler,
+        authenticate: Authenticator | None,
+        limit: int,
+    ) -> AsyncIterator[Listener]:
+        connections: set[GrpcServerConnection] = set()
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def run_handler(conn: GrpcServerConnection) -> None:
+            try:
+                await handler(conn)
+            except ConnectionClosed:
+                await conn.aclose()
+            except MessageTooLarge as exc:
+                # The peer's fault, and the call is already ended with 1009.
+                logger.warning("connection handler ended: %s", exc)
+            except Exception:
+                logger.exception("connection handler failed; closing with 1011")
+                await conn.aclose(_INTERNAL_ERROR, "internal error")
+            else:
+                await conn.aclose()
+
+        async def connect_rpc(request_iterator: object, context: Any) -> None:
+            headers = _request_headers(context.invocation_metadata() or ())
+            refusal = await check_authentication(authenticate, headers)
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+            if listener.closed:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
+            conn = GrpcServerConnection(context, headers, max_message_bytes=limit)
+            try:
+                await context.send_initial_metadata(())  # tells the client it is in
+            except Exception:
+                logger.debug("the client left before it was accepted", exc_info=True)
+                return
+            connections.add(conn)
+            task = asyncio.create_task(run_handler(conn), name="proxy_core_grpc-handler")
+            handlers.add(task)
+            task.add_done_callback(handlers.discard)
+            try:
+                await conn._serve()
+            finally:
+                connections.discard(conn)
+
+        server = grpc.aio.server(options=_server_options(limit))
+        rpc_handler = grpc.stream_stream_rpc_method_handler(
+            connect_rpc, request_deserializer=None, response_serializer=_wire.encode_frame
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE.full_name, {_METHOD.name: rpc_handler}),)
+        )
+        host = parts.hostname or ""
+        address = f"{_format_host(host)}:{_port(parts)}"
+        try:
+            if parts.scheme == "grpcs":
+                bound = server.add_secure_port(address, self.server_credentials)
+            else:
+                bound = server.add_insecure_port(address)
+            await server.start()
+        except Exception as exc:
+            await server.stop(None)
+            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {exc}") from exc
+        url = f"{parts.scheme}://{_format_host(host)}:{bound}"
+        listener = _GrpcListener(server, url, connections, handlers)
+        try:
+            yield listener
+        finally:
+            await listener.aclose()
+
+
+_SSL_CONTEXT_REFUSED = (
+    "the grpc transport cannot use an ssl.SSLContext (gRPC has its own TLS stack); pass "
+    "credentials to the transport instead: GrpcTransport(channel_credentials="
+    "grpc.ssl_channel_credentials(root_certificates=...)) for clients, "
+    "GrpcTransport(server_credentials=grpc.ssl_server_credentials(...)) for servers"
+)
+
+
+def _server_options(limit: int) -> list[tuple[str, int]]:
+    size = _wire.wire_size(limit)
+    return [
+        # Up to about twice the limit, a frame reaches receive(), which refuses
+        # it as MessageTooLarge; gRPC's own refusal would look like a vanished client.
+        ("grpc.max_receive_message_length", size + limit),
+        ("grpc.max_send_message_length", size),
+        # Fail on a busy port rather than share it with another server.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _status_for_close(code: int) -> Any:
+    if code in (_NORMAL, _GOING_AWAY):
+        return grpc.StatusCode.OK
+    if code == _MESSAGE_TOO_BIG:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if code == _INTERNAL_ERROR:
+        return grpc.StatusCode.INTERNAL
+    if code == _UNAUTHORIZED:
+        return grpc.StatusCode.UNAUTHENTICATED
+    return grpc.StatusCode.ABORTED
+
+
+def _client_close(
+    status: Any, details: str, trailing: Iterable[tuple[str, str | bytes]], limit: int
+) -> ConnectionClosed | MessageTooLarge:
+    """Translate how a call ended, seen from the client."""
+    close = _wire.parse_close_metadata(trailing)
+    if close is not None:
+        return ConnectionClosed(*close)
+    if status == grpc.StatusCode.OK:
+        return ConnectionClosed(_NORMAL, "")
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        refused = _wire.parse_refusal(details)
+        if refused is not None and refused[0] != _PEER_TOO_BIG:
+            return MessageTooLarge(_wire.payload_size(refused[1]), limit)
+        return ConnectionClosed(_MESSAGE_TOO_BIG, details)
+    if status in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE):
+        return ConnectionClosed(_ABNORMAL_CLOSURE, details)
+    if status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return ConnectionClosed(_UNAUTHORIZED, details)
+    return ConnectionClosed(_INTERNAL_ERROR, f"{getattr(status, 'name', status)}: {details}")
+
+
+def _refuse(url: str, status: Any, details: str, limit: int) -> NoReturn:
+    """Raise the error for a call the server ended instead of accepting it."""
+    if status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        raise AuthenticationError(details or "unauthorized")
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        refused = _wire.parse_refusal(details)
+        raise MessageTooLarge(_wire.payload_size(refused[1]) if refused else None, limit)
+    if status == grpc.StatusCode.UNIMPLEMENTED:
+        details = f"the server does not serve {METHOD_PATH} ({details})"
+    elif status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        details = f"{getattr(status, 'name', status)}: {details}"
+    raise ConnectError(f"could not connect to {_redact(url)}: {details}")
+
+
+def _client_metadata(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    if not headers:
+        return None
+    metadata = []
+    for name, value in headers.items():
+        key = name.lower()
+        if (
+            not _METADATA_KEY.fullmatch(key)
+            or key.startswith("grpc-")
+            or key.endswith("-bin")
+            or key in _RESERVED_KEYS
+        ):
+            raise ConfigurationError(
+                f"header {name!r} cannot travel as gRPC metadata: names are lower-case "
+                "letters, digits, '-', '_' and '.', not reserved (grpc-*, *-bin, "
+                f"{', '.join(sorted(_RESERVED_KEYS))})"
+            )
+        if not isinstance(value, str) or not all(" " <= c <= "~" for c in value):
+            raise ConfigurationError(
+                f"the value of header {name!r} must be printable ASCII to travel as gRPC metadata"
+            )
+        metadata.append((key, value))
+    return tuple(metadata)
+
+
+def _request_headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """Return text metadata as headers with lower-cased names; repeats are joined by ", "."""
+    headers: dict[str, str] = {}
+    for name, value in metadata:
+        if not isinstance(value, str):
+            continue  # binary metadata (-bin keys) is not a header
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+def _parse_url(url: str) -> SplitResult:
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"transport 'grpc' cannot use {_redact(url)}: "
+            f"the URL scheme must be one of {', '.join(_SCHEMES)}"
+        )
+    try:
+        parts.port  # noqa: B018 -- validates the port
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid port in {_redact(url)}") from exc
+    if not parts.hostname:
+        raise ConfigurationError(f"the URL {_redact(url)} has no host")
+    return parts
+
+
+def _port(parts: SplitResult) -> int:
+    return parts.port if parts.port is not None else _DEFAULT_PORTS[parts.scheme]
+
+
+def _check_limit(max_message_bytes: int) -> None:
+    if max_message_bytes < 1:
+        raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
+
+
+def _redact(url: str) -> str:
+    """Return ``url`` without user credentials, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _format_host(host: str | None) -> str:
+    if host is None:
+        return ""
+    return f"[{host}]" if ":" in host else host
+
+
+def _format_peer(peer: str | None) -> str | None:
+    """Turn gRPC's ``ipv4:1.2.3.4:5`` or ``ipv6:[::1]:5`` into ``1.2.3.4:5`` or ``[::1]:5``."""
+    if not peer:
+        return None
+    scheme, _, address = peer.partition(":")
+    if scheme in ("ipv4", "ipv6") and address:
+        return unquote(address)
+    return unquote(peer)
