@@ -1,0 +1,449 @@
+"""A WebSocket backend on aiohttp: client, server, and adoption of an app's own sockets.
+
+:class:`AiohttpTransport` opens client connections (``ws://`` and ``wss://``),
+serves them with an ``aiohttp.web`` application of its own, and adopts a
+``web.WebSocketResponse`` that an existing aiohttp application prepared in its
+own handler. It is plain WebSocket (no subprotocol, no compression), so it
+interoperates with the ``websockets`` backend in either direction. Each
+connection is an :class:`~proxy_core_aiohttp.connection.AiohttpConnection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from ssl import SSLContext
+from typing import Any, ClassVar
+from urllib.parse import SplitResult, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from proxy_core.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionClosed,
+    MessageTooLarge,
+)
+from proxy_core.transport import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Authenticator,
+    Connection,
+    ConnectionHandler,
+    Listener,
+    Transport,
+    check_authentication,
+)
+
+from .connection import (
+    _MESSAGE_TOO_BIG,
+    AiohttpConnection,
+    _close_quietly,
+    _format_host,
+    _lower_headers,
+)
+
+__all__ = ["AiohttpConnection", "AiohttpTransport"]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMES = ("ws", "wss")
+_GOING_AWAY = 1001
+_INTERNAL_ERROR = 1011
+# How long a close waits for the peer's closing frame (the libraries' default).
+_CLOSE_TIMEOUT = 10.0
+# How long a server shutting down waits for handlers once their sockets are
+# closed, before it cancels those that ignore the close.
+_SHUTDOWN_GRACE = 5.0
+# aiohttp's own wait for the requests that are still open once we have waited
+# for ours: only a request accepted while the server was stopping can be.
+_RUNNER_SHUTDOWN_TIMEOUT = 1.0
+# How much of a refusal's body the client reads (for the error message), and how long it may take.
+_MAX_REFUSAL_BODY = 4096
+_REFUSAL_BODY_TIMEOUT = 2.0
+# aiohttp's C frame parser keeps its limit in an unsigned 32-bit integer.
+_LIBRARY_MAX_LIMIT = 2**32 - 1
+
+
+class _AiohttpListener(Listener):
+    """The bound server yielded by :meth:`AiohttpTransport.serve`.
+
+    Args:
+        runner: the application's runner.
+        site: the site listening on the URL's address.
+        url: the URL clients connect to.
+        handlers: the task running the handler of each open connection.
+    """
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        site: web.TCPSite,
+        url: str,
+        handlers: dict[AiohttpConnection, asyncio.Task[Any]],
+    ) -> None:
+        self._runner = runner
+        self._site = site
+        self._url = url
+        self._handlers = handlers
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect to, with the real port."""
+        return self._url
+
+    async def aclose(self) -> None:
+        """Stop accepting, close every open connection (1001) and wait for the handlers.
+
+        Handlers still running :data:`_SHUTDOWN_GRACE` seconds after their
+        connections were closed are cancelled.
+        """
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            await self._site.stop()
+            await _close_all(self._handlers)
+            tasks = set(self._handlers.values())
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE)
+                # A handler that awaits something other than its connection
+                # would keep the server open forever: cancel the stragglers.
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE)
+            # Whatever is left (a request accepted while the site stopped) is
+            # closed by on_shutdown and waited for, briefly, by aiohttp itself.
+            await self._runner.cleanup()
+
+
+async def _close_all(handlers: Mapping[AiohttpConnection, object]) -> None:
+    await asyncio.gather(
+        *(conn.aclose(_GOING_AWAY, "server shutting down") for conn in list(handlers))
+    )
+
+
+class AiohttpTransport(Transport):
+    """The aiohttp backend: ``ws://`` and ``wss://`` URLs."""
+
+    name: ClassVar[str] = "aiohttp"
+    schemes: ClassVar[tuple[str, ...]] = _SCHEMES
+
+    async def connect(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ssl: SSLContext | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        open_timeout: float = 10.0,
+    ) -> Connection:
+        """Open a WebSocket connection to ``url``.
+
+        The connection has a ``ClientSession`` of its own, closed with it.
+
+        Args:
+            url: a ``ws://`` or ``wss://`` URL.
+            headers: extra handshake headers (credentials for ``authenticate``).
+            ssl: the TLS context for ``wss://`` (default: the system's trust store).
+            max_message_bytes: the limit on incoming frames.
+            open_timeout: seconds allowed for TCP, TLS and the WebSocket handshake.
+
+        Raises:
+            ConfigurationError: the URL is not ``ws``/``wss``, or ``ssl`` is given for ``ws``.
+            AuthenticationError: the server answered HTTP 401 or 403.
+            ConnectError: anything else kept the connection from opening.
+        """
+        parts = _parse_url(url)
+        _check_limit(max_message_bytes)
+        if ssl is not None and parts.scheme != "wss":
+            raise ConfigurationError(f"an ssl context needs a wss:// URL, not {_redact(url)}")
+        session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            raise_for_status=_refuse_upgrade_failure,  # reads the body of a refusal
+            timeout=aiohttp.ClientTimeout(total=None),  # open_timeout bounds the handshake
+        )
+        try:
+            async with asyncio.timeout(open_timeout):
+                ws = await session.ws_connect(
+                    url,
+                    headers=dict(headers) if headers else None,
+                    max_msg_size=_library_limit(max_message_bytes),
+                    ssl=ssl if ssl is not None else True,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT),
+                    heartbeat=None,  # the session layer sends heartbeats
+                    autoping=True,
+                    autoclose=True,
+                    compress=0,
+                )
+        except BaseException as exc:
+            await _close_quietly(session)
+            if isinstance(exc, Exception):
+                raise _connect_error(url, exc, open_timeout) from exc
+            raise
+        return AiohttpConnection(ws, max_message_bytes=max_message_bytes, session=session)
+
+    def serve(
+        self,
+        url: str,
+        handler: ConnectionHandler,
+        *,
+        authenticate: Authenticator | None = None,
+        ssl: SSLContext | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> AbstractAsyncContextManager[Listener]:
+        """Serve ``url`` (port 0 picks a free port), calling ``handler`` per connection.
+
+        A request for another path than the URL's is answered 404 (a URL with
+        no path, or ``/``, accepts any path); a client that ``authenticate``
+        refuses is answered 401 with the reason as the body, before the
+        upgrade. Either way the handler is never called. The connection is
+        closed when the handler returns (1000) or raises (1011, and the
+        exception is logged; a ``ConnectionClosed`` or ``MessageTooLarge``
+        escaping the handler is an ordinary end of the connection). Leaving
+        the context closes every open connection with 1001.
+
+        Args:
+            url: a ``ws://`` or ``wss://`` URL to listen on.
+            handler: awaited with an :class:`AiohttpConnection` per client.
+            authenticate: the hook that sees the request headers first.
+            ssl: the server's TLS context; required for ``wss://``.
+            max_message_bytes: the limit on incoming frames.
+
+        Raises:
+            ConfigurationError: a bad URL, or ``ssl`` does not match the scheme.
+            ConnectError: the address could not be bound (raised on entering).
+        """
+        parts = _parse_url(url)
+        _check_limit(max_message_bytes)
+        if (parts.scheme == "wss") != (ssl is not None):
+            raise ConfigurationError(
+                f"serving {_redact(url)}: wss:// needs an ssl context and ws:// takes none"
+            )
+        return self._serve(parts, handler, authenticate, ssl, max_message_bytes)
+
+    @asynccontextmanager
+    async def _serve(
+        self,
+        parts: SplitResult,
+        handler: ConnectionHandler,
+        authenticate: Authenticator | None,
+        ssl: SSLContext | None,
+        limit: int,
+    ) -> AsyncIterator[Listener]:
+        path = parts.path
+        handlers: dict[AiohttpConnection, asyncio.Task[Any]] = {}
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            if authenticate is not None:
+                headers = _lower_headers(request.headers.items())
+                reason = await check_authentication(authenticate, headers)
+                if reason is not None:
+                    raise web.HTTPUnauthorized(text=reason)
+            ws = web.WebSocketResponse(
+                max_msg_size=_library_limit(limit),
+                compress=False,
+                heartbeat=None,  # the session layer sends heartbeats
+                autoping=True,
+                timeout=_CLOSE_TIMEOUT,
+            )
+            await ws.prepare(request)
+            connection = AiohttpConnection(ws, max_message_bytes=limit, request=request)
+            task = asyncio.current_task()
+            if task is not None:
+                handlers[connection] = task
+            try:
+                await _run_handler(handler, connection)
+            finally:
+                handlers.pop(connection, None)
+            return ws
+
+        async def close_connections(app: web.Application) -> None:
+            await _close_all(handlers)
+
+        app = web.Application()
+        app.on_shutdown.append(close_connections)
+        route = path if path not in ("", "/") else "/{tail:.*}"
+        app.router.add_route("GET", route, endpoint)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=_RUNNER_SHUTDOWN_TIMEOUT
+        )
+        await runner.setup()
+        host = parts.hostname
+        port = parts.port if parts.port is not None else (443 if parts.scheme == "wss" else 80)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {exc}") from exc
+        addresses = runner.addresses
+        bound = addresses[0][1] if addresses else port
+        url = f"{parts.scheme}://{_format_host(host)}:{bound}{path}"
+        listener = _AiohttpListener(runner, site, url, handlers)
+        try:
+            yield listener
+        finally:
+            await listener.aclose()
+
+    def adapt(
+        self, obj: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> Connection:
+        """Wrap a WebSocket that an aiohttp application prepared in its own handler.
+
+        aiohttp fixed the socket's own limit (``max_msg_size``, 4 MiB by
+        default) when it was created; ``max_message_bytes`` is checked on
+        every frame as well, so the smaller of the two applies. Create the
+        response with ``web.WebSocketResponse(max_msg_size=max_message_bytes + 1)``
+        to have large frames refused before they are buffered.
+
+        Args:
+            obj: an ``aiohttp.web.WebSocketResponse`` on which ``prepare()`` was awaited.
+            max_message_bytes: the limit on incoming frames.
+
+        Raises:
+            ConfigurationError: ``obj`` is not such a response, or is not prepared yet.
+        """
+        _check_limit(max_message_bytes)
+        if not isinstance(obj, web.WebSocketResponse):
+            raise ConfigurationError(
+                f"transport {self.name!r} cannot adopt an object of type "
+                f"{type(obj).__module__}.{type(obj).__qualname__}; it accepts an "
+                "aiohttp.web.WebSocketResponse on which prepare() was awaited"
+            )
+        if not obj.prepared:
+            raise ConfigurationError(
+                "the aiohttp.web.WebSocketResponse is not prepared: "
+                "await ws.prepare(request) before adopting it"
+            )
+        # aiohttp keeps the upgraded request on the response, but offers no public accessor.
+        request = getattr(obj, "_req", None)
+        return AiohttpConnection(
+            obj,
+            max_message_bytes=max_message_bytes,
+            request=request if isinstance(request, web.BaseRequest) else None,
+        )
+
+
+async def _run_handler(handler: ConnectionHandler, connection: AiohttpConnection) -> None:
+    """Run a connection handler; close the connection however it ends."""
+    try:
+        await handler(connection)
+    except ConnectionClosed:
+        # The peer went away while the handler was using the connection.
+        await connection.aclose()
+    except MessageTooLarge as exc:
+        # The peer's fault, and the connection is already closed with 1009.
+        logger.warning("connection handler ended: %s", exc)
+        await connection.aclose(_MESSAGE_TOO_BIG, "message too big")
+    except Exception:
+        logger.exception("connection handler failed; closing with 1011")
+        await connection.aclose(_INTERNAL_ERROR, "internal error")
+    else:
+        await connection.aclose()
+
+
+class _UpgradeRefused(Exception):
+    """The server answered the upgrade request with another status than 101."""
+
+    def __init__(self, status: int, reason: str, body: str) -> None:
+        super().__init__(f"HTTP {status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+
+async def _refuse_upgrade_failure(response: aiohttp.ClientResponse) -> None:
+    """The session's ``raise_for_status`` hook: keep the body of a refused upgrade.
+
+    ``ws_connect`` closes a refused response before raising, so its body (an
+    ``authenticate`` hook's reason) is read here, while it can be.
+    """
+    if response.status == 101:
+        return
+    body = b""
+    try:
+        async with asyncio.timeout(_REFUSAL_BODY_TIMEOUT):
+            while len(body) < _MAX_REFUSAL_BODY:
+                chunk = await response.content.read(_MAX_REFUSAL_BODY - len(body))
+                if not chunk:
+                    break
+                body += chunk
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass  # the status alone will do
+    text = body.decode("utf-8", "replace").strip()
+    raise _UpgradeRefused(response.status, response.reason or "", text)
+
+
+def _connect_error(url: str, exc: Exception, open_timeout: float) -> Exception:
+    """Translate what ``ws_connect`` raised."""
+    status: int | None = None
+    reason, body = "", ""
+    if isinstance(exc, _UpgradeRefused):
+        status, reason, body = exc.status, exc.reason, exc.body
+    elif isinstance(exc, aiohttp.WSServerHandshakeError):
+        status, reason = exc.status, exc.message
+    if status in (401, 403):
+        return AuthenticationError(body or f"HTTP {status} {reason}".rstrip())
+    if status is not None:
+        detail = f"HTTP {status} {reason}".rstrip()
+        if body:
+            detail = f"{detail}: {body}"
+        return ConnectError(f"could not connect to {_redact(url)}: the server answered {detail}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ConfigurationError(f"invalid WebSocket URL {_redact(url)}: {exc}")
+    if isinstance(exc, TimeoutError):
+        return ConnectError(
+            f"could not connect to {_redact(url)}: timed out after {open_timeout:g}s"
+        )
+    return ConnectError(f"could not connect to {_redact(url)}: {_describe(exc)}")
+
+
+def _parse_url(url: str) -> SplitResult:
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"transport 'aiohttp' cannot use {_redact(url)}: "
+            f"the URL scheme must be one of {', '.join(_SCHEMES)}"
+        )
+    try:
+        parts.port  # noqa: B018 -- validates the port
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid port in {_redact(url)}") from exc
+    if not parts.hostname:
+        raise ConfigurationError(f"the URL {_redact(url)} has no host")
+    return parts
+
+
+def _check_limit(max_message_bytes: int) -> None:
+    if max_message_bytes < 1:
+        raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
+
+
+def _library_limit(max_message_bytes: int) -> int:
+    """Return aiohttp's ``max_msg_size`` for our limit.
+
+    aiohttp refuses a message whose size *reaches* ``max_msg_size``, while
+    ``max_message_bytes`` is the largest size accepted: hence the + 1. Past
+    what its parser can hold, aiohttp gets no limit (0) and ours alone applies.
+    """
+    return max_message_bytes + 1 if max_message_bytes < _LIBRARY_MAX_LIMIT else 0
+
+
+def _redact(url: str) -> str:
+    """Return ``url`` without user credentials, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
