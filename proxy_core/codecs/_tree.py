@@ -149,8 +149,8 @@ class TreeConverter:
         fields = {k: self._value_in(v) for k, v in node.items() if k != "$type"}
         try:
             return cls(**fields)
-        except TypeError as exc:
-            raise CodecError(f"fields do not match {tag!r}: {exc}") from None
+        except Exception as exc:  # wrong fields, or a __post_init__ that refuses the values
+            raise CodecError(f"fields do not fit {tag!r}: {exc}") from None
 
     def _value_in(self, node: Any) -> Any:
         kind = type(node)
