@@ -252,6 +252,42 @@ async def test_async_iteration_ends_at_close(
     assert seen == [b"one"]
 
 
+async def test_concurrent_sends_queue_up_on_both_sides(transport: GrpcTransport) -> None:
+    frames = [bytes([i]) * 50_000 for i in range(20)]
+
+    async def handler(conn: Connection) -> None:
+        await asyncio.gather(*(conn.send(frame) for frame in frames))
+        for _ in range(5):
+            await conn.send(await conn.receive())
+
+    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+        async with await wait(transport.connect(listener.url)) as conn:
+            received = [await wait(conn.receive()) for _ in frames]
+            assert sorted(received) == frames
+            await wait(asyncio.gather(*(conn.send(frame) for frame in frames[:5])))
+            echoed = [await wait(conn.receive()) for _ in range(5)]
+            assert sorted(echoed) == frames[:5]
+
+
+async def test_a_second_receive_is_misuse_and_harmless(
+    transport: GrpcTransport, echo_server: Listener, probe: Probe
+) -> None:
+    conn = await wait(transport.connect(echo_server.url))
+    pending = asyncio.create_task(conn.receive())
+    await asyncio.sleep(0)  # let it start waiting
+    with pytest.raises(ConfigurationError, match="another receive"):
+        await wait(conn.receive())
+    await conn.send(b"wake")
+    assert await wait(pending) == b"wake"
+    server_side = await wait(probe.started)
+    pending = asyncio.create_task(server_side.receive())
+    await asyncio.sleep(0)
+    with pytest.raises(ConfigurationError, match="another receive"):
+        await wait(server_side.receive())
+    pending.cancel()
+    await conn.aclose()
+
+
 # --- the size limit ---------------------------------------------------------------
 
 
@@ -557,6 +593,43 @@ async def test_server_close_code_and_reason_reach_the_client(
         with pytest.raises(ConnectionClosed):
             await conn.send(b"after")
         await conn.aclose()
+
+
+async def test_a_send_racing_the_servers_close_is_a_typed_close(
+    transport: GrpcTransport,
+) -> None:
+    # The server ends the call while the client still sends: whatever the
+    # interleaving, the client sees ConnectionClosed, never a gRPC error.
+    async def handler(conn: Connection) -> None:
+        await conn.receive()
+        await conn.aclose(4008, "bye")
+
+    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+        conn = await wait(transport.connect(listener.url))
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(10_000):
+                await conn.send(b"x" * 100)
+        assert closed.value.code in (4008, 1006)
+        with pytest.raises(ConnectionClosed):
+            await wait(conn.receive())
+        await conn.aclose()
+
+
+@pytest.mark.parametrize("code", [1000, 4001, 1011])
+async def test_a_call_closed_right_after_accepting_still_connects(
+    transport: GrpcTransport, code: int
+) -> None:
+    # The client may learn of the close together with the acceptance.
+    async def handler(conn: Connection) -> None:
+        await conn.aclose(code, "at once")
+
+    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+        for _ in range(20):
+            conn = await wait(transport.connect(listener.url))
+            with pytest.raises(ConnectionClosed) as closed:
+                await wait(conn.receive())
+            assert (closed.value.code, closed.value.reason) == (code, "at once")
+            await conn.aclose()
 
 
 async def test_server_close_reason_is_bounded(transport: GrpcTransport) -> None:

@@ -97,6 +97,7 @@ _SHUTDOWN_GRACE = 10.0
 _METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
 _RESERVED_KEYS = frozenset({"content-type", "te", "host", "user-agent"})
 
+_WRITE_FAILED = "the call ended during a send (the server ended it, or the connection broke)"
 _PEER_TOO_BIG = "SERVER"  # the side gRPC names when the server refused our message
 
 
@@ -108,15 +109,24 @@ class GrpcConnection(Connection):
     handler).
     """
 
-    __slots__ = ("_limit",)
+    __slots__ = ("_limit", "_receiving", "_send_lock")
 
     def __init__(self, *, max_message_bytes: int) -> None:
         self._limit = max_message_bytes
+        # gRPC fails a call that has two writes in flight (and a second read
+        # returns nonsense): sends queue up, a second receive is misuse.
+        self._send_lock = asyncio.Lock()
+        self._receiving = False
 
     @property
     def max_message_bytes(self) -> int:
         """The limit on one frame, in either direction."""
         return self._limit
+
+    def _start_receive(self) -> None:
+        if self._receiving:
+            raise ConfigurationError("receive() called while another receive() waits")
+        self._receiving = True
 
     def _check_outgoing(self, data: bytes) -> None:
         # gRPC would fail the whole call for a message over its send limit.
@@ -162,12 +172,15 @@ class GrpcClientConnection(GrpcConnection):
             raise ConnectionClosed(self._ended.code, self._ended.reason)
         self._check_outgoing(data)
         try:
-            await self._call.write(data)
+            async with self._send_lock:
+                await self._call.write(data)
         except asyncio.CancelledError:
             if not self._call_cancelled():
                 raise
             raise self._closed() from None
-        except Exception as exc:  # the call is over: AioRpcError, InvalidStateError...
+        except grpc.aio.AioRpcError as exc:
+            raise self._end_by_write(exc) from exc
+        except Exception as exc:  # InvalidStateError: the call is over, its status intact
             error = await self._end_from_call()
             raise ConnectionClosed(error.code, error.reason) from exc
 
@@ -184,6 +197,7 @@ class GrpcClientConnection(GrpcConnection):
         """
         if self._ended is not None:
             raise self._closed()
+        self._start_receive()
         try:
             message = await self._call.read()
         except asyncio.CancelledError:
@@ -192,8 +206,8 @@ class GrpcClientConnection(GrpcConnection):
             raise self._closed() from None
         except grpc.aio.AioRpcError as exc:
             raise self._end(exc.code(), exc.details() or "", exc.trailing_metadata()) from exc
-        except grpc.aio.UsageError as exc:
-            raise ConfigurationError("receive() called while another receive() waits") from exc
+        finally:
+            self._receiving = False
         if message is grpc.aio.EOF:
             trailing = await self._call.trailing_metadata()
             raise self._end(grpc.StatusCode.OK, "", trailing)
@@ -217,7 +231,8 @@ class GrpcClientConnection(GrpcConnection):
         self._closing = (code, reason)
         call = self._call
         try:
-            if not call.done():
+            # A send in flight (stuck on flow control?) rules out a clean half-close.
+            if not call.done() and not self._send_lock.locked():
                 await call.done_writing()
                 await asyncio.wait_for(call.code(), _CLOSE_TIMEOUT)
         except Exception:  # a broken call or a silent server: close it anyway
@@ -256,6 +271,25 @@ class GrpcClientConnection(GrpcConnection):
         else:
             self._ended = error
         return error
+
+    def _end_by_write(self, exc: Any) -> ConnectionClosed:
+        """Record how the call ended when a write failed, and return what ``send`` raises.
+
+        A write that finds the call over (the server ended it with frames
+        still unread here, or the connection broke) makes gRPC replace the
+        call's status with INTERNAL and drop the unread frames: the server's
+        close code is lost, so this is reported as an abnormal closure.
+        """
+        if self._ended is None:
+            trailing = exc.trailing_metadata() or ()
+            if (
+                exc.code() == grpc.StatusCode.INTERNAL
+                and _wire.parse_close_metadata(trailing) is None
+            ):
+                self._ended = ConnectionClosed(_ABNORMAL_CLOSURE, _WRITE_FAILED)
+            else:
+                self._end(exc.code(), exc.details() or "", trailing)
+        return self._closed()
 
     async def _end_from_call(self) -> ConnectionClosed:
         if self._ended is None:
@@ -307,7 +341,8 @@ class GrpcServerConnection(GrpcConnection):
             raise ConnectionClosed(*self._close)
         self._check_outgoing(data)
         try:
-            await self._context.write(data)
+            async with self._send_lock:
+                await self._context.write(data)
         except Exception as exc:  # ExecuteBatchError, UsageError: the RPC is over
             raise await self._peer_gone(half_closed=False) from exc
 
@@ -325,10 +360,13 @@ class GrpcServerConnection(GrpcConnection):
         """
         if self._close is not None:
             raise ConnectionClosed(*self._close)
+        self._start_receive()
         try:
             message = await self._context.read()
         except Exception as exc:  # UsageError once the RPC is over
             raise await self._peer_gone(half_closed=False) from exc
+        finally:
+            self._receiving = False
         if message is grpc.aio.EOF:
             raise await self._peer_gone(half_closed=True)
         try:
@@ -407,33 +445,57 @@ class GrpcServerConnection(GrpcConnection):
 
 
 class _GrpcListener(Listener):
-    """The bound server yielded by :meth:`GrpcTransport.serve`."""
+    """The bound server yielded by :meth:`GrpcTransport.serve`; it also serves the calls."""
 
     def __init__(
-        self,
-        server: Any,
-        url: str,
-        connections: set[GrpcServerConnection],
-        handlers: set[asyncio.Task[None]],
+        self, handler: ConnectionHandler, authenticate: Authenticator | None, limit: int
     ) -> None:
-        self._server = server
-        self._url = url
-        self._connections = connections
-        self._handlers = handlers
+        self._handler = handler
+        self._authenticate = authenticate
+        self._limit = limit
+        self._server = grpc.aio.server(options=_server_options(limit))
+        rpc_handler = grpc.stream_stream_rpc_method_handler(
+            self._connect_rpc, request_deserializer=None, response_serializer=_wire.encode_frame
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE.full_name, {_METHOD.name: rpc_handler}),)
+        )
+        self._url = ""
+        self._connections: set[GrpcServerConnection] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
-        self.closed = False
+        self._closed = False
 
     @property
     def url(self) -> str:
         """The URL clients connect to, with the real port."""
         return self._url
 
+    async def start(self, parts: SplitResult, credentials: Any) -> None:
+        """Bind the URL's address and start serving.
+
+        Raises:
+            ConnectError: the address could not be bound.
+        """
+        host = _format_host(parts.hostname)
+        try:
+            address = f"{host}:{_port(parts)}"
+            if parts.scheme == "grpcs":
+                bound = self._server.add_secure_port(address, credentials)
+            else:
+                bound = self._server.add_insecure_port(address)
+            await self._server.start()
+        except Exception as exc:
+            await self._server.stop(None)
+            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {exc}") from exc
+        self._url = f"{parts.scheme}://{host}:{bound}"
+
     async def aclose(self) -> None:
         """Stop accepting, end every call with 1001 and wait for the handlers."""
         async with self._lock:
-            if self.closed:
+            if self._closed:
                 return
-            self.closed = True
+            self._closed = True
             for conn in list(self._connections):
                 conn._end_rpc(_GOING_AWAY, "server shutting down")
             await self._server.stop(_STOP_GRACE)
@@ -447,6 +509,45 @@ class _GrpcListener(Listener):
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+
+    async def _connect_rpc(self, request_iterator: object, context: Any) -> None:
+        """The servicer of ``Connect``: authenticate, accept, run the handler in a task."""
+        headers = _request_headers(context.invocation_metadata() or ())
+        refusal = await check_authentication(self._authenticate, headers)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        if self._closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
+        conn = GrpcServerConnection(context, headers, max_message_bytes=self._limit)
+        try:
+            await context.send_initial_metadata(())  # tells the client it is in
+        except Exception:
+            logger.debug("the client left before it was accepted", exc_info=True)
+            return
+        self._connections.add(conn)
+        # The handler runs in a task of ours: gRPC cancels the servicer when
+        # the client goes away, and the handler should see ConnectionClosed.
+        task = asyncio.create_task(self._run_handler(conn), name="proxy_core_grpc-handler")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        try:
+            await conn._serve()
+        finally:
+            self._connections.discard(conn)
+
+    async def _run_handler(self, conn: GrpcServerConnection) -> None:
+        try:
+            await self._handler(conn)
+        except ConnectionClosed:
+            await conn.aclose()
+        except MessageTooLarge as exc:
+            # The peer's fault, and the call is already ended with 1009.
+            logger.warning("connection handler ended: %s", exc)
+        except Exception:
+            logger.exception("connection handler failed; closing with 1011")
+            await conn.aclose(_INTERNAL_ERROR, "internal error")
+        else:
+            await conn.aclose()
 
 
 class GrpcTransport(Transport):
@@ -507,9 +608,8 @@ class GrpcTransport(Transport):
             # The server sends its initial metadata once it accepted the call.
             async with asyncio.timeout(open_timeout):
                 await call.initial_metadata()
-                status = await call.code() if call.done() else grpc.StatusCode.OK
-            if status != grpc.StatusCode.OK:
-                _refuse(url, status, await call.details() or "", max_message_bytes)
+                if call.done():
+                    await _check_accepted(url, call, max_message_bytes)
         except BaseException as exc:
             if call is not None:
                 call.cancel()
@@ -588,65 +688,8 @@ class GrpcTransport(Transport):
         authenticate: Authenticator | None,
         limit: int,
     ) -> AsyncIterator[Listener]:
-        connections: set[GrpcServerConnection] = set()
-        handlers: set[asyncio.Task[None]] = set()
-
-        async def run_handler(conn: GrpcServerConnection) -> None:
-            try:
-                await handler(conn)
-            except ConnectionClosed:
-                await conn.aclose()
-            except MessageTooLarge as exc:
-                # The peer's fault, and the call is already ended with 1009.
-                logger.warning("connection handler ended: %s", exc)
-            except Exception:
-                logger.exception("connection handler failed; closing with 1011")
-                await conn.aclose(_INTERNAL_ERROR, "internal error")
-            else:
-                await conn.aclose()
-
-        async def connect_rpc(request_iterator: object, context: Any) -> None:
-            headers = _request_headers(context.invocation_metadata() or ())
-            refusal = await check_authentication(authenticate, headers)
-            if refusal is not None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-            if listener.closed:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
-            conn = GrpcServerConnection(context, headers, max_message_bytes=limit)
-            try:
-                await context.send_initial_metadata(())  # tells the client it is in
-            except Exception:
-                logger.debug("the client left before it was accepted", exc_info=True)
-                return
-            connections.add(conn)
-            task = asyncio.create_task(run_handler(conn), name="proxy_core_grpc-handler")
-            handlers.add(task)
-            task.add_done_callback(handlers.discard)
-            try:
-                await conn._serve()
-            finally:
-                connections.discard(conn)
-
-        server = grpc.aio.server(options=_server_options(limit))
-        rpc_handler = grpc.stream_stream_rpc_method_handler(
-            connect_rpc, request_deserializer=None, response_serializer=_wire.encode_frame
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(_SERVICE.full_name, {_METHOD.name: rpc_handler}),)
-        )
-        host = parts.hostname or ""
-        address = f"{_format_host(host)}:{_port(parts)}"
-        try:
-            if parts.scheme == "grpcs":
-                bound = server.add_secure_port(address, self.server_credentials)
-            else:
-                bound = server.add_insecure_port(address)
-            await server.start()
-        except Exception as exc:
-            await server.stop(None)
-            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {exc}") from exc
-        url = f"{parts.scheme}://{_format_host(host)}:{bound}"
-        listener = _GrpcListener(server, url, connections, handlers)
+        listener = _GrpcListener(handler, authenticate, limit)
+        await listener.start(parts, self.server_credentials)
         try:
             yield listener
         finally:
@@ -704,6 +747,15 @@ def _client_close(
     if status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return ConnectionClosed(_UNAUTHORIZED, details)
     return ConnectionClosed(_INTERNAL_ERROR, f"{getattr(status, 'name', status)}: {details}")
+
+
+async def _check_accepted(url: str, call: Any, limit: int) -> None:
+    """Raise unless a call that is over already was accepted (then closed) by the server."""
+    status = await call.code()
+    trailing = await call.trailing_metadata() or ()
+    if status == grpc.StatusCode.OK or _wire.parse_close_metadata(trailing) is not None:
+        return  # accepted, and closed at once: receive() reports the close
+    _refuse(url, status, await call.details() or "", limit)
 
 
 def _refuse(url: str, status: Any, details: str, limit: int) -> NoReturn:
