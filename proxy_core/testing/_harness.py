@@ -1,0 +1,632 @@
+"""The scaffolding of the conformance contracts: workers, both sides of a session, raw peers.
+
+Private: the contracts in :mod:`proxy_core.testing.contracts` use it and it may
+change with them. It imports no test framework. Nothing here sleeps to
+synchronise: every wait is on an event, a future or a queue, bounded by
+:data:`TIMEOUT`. To show that a message did *not* cross, a contract sends a
+marker after it on the same path and waits for the marker: sessions keep order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import string
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..codecs.base import Codec
+from ..errors import (
+    CodecError,
+    ConnectionClosed,
+    MessageTooLarge,
+    ProtocolError,
+    UnknownMessageType,
+)
+from ..messages import (
+    DEFAULT_TYPES,
+    BusFrameMessage,
+    BusLocalMessage,
+    BusMessage,
+    TextFrame,
+    TypeRegistry,
+)
+from ..protocol import (
+    Envelope,
+    Hello,
+    Msg,
+    Welcome,
+    decode_handshake,
+    encode_handshake,
+)
+from ..proxy import CodecSpec, ProxyClient, ProxyServer
+from ..registry import WorkerReadyData
+from ..runner import WorkerRunner
+from ..service import ProxyService, serve_proxy
+from ..transport import Connection, Transport
+from ..worker import BaseWorker
+
+__all__ = [
+    "CLIENT_OTHER",
+    "CLIENT_WORKER",
+    "SERVER_OTHER",
+    "SERVER_WORKER",
+    "TIMEOUT",
+    "ClientSide",
+    "RawPeer",
+    "Recorder",
+    "Server",
+    "ServerSide",
+    "LinkStalled",
+    "classify",
+    "raw_client",
+    "raw_server",
+    "running_client",
+    "running_server",
+    "sized_message",
+    "text",
+    "unknown_type_frame",
+    "wait",
+    "wait_counts",
+]
+
+T = TypeVar("T")
+
+#: The bound on every wait: a bug fails the contract instead of hanging it.
+TIMEOUT = 30.0
+
+CLIENT_WORKER = "acme"
+SERVER_WORKER = "assistant"
+CLIENT_OTHER = "other"  # a second worker on the client's bus, not served by the proxy
+SERVER_OTHER = "helper"  # a second worker on the server's bus, not served by the proxy
+
+
+async def wait(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
+    """Await ``awaitable`` for at most ``timeout`` seconds."""
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+def text(source: str, target: str | None, body: str) -> BusFrameMessage:
+    """Return ``BusFrameMessage(source, target, TextFrame(body))``."""
+    return BusFrameMessage(source, target, TextFrame(body))
+
+
+def text_of(message: BusMessage) -> str | None:
+    """Return the text of a text-frame message, else ``None``."""
+    frame = getattr(message, "frame", None)
+    body = getattr(frame, "text", None)
+    return body if isinstance(body, str) else None
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class Recorder(BaseWorker):
+    """A worker that records every message it gets, in order, and lets a test wait for one."""
+
+    def __init__(self, name: str, *, active: bool = True) -> None:
+        super().__init__(name, active=active)
+        self.seen: list[BusMessage] = []
+        self.ended = asyncio.Event()
+        self._texts: list[str] = []
+        self._waiters: list[tuple[Callable[[BusMessage], bool], asyncio.Future[BusMessage]]] = []
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        self.seen.append(message)
+        body = text_of(message)
+        if body is not None:
+            self._texts.append(body)
+        if self._waiters:
+            for condition, future in self._waiters:
+                if not future.done() and condition(message):
+                    future.set_result(message)
+
+    async def on_end(self, reason: str | None) -> None:
+        self.ended.set()
+
+    async def _wait(
+        self, condition: Callable[[BusMessage], bool], timeout: float = TIMEOUT
+    ) -> BusMessage:
+        future: asyncio.Future[BusMessage] = asyncio.get_running_loop().create_future()
+        entry = (condition, future)
+        self._waiters.append(entry)
+        try:
+            return await wait(future, timeout)
+        finally:
+            self._waiters.remove(entry)
+
+    async def wait_for(self, predicate: Callable[[BusMessage], bool]) -> BusMessage:
+        """Return the first message seen (so far or later) that matches."""
+        for message in self.seen:
+            if predicate(message):
+                return message
+        return await self._wait(predicate)
+
+    async def wait_text(self, body: str) -> BusMessage:
+        """Return the first text message carrying ``body``."""
+        return await self.wait_for(lambda m: text_of(m) == body)
+
+    async def wait_count(self, count: int, timeout: float = TIMEOUT) -> None:
+        """Wait until ``count`` text messages were seen."""
+        if len(self._texts) < count:
+            await self._wait(lambda _: len(self._texts) >= count, timeout)
+
+    def texts(self) -> list[str]:
+        """The texts of every text message seen so far, in order."""
+        return list(self._texts)
+
+    @property
+    def text_count(self) -> int:
+        """How many text messages were seen so far."""
+        return len(self._texts)
+
+    def crossed(self) -> list[BusMessage]:
+        """The messages seen that are not runner chatter (local ready broadcasts)."""
+        return [m for m in self.seen if not isinstance(m, BusLocalMessage)]
+
+
+class LinkStalled(AssertionError):
+    """Messages stopped crossing altogether: the link is deadlocked (or dead)."""
+
+
+async def wait_counts(
+    recorders: Sequence[Recorder], count: int, *, stall: float = 5.0, timeout: float = TIMEOUT
+) -> None:
+    """Wait until every recorder saw ``count`` text messages.
+
+    Raises:
+        LinkStalled: none of them saw a new message for ``stall`` seconds.
+        TimeoutError: they are still short after ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    progress = [r.text_count for r in recorders]
+    while not all(n >= count for n in progress):
+        if loop.time() > deadline:
+            raise TimeoutError(f"got {progress} of {count} each after {timeout:.0f} s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(r.wait_count(count, timeout) for r in recorders)), stall
+            )
+        last, progress = progress, [r.text_count for r in recorders]
+        if progress == last:
+            raise LinkStalled(f"nothing crossed for {stall:.0f} s; got {progress} of {count} each")
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class ServerSide:
+    """One server session: its runner, workers, proxy, and what happened to it."""
+
+    runner: WorkerRunner
+    worker: Recorder
+    helper: Recorder
+    proxy: ProxyServer | None = None
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def server_proxy(self) -> ProxyServer:
+        assert self.proxy is not None, "the session has no proxy yet"
+        return self.proxy
+
+    def hook(self, proxy: ProxyServer) -> None:
+        self.proxy = proxy
+
+        @proxy.event_handler("on_client_connected")
+        async def connected(_: ProxyServer, conn: Connection) -> None:
+            self.events.append("connected")
+            self.connected.set()
+
+        @proxy.event_handler("on_client_disconnected")
+        async def disconnected(_: ProxyServer, conn: Connection) -> None:
+            self.events.append("disconnected")
+            self.disconnected.set()
+
+
+class Server:
+    """A :func:`serve_proxy` server whose sessions the contracts can reach."""
+
+    def __init__(self) -> None:
+        self.service: ProxyService | None = None
+        self.sessions: list[ServerSide] = []
+        self._queue: asyncio.Queue[ServerSide] = asyncio.Queue()
+
+    @property
+    def url(self) -> str:
+        assert self.service is not None
+        return self.service.url
+
+    async def setup(self, runner: WorkerRunner) -> None:
+        """The ``serve_proxy`` hook: add this session's workers and follow its proxy."""
+        side = ServerSide(runner, Recorder(SERVER_WORKER), Recorder(SERVER_OTHER))
+        self.sessions.append(side)
+        # serve_proxy adds its proxy after this hook and then runs the runner;
+        # it offers no hook to see either, so follow both calls.
+        add_workers, run = runner.add_workers, runner.run
+
+        async def add_and_hook(*workers: BaseWorker) -> None:
+            for worker in workers:
+                if isinstance(worker, ProxyServer):
+                    side.hook(worker)
+            await add_workers(*workers)
+
+        async def run_and_flag() -> None:
+            try:
+                await run()
+            finally:
+                side.ended.set()
+
+        runner.add_workers = add_and_hook  # type: ignore[method-assign]
+        runner.run = run_and_flag  # type: ignore[method-assign]
+        await runner.add_workers(side.worker, side.helper)
+        self._queue.put_nowait(side)
+
+    async def next_session(self) -> ServerSide:
+        """Return the next session the server started."""
+        return await wait(self._queue.get())
+
+    def of(self, client: ClientSide) -> ServerSide:
+        """Return the server side of ``client``'s open session."""
+        session_id = client.proxy.session_id
+        found = [s for s in self.sessions if s.proxy and s.proxy.session_id == session_id]
+        assert session_id is not None and len(found) == 1, (session_id, found)
+        return found[0]
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    transport: Transport,
+    url: str,
+    *,
+    codecs: CodecSpec,
+    forward_messages: Sequence[type[BusMessage]] = (BusFrameMessage,),
+    **options: Any,
+) -> AsyncIterator[Server]:
+    """Serve the contracts' server side (``assistant`` and ``helper`` per session)."""
+    server = Server()
+    async with serve_proxy(
+        url,
+        transport=transport,
+        codecs=codecs,
+        worker_name=SERVER_WORKER,
+        remote_worker_name=CLIENT_WORKER,
+        setup=server.setup,
+        forward_messages=forward_messages,
+        **options,
+    ) as service:
+        server.service = service
+        yield server
+
+
+# --------------------------------------------------------------------------- the client
+
+
+@dataclass
+class ClientSide:
+    """A client runner: ``acme``, ``other`` and the proxy."""
+
+    runner: WorkerRunner
+    acme: Recorder
+    other: Recorder
+    proxy: ProxyClient
+    remote_ready: asyncio.Future[WorkerReadyData]
+    task: asyncio.Task[None] | None = None
+    events: list[str] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def activate(self) -> None:
+        """Activate the proxy (it connects), then wait until the remote worker is ready."""
+        ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
+        watch = self.runner.registry.watch(SERVER_WORKER, _resolver(ready))
+        try:
+            await self.acme.activate_worker(self.proxy.name)
+            await self.proxy.wait_connected(TIMEOUT)
+            await wait(ready)
+        finally:
+            watch.cancel()
+
+    async def say(self, body: str) -> BusFrameMessage:
+        message = text(CLIENT_WORKER, SERVER_WORKER, body)
+        await self.acme.send_bus_message(message)
+        return message
+
+    async def end(self) -> None:
+        """End the client runner gracefully and wait for it."""
+        await self.runner.end("contract over")
+        if self.task is not None:
+            await wait(self.task)
+
+    async def cancel(self) -> None:
+        """Cancel the client runner (no graceful goodbye) and wait for it."""
+        await self.runner.cancel("contract failed")
+        if self.task is not None:
+            await wait(self.task)
+
+
+@contextlib.asynccontextmanager
+async def running_client(
+    transport: Transport,
+    url: str,
+    *,
+    codec: CodecSpec,
+    forward_messages: Sequence[type[BusMessage]] = (BusFrameMessage,),
+    **options: Any,
+) -> AsyncIterator[ClientSide]:
+    """Run a client runner; its proxy is not activated yet."""
+    runner = WorkerRunner(handle_sigint=False)
+    proxy = ProxyClient(
+        "proxy",
+        url=url,
+        transport=transport,
+        codec=codec,
+        local_worker_name=CLIENT_WORKER,
+        remote_worker_name=SERVER_WORKER,
+        forward_messages=forward_messages,
+        **options,
+    )
+    loop = asyncio.get_running_loop()
+    side = ClientSide(
+        runner, Recorder(CLIENT_WORKER), Recorder(CLIENT_OTHER), proxy, loop.create_future()
+    )
+    started: asyncio.Future[WorkerReadyData] = loop.create_future()
+    _follow_client(side)
+    runner.registry.watch(SERVER_WORKER, _resolver(side.remote_ready))
+    runner.registry.watch(proxy.name, _resolver(started))
+    await runner.add_workers(side.acme, side.other, proxy)
+    side.task = asyncio.create_task(runner.run(), name="contract-client-runner")
+    try:
+        await wait(started)
+        yield side
+    except BaseException:
+        # A failed contract may leave the link wedged: do not wait for a goodbye.
+        await side.cancel()
+        raise
+    await side.end()
+
+
+def _follow_client(side: ClientSide) -> None:
+    @side.proxy.event_handler("on_connected")
+    async def connected(_: ProxyClient, conn: Connection) -> None:
+        side.events.append("connected")
+        side.connected.set()
+
+    @side.proxy.event_handler("on_disconnected")
+    async def disconnected(_: ProxyClient, conn: Connection) -> None:
+        side.events.append("disconnected")
+        side.disconnected.set()
+
+    @side.proxy.event_handler("on_connect_error")
+    async def connect_error(_: ProxyClient, error: BaseException) -> None:
+        side.events.append("connect_error")
+
+
+def _resolver(future: asyncio.Future[WorkerReadyData]) -> Any:
+    async def callback(data: WorkerReadyData) -> None:
+        if not future.done():
+            future.set_result(data)
+
+    return callback
+
+
+# --------------------------------------------------------------------------- raw peers
+
+
+class RawPeer:
+    """One side of a session spoken by hand over a bare :class:`Connection`."""
+
+    def __init__(self, conn: Connection, codec: Codec) -> None:
+        self.conn = conn
+        self.codec = codec
+        self.seq = 0
+        self.received: list[Envelope | bytes] = []
+
+    async def send(self, envelope: Envelope) -> None:
+        await self.conn.send(self.codec.encode(envelope))
+
+    async def send_msg(self, message: BusMessage) -> int:
+        """Send ``message`` as the next numbered MSG; return its number."""
+        self.seq += 1
+        await self.send(Msg(self.seq, message))
+        return self.seq
+
+    async def next_envelope(self, predicate: Callable[[Envelope], bool]) -> Envelope:
+        """Return the next received envelope that matches, keeping every frame."""
+
+        async def scan() -> Envelope:
+            while True:
+                data = await self.conn.receive()
+                try:
+                    envelope = self.codec.decode(data)
+                except CodecError:
+                    self.received.append(data)
+                    continue
+                self.received.append(envelope)
+                if predicate(envelope):
+                    return envelope
+
+        return await wait(scan())
+
+    async def next_text(self, body: str) -> Envelope:
+        """Return the next MSG carrying a text frame with ``body``."""
+        return await self.next_envelope(lambda e: isinstance(e, Msg) and text_of(e.message) == body)
+
+    async def closed(self) -> ConnectionClosed:
+        """Read until the connection is over; return how it ended."""
+
+        async def drain() -> ConnectionClosed:
+            while True:
+                try:
+                    self.received.append(await self.conn.receive())
+                except ConnectionClosed as exc:
+                    return exc
+                except (MessageTooLarge, ProtocolError):
+                    continue
+
+        return await wait(drain())
+
+
+def hello_frame(codecs: Sequence[str], *, max_message_bytes: int = 1 << 20) -> bytes:
+    """A HELLO from ``acme`` to ``assistant``."""
+    return encode_handshake(
+        Hello(
+            codecs=tuple(codecs),
+            client_worker=CLIENT_WORKER,
+            server_worker=SERVER_WORKER,
+            max_message_bytes=max_message_bytes,
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def raw_client(
+    transport: Transport,
+    url: str,
+    codec: Codec,
+    *,
+    offer: Sequence[str] | None = None,
+    max_message_bytes: int = 1 << 22,
+) -> AsyncIterator[tuple[RawPeer, Welcome]]:
+    """Open a bare connection and complete the handshake as ``acme``."""
+    conn = await wait(transport.connect(url, max_message_bytes=max_message_bytes))
+    try:
+        await conn.send(hello_frame(offer or [codec.name], max_message_bytes=max_message_bytes))
+        answer = decode_handshake(await wait(conn.receive()))
+        assert isinstance(answer, Welcome), f"expected WELCOME, got {answer}"
+        assert answer.codec == codec.name, answer
+        yield RawPeer(conn, codec), answer
+    finally:
+        await conn.aclose()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    transport: Transport, url: str, codec: Codec, *, max_message_bytes: int = 1 << 22
+) -> AsyncIterator[tuple[str, asyncio.Queue[RawPeer]]]:
+    """Serve bare connections that complete the handshake by hand; yield the URL and peers."""
+    peers: asyncio.Queue[RawPeer] = asyncio.Queue()
+    release = asyncio.Event()
+
+    async def handler(conn: Connection) -> None:
+        hello = decode_handshake(await wait(conn.receive()))
+        assert isinstance(hello, Hello), hello
+        welcome = Welcome(
+            codec=codec.name,
+            session_id="0" * 32,
+            ready=(),
+            max_message_bytes=max_message_bytes,
+        )
+        await conn.send(encode_handshake(welcome))
+        peers.put_nowait(RawPeer(conn, codec))
+        await release.wait()
+
+    async with transport.serve(url, handler, max_message_bytes=max_message_bytes) as listener:
+        try:
+            yield listener.url, peers
+        finally:
+            release.set()
+
+
+# --------------------------------------------------------------------------- sizes and bytes
+
+
+def sized_message(
+    codec: Codec, seq: int, size: int, source: str, target: str
+) -> BusFrameMessage | None:
+    """Return a text message whose MSG frame with ``seq`` encodes to exactly ``size`` bytes.
+
+    Random letters keep compressing codecs honest. Returns ``None`` when no text
+    length hits ``size`` exactly (a codec whose sizes jump over it).
+    """
+    rng = random.Random(size)
+    for _ in range(16):
+        pool = "".join(rng.choices(string.ascii_letters + string.digits, k=2 * size + 256))
+
+        def length(n: int, pool: str = pool) -> int:
+            return len(codec.encode(Msg(seq, text(source, target, pool[:n]))))
+
+        if length(len(pool)) < size or length(0) > size:
+            return None
+        low, high = 0, len(pool)
+        while low < high:  # the first length whose frame reaches ``size``
+            middle = (low + high) // 2
+            if length(middle) < size:
+                low = middle + 1
+            else:
+                high = middle
+        for n in range(max(0, low - 64), min(len(pool), low + 64) + 1):
+            if length(n) == size:
+                return text(source, target, pool[:n])
+    return None
+
+
+@dataclass
+class _Unregistered(BusMessage):
+    """A message type that only a private registry knows: the receiver must refuse its tag."""
+
+
+_UNKNOWN_TAG = "proxy_core.testing.unregistered"
+
+
+def _registry_with_unknown() -> TypeRegistry:
+    registry = TypeRegistry()
+    for tag in DEFAULT_TYPES.tags():
+        cls = DEFAULT_TYPES.type_of(tag)
+        if cls is not None:
+            registry.register(cls, tag)
+    registry.register(_Unregistered, _UNKNOWN_TAG)
+    return registry
+
+
+def unknown_type_frame(codec: Codec, seq: int, source: str, target: str) -> bytes | None:
+    """Return a MSG frame whose message has a tag the receiver does not know, or ``None``.
+
+    Built with another instance of the codec's class given a registry that knows
+    one more type (``type(codec)(registry=...)``, as the built-in codecs accept);
+    ``None`` if the class takes no registry.
+    """
+    try:
+        probe = type(codec)(registry=_registry_with_unknown())  # type: ignore[call-arg]
+    except TypeError:
+        return None
+    try:
+        return probe.encode(Msg(seq, _Unregistered(source, target)))
+    except CodecError:
+        return None
+
+
+#: Frames that are not protocol frames, for a codec to refuse.
+GARBAGE = (
+    b"\xff" * 12 + b"\xc1 not a frame \x00",
+    b"\x00\x01\x02\x03 garbage \xfe\xfd\xc1",
+    bytes(range(256)),
+    b"\xc1",
+)
+TEXT_LIKE = (
+    b"hello, this is not a frame",
+    b'"just a string"',
+    b'{"kind": "no frame"}',
+    b"[99, 1]",
+)
+
+
+def classify(codec: Codec, data: bytes) -> str | None:
+    """Return the drop reason a receiver counts ``data`` under, or ``None`` if it is not dropped.
+
+    Frames that decode, or whose error carries a sequence number (they would
+    consume one), are not garbage for this codec: ``None``.
+    """
+    try:
+        codec.decode(data)
+    except UnknownMessageType as exc:
+        return None if exc.seq is not None else "unknown_type"
+    except CodecError as exc:
+        return None if exc.seq is not None else "malformed"
+    return None
