@@ -268,6 +268,42 @@ async def test_close_from_another_task_ends_a_pending_receive(
     assert (closed.value.code, closed.value.reason) == (4008, "heartbeat timeout")
 
 
+@pytest.mark.parametrize("closer", ["client", "server"])
+async def test_close_to_a_peer_that_is_not_reading(closer: str) -> None:
+    # aiohttp answers a closing frame only while receiving: the closer waits
+    # close_timeout for an answer, then closes; the peer still gets everything.
+    transport = AiohttpTransport(close_timeout=0.2)
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+    release = asyncio.Event()
+
+    async def handler(conn: Connection) -> None:
+        accepted.put_nowait(conn)
+        await release.wait()
+
+    async with transport.serve("ws://127.0.0.1:0/", handler) as listener:
+        client = await wait(transport.connect(listener.url))
+        server = await wait(accepted.get())
+        closing, peer = (client, server) if closer == "client" else (server, client)
+        for n in range(3):
+            await closing.send(b"frame %d" % n)
+        await wait(closing.aclose(4321, "see you"))
+        assert [await wait(peer.receive()) for _ in range(3)] == [
+            b"frame 0",
+            b"frame 1",
+            b"frame 2",
+        ]
+        with pytest.raises(ConnectionClosed) as closed:
+            await wait(peer.receive())
+        assert (closed.value.code, closed.value.reason) == (4321, "see you")
+        await client.aclose()
+        release.set()
+
+
+def test_close_timeout_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match="close_timeout"):
+        AiohttpTransport(close_timeout=0)
+
+
 # --- the size limit ---------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 _SCHEMES = ("ws", "wss")
 _GOING_AWAY = 1001
 _INTERNAL_ERROR = 1011
-# How long a close waits for the peer's closing frame (the libraries' default).
+# How long a close waits for the peer's closing frame, by default (the libraries' default).
 _CLOSE_TIMEOUT = 10.0
 # How long a server shutting down waits for handlers once their sockets are
 # closed, before it cancels those that ignore the close.
@@ -130,10 +130,24 @@ async def _close_all(handlers: Mapping[AiohttpConnection, object]) -> None:
 
 
 class AiohttpTransport(Transport):
-    """The aiohttp backend: ``ws://`` and ``wss://`` URLs."""
+    """The aiohttp backend: ``ws://`` and ``wss://`` URLs.
+
+    aiohttp answers a peer's closing frame only from inside ``receive()``, so
+    ``aclose`` waits up to ``close_timeout`` for a peer that is not reading
+    (a proxy always is) before it closes the TCP connection anyway; the
+    frames before the close were all sent by then.
+
+    Args:
+        close_timeout: seconds a close waits for the peer's closing frame.
+    """
 
     name: ClassVar[str] = "aiohttp"
     schemes: ClassVar[tuple[str, ...]] = _SCHEMES
+
+    def __init__(self, *, close_timeout: float = _CLOSE_TIMEOUT) -> None:
+        if not close_timeout > 0:
+            raise ConfigurationError(f"close_timeout must be positive, not {close_timeout}")
+        self.close_timeout = close_timeout
 
     async def connect(
         self,
@@ -176,7 +190,7 @@ class AiohttpTransport(Transport):
                     headers=dict(headers) if headers else None,
                     max_msg_size=_library_limit(max_message_bytes),
                     ssl=ssl if ssl is not None else True,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT),
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout),
                     heartbeat=None,  # the session layer sends heartbeats
                     autoping=True,
                     autoclose=True,
@@ -251,7 +265,7 @@ class AiohttpTransport(Transport):
                 compress=False,
                 heartbeat=None,  # the session layer sends heartbeats
                 autoping=True,
-                timeout=_CLOSE_TIMEOUT,
+                timeout=self.close_timeout,
             )
             await ws.prepare(request)
             connection = AiohttpConnection(ws, max_message_bytes=limit, request=request)
