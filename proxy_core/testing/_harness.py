@@ -420,13 +420,37 @@ def _resolver(future: asyncio.Future[WorkerReadyData]) -> Any:
 
 
 class RawPeer:
-    """One side of a session spoken by hand over a bare :class:`Connection`."""
+    """One side of a session spoken by hand over a bare :class:`Connection`.
 
-    def __init__(self, conn: Connection, codec: Codec) -> None:
+    Args:
+        conn: the connection.
+        codec: the codec of the session.
+        inbox: where a background reader puts what ``conn`` received (frames,
+            then the exception that ended it); ``None`` to read ``conn`` directly.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        codec: Codec,
+        inbox: asyncio.Queue[bytes | Exception] | None = None,
+    ) -> None:
         self.conn = conn
         self.codec = codec
         self.seq = 0
         self.received: list[Envelope | bytes] = []
+        self._inbox = inbox
+
+    async def receive(self) -> bytes:
+        """Return the next frame received, or raise what ended the connection."""
+        if self._inbox is None:
+            return await self.conn.receive()
+        item = await self._inbox.get()
+        if isinstance(item, ConnectionClosed):
+            self._inbox.put_nowait(item)  # over is over: later calls raise it again
+        if isinstance(item, Exception):
+            raise item
+        return item
 
     async def send(self, envelope: Envelope) -> None:
         await self.conn.send(self.codec.encode(envelope))
@@ -442,7 +466,7 @@ class RawPeer:
 
         async def scan() -> Envelope:
             while True:
-                data = await self.conn.receive()
+                data = await self.receive()
                 try:
                     envelope = self.codec.decode(data)
                 except CodecError:
@@ -464,7 +488,7 @@ class RawPeer:
         async def drain() -> ConnectionClosed:
             while True:
                 try:
-                    self.received.append(await self.conn.receive())
+                    self.received.append(await self.receive())
                 except ConnectionClosed as exc:
                     return exc
                 except (MessageTooLarge, ProtocolError):
@@ -510,9 +534,12 @@ async def raw_client(
 async def raw_server(
     transport: Transport, url: str, codec: Codec, *, max_message_bytes: int = 1 << 22
 ) -> AsyncIterator[tuple[str, asyncio.Queue[RawPeer]]]:
-    """Serve bare connections that complete the handshake by hand; yield the URL and peers."""
+    """Serve bare connections that complete the handshake by hand; yield the URL and peers.
+
+    Like a real proxy, each connection is read all the time (into the peer's
+    inbox), so a closing client is answered at once on every backend.
+    """
     peers: asyncio.Queue[RawPeer] = asyncio.Queue()
-    release = asyncio.Event()
 
     async def handler(conn: Connection) -> None:
         hello = decode_handshake(await wait(conn.receive()))
@@ -524,14 +551,19 @@ async def raw_server(
             max_message_bytes=max_message_bytes,
         )
         await conn.send(encode_handshake(welcome))
-        peers.put_nowait(RawPeer(conn, codec))
-        await release.wait()
+        inbox: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+        peers.put_nowait(RawPeer(conn, codec, inbox))
+        while True:
+            try:
+                inbox.put_nowait(await conn.receive())
+            except ConnectionClosed as exc:
+                inbox.put_nowait(exc)
+                return
+            except (MessageTooLarge, ProtocolError) as exc:
+                inbox.put_nowait(exc)
 
     async with transport.serve(url, handler, max_message_bytes=max_message_bytes) as listener:
-        try:
-            yield listener.url, peers
-        finally:
-            release.set()
+        yield listener.url, peers
 
 
 # --------------------------------------------------------------------------- sizes and bytes
