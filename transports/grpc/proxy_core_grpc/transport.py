@@ -11,12 +11,12 @@
   reports as :class:`~proxy_core.errors.AuthenticationError`.
 - A server that closes puts the close code and reason in trailing metadata,
   so codes like 1009 or 4008 reach the client. gRPC gives a client no way to
-  send a code: the server sees a half-close (1000) or a cancelled call (1006).
+  send a code: the server's handler sees ``ConnectionClosed(None, ...)``.
 - ``max_message_bytes`` applies to the payload. A client lets gRPC refuse
   larger messages before buffering them; a server lets gRPC buffer up to
   twice the limit so that it can answer with :class:`MessageTooLarge`
   (gRPC's own refusal on a server is indistinguishable from a client that
-  vanished), and beyond that gRPC refuses (the handler sees close code 1006).
+  vanished), and beyond that gRPC refuses (the handler sees the call end).
 
 TLS is configured with gRPC credentials on the transport
 (``GrpcTransport(channel_credentials=..., server_credentials=...)``): an
@@ -74,6 +74,8 @@ _METHOD = _SERVICE.methods_by_name["Connect"]
 METHOD_PATH = f"/{_SERVICE.full_name}/{_METHOD.name}"
 
 _SCHEMES = ("grpc", "grpcs")
+# Client calls closing in the background (see GrpcClientConnection.aclose).
+_closers: set[asyncio.Task[None]] = set()
 _DEFAULT_PORTS = {"grpc": 80, "grpcs": 443}
 _NORMAL = 1000
 _GOING_AWAY = 1001
@@ -82,12 +84,9 @@ _MESSAGE_TOO_BIG = 1009
 _INTERNAL_ERROR = 1011
 _UNAUTHORIZED = 4001
 # How long a closing client waits for the server to end the call after its
-# half-close (the server answers at once if it is reading).
-_CLOSE_TIMEOUT = 5.0
-# gRPC reports a cancelled call to a server as the end of the request stream
-# first and cancels the RPC a moment later: after the end of the stream, wait
-# this long to tell a clean half-close (1000) from a vanished client (1006).
-_CANCEL_SETTLE = 0.05
+# half-close (the server answers once it has read up to it), and a closing
+# server for its servicer to return.
+_CLOSE_TIMEOUT = 10.0
 # How long ``server.stop`` waits for calls that are ending anyway.
 _STOP_GRACE = 1.0
 # After this long, a server shutting down cancels handlers that ignore the close.
@@ -97,6 +96,10 @@ _SHUTDOWN_GRACE = 10.0
 _METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
 _RESERVED_KEYS = frozenset({"content-type", "te", "host", "user-agent"})
 
+# gRPC carries no close code from a client, and shows a server a cancelled
+# call as the end of the request stream too: the handler sees code None.
+_CLIENT_ENDED = "the client ended the call"
+_CLIENT_GONE = "the client cancelled the call or went away"
 _WRITE_FAILED = "the call ended during a send (the server ended it, or the connection broke)"
 _PEER_TOO_BIG = "SERVER"  # the side gRPC names when the server refused our message
 
@@ -109,7 +112,7 @@ class GrpcConnection(Connection):
     handler).
     """
 
-    __slots__ = ("_limit", "_receiving", "_send_lock")
+    __slots__ = ("_limit", "_read_idle", "_receiving", "_send_lock")
 
     def __init__(self, *, max_message_bytes: int) -> None:
         self._limit = max_message_bytes
@@ -117,6 +120,8 @@ class GrpcConnection(Connection):
         # returns nonsense): sends queue up, a second receive is misuse.
         self._send_lock = asyncio.Lock()
         self._receiving = False
+        self._read_idle = asyncio.Event()
+        self._read_idle.set()
 
     @property
     def max_message_bytes(self) -> int:
@@ -127,6 +132,11 @@ class GrpcConnection(Connection):
         if self._receiving:
             raise ConfigurationError("receive() called while another receive() waits")
         self._receiving = True
+        self._read_idle.clear()
+
+    def _end_receive(self) -> None:
+        self._receiving = False
+        self._read_idle.set()
 
     def _check_outgoing(self, data: bytes) -> None:
         # gRPC would fail the whole call for a message over its send limit.
@@ -137,8 +147,8 @@ class GrpcConnection(Connection):
 class GrpcClientConnection(GrpcConnection):
     """The client end: a ``grpc.aio`` stream-stream call on a channel it owns.
 
-    ``aclose`` half-closes the request stream, waits (at most 5 seconds) for
-    the server to end the call, then cancels it and closes the channel.
+    ``aclose`` half-closes the request stream; the call ends and the channel
+    closes in the background once the server answered (at most 10 seconds).
     """
 
     __slots__ = ("_call", "_channel", "_closing", "_ended", "_target")
@@ -207,7 +217,9 @@ class GrpcClientConnection(GrpcConnection):
         except grpc.aio.AioRpcError as exc:
             raise self._end(exc.code(), exc.details() or "", exc.trailing_metadata()) from exc
         finally:
-            self._receiving = False
+            self._end_receive()
+        if self._closing is not None:  # closed while this receive waited
+            raise self._closed()
         if message is grpc.aio.EOF:
             trailing = await self._call.trailing_metadata()
             raise self._end(grpc.StatusCode.OK, "", trailing)
@@ -222,27 +234,47 @@ class GrpcClientConnection(GrpcConnection):
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection; idempotent, never raises.
 
-        The server cannot be told ``code``: it sees the end of the request
-        stream (close code 1000 there), or a cancelled call if it does not end
-        the call within 5 seconds.
+        Half-closes the request stream and returns. The frames sent before
+        reach the server even if it reads them later: the call ends, and the
+        channel closes, in the background once the server has read up to the
+        half-close and answered (what it still sends is discarded), or after
+        10 seconds. The server cannot be told ``code`` (gRPC has no client
+        trailers).
         """
         if self._closing is not None:
             return
         self._closing = (code, reason)
-        call = self._call
-        try:
-            # A send in flight (stuck on flow control?) rules out a clean half-close.
-            if not call.done() and not self._send_lock.locked():
-                await call.done_writing()
-                await asyncio.wait_for(call.code(), _CLOSE_TIMEOUT)
-        except Exception:  # a broken call or a silent server: close it anyway
-            logger.debug("half-closing the gRPC call failed", exc_info=True)
-        finally:
-            call.cancel()
+        # A send in flight (stuck on flow control?) rules out a clean half-close.
+        if not self._call.done() and not self._send_lock.locked():
             try:
-                await self._channel.close()
+                await self._call.done_writing()
             except Exception:
-                logger.debug("closing the gRPC channel failed", exc_info=True)
+                logger.debug("half-closing the gRPC call failed", exc_info=True)
+            else:
+                task = asyncio.create_task(self._linger(), name="proxy_core_grpc-close")
+                _closers.add(task)
+                task.add_done_callback(_closers.discard)
+                return
+        await self._release()
+
+    async def _linger(self) -> None:
+        """Drain the call until the server ends it (bounded), then release it."""
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self._read_idle.wait()  # a receive() in flight reads first
+                while await self._call.read() is not grpc.aio.EOF:
+                    pass
+        except Exception:  # the call ended otherwise, or the server is silent
+            logger.debug("the gRPC call did not end cleanly", exc_info=True)
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        self._call.cancel()
+        try:
+            await self._channel.close()
+        except Exception:
+            logger.debug("closing the gRPC channel failed", exc_info=True)
 
     @property
     def remote_address(self) -> str | None:
@@ -308,10 +340,12 @@ class GrpcServerConnection(GrpcConnection):
 
     The handler runs in a task of its own; the RPC ends when the connection is
     closed (by ``aclose``, by the client's half-close, by a refused frame), or
-    when gRPC cancels it (the client went away, the server stopped).
+    when gRPC cancels it (the client went away, the server stopped). gRPC
+    carries no close code from a client: when the client ends the call, the
+    handler sees ``ConnectionClosed`` with ``code=None``.
     """
 
-    __slots__ = ("_cancelled", "_close", "_context", "_finish", "_finished", "_headers", "_status")
+    __slots__ = ("_close", "_context", "_error", "_finish", "_finished", "_headers", "_status")
 
     def __init__(
         self,
@@ -323,11 +357,11 @@ class GrpcServerConnection(GrpcConnection):
         super().__init__(max_message_bytes=max_message_bytes)
         self._context = context
         self._headers = dict(headers)
-        self._close: tuple[int, str] | None = None
+        self._close: tuple[int, str] | None = None  # what the call ends with (trailers)
+        self._error: ConnectionClosed | None = None  # what send/receive raise from then on
         self._status: Any = grpc.StatusCode.OK
         self._finish = asyncio.Event()  # asks the RPC to end: the servicer returns
         self._finished = asyncio.Event()  # the servicer returned or was cancelled
-        self._cancelled = asyncio.Event()  # gRPC cancelled the RPC
 
     async def send(self, data: bytes) -> None:
         """Send one binary frame.
@@ -337,38 +371,38 @@ class GrpcServerConnection(GrpcConnection):
             MessageTooLarge: ``data`` is over ``max_message_bytes`` (nothing is
                 sent; the connection stays usable).
         """
-        if self._close is not None:
-            raise ConnectionClosed(*self._close)
+        if self._error is not None:
+            raise self._closed()
         self._check_outgoing(data)
         try:
             async with self._send_lock:
                 await self._context.write(data)
         except Exception as exc:  # ExecuteBatchError, UsageError: the RPC is over
-            raise await self._peer_gone(half_closed=False) from exc
+            raise self._peer_gone(half_closed=False) from exc
 
     async def receive(self) -> bytes:
         """Receive the next binary frame.
 
         Raises:
-            ConnectionClosed: the connection is over: 1000 when the client
-                half-closed, 1006 when it cancelled or vanished, else the code
-                given to ``aclose``.
+            ConnectionClosed: the connection is over: ``code=None`` when the
+                client ended the call (half-closed, cancelled or vanished),
+                else the code given to ``aclose``.
             MessageTooLarge: the client sent a frame over the limit; the call
                 is ended with RESOURCE_EXHAUSTED (close code 1009).
             ProtocolError: the message is not a well-formed ``Frame``; the
                 connection stays usable.
         """
-        if self._close is not None:
-            raise ConnectionClosed(*self._close)
+        if self._error is not None:
+            raise self._closed()
         self._start_receive()
         try:
             message = await self._context.read()
         except Exception as exc:  # UsageError once the RPC is over
-            raise await self._peer_gone(half_closed=False) from exc
+            raise self._peer_gone(half_closed=False) from exc
         finally:
-            self._receiving = False
+            self._end_receive()
         if message is grpc.aio.EOF:
-            raise await self._peer_gone(half_closed=True)
+            raise self._peer_gone(half_closed=True)
         try:
             return _wire.decode_frame(message, self._limit)
         except MessageTooLarge:
@@ -398,40 +432,38 @@ class GrpcServerConnection(GrpcConnection):
         """The peer as ``host:port`` (from ``context.peer()``)."""
         return _format_peer(self._context.peer())
 
-    def _end_rpc(self, code: int, reason: str, status: Any = None) -> None:
+    def _closed(self) -> ConnectionClosed:
+        assert self._error is not None
+        return ConnectionClosed(self._error.code, self._error.reason)
+
+    def _end_rpc(
+        self, code: int, reason: str, status: Any = None, error: ConnectionClosed | None = None
+    ) -> None:
+        """End the call with ``code`` (unless it is over already)."""
         if self._close is not None:
             return
         self._close = (code, reason)
+        self._error = error if error is not None else ConnectionClosed(code, reason)
         self._status = status if status is not None else _status_for_close(code)
         self._finish.set()
 
-    def _rpc_cancelled(self) -> None:
-        self._cancelled.set()
-        if self._close is None:
-            self._close = (_ABNORMAL_CLOSURE, "the client cancelled the call or went away")
-
-    async def _peer_gone(self, *, half_closed: bool) -> ConnectionClosed:
+    def _peer_gone(self, *, half_closed: bool) -> ConnectionClosed:
         """Return the error for a request stream that ended or an RPC that broke."""
-        if self._close is None and not self._cancelled.is_set():
-            try:
-                await asyncio.wait_for(self._cancelled.wait(), _CANCEL_SETTLE)
-            except TimeoutError:
-                pass
         if half_closed:
             # Answer the client's half-close by ending the call, as a
             # WebSocket echoes a close frame.
-            self._end_rpc(_NORMAL, "")
+            self._end_rpc(_NORMAL, "", error=ConnectionClosed(None, _CLIENT_ENDED))
         else:
-            self._end_rpc(_ABNORMAL_CLOSURE, "the call broke")
-        assert self._close is not None
-        return ConnectionClosed(*self._close)
+            self._end_rpc(_ABNORMAL_CLOSURE, "", error=ConnectionClosed(None, _CLIENT_GONE))
+        return self._closed()
 
     async def _serve(self) -> None:
         """Keep the servicer alive until the connection ends; set the status."""
         try:
             await self._finish.wait()
         except asyncio.CancelledError:
-            self._rpc_cancelled()
+            # The client went away (or the server stopped): no status is sent.
+            self._end_rpc(_ABNORMAL_CLOSURE, "", error=ConnectionClosed(None, _CLIENT_GONE))
             raise
         finally:
             self._finished.set()
