@@ -579,6 +579,25 @@ async def test_request_headers_and_address(
     await conn.aclose()
 
 
+async def test_each_connection_has_a_tcp_connection_of_its_own(
+    transport: GrpcTransport,
+) -> None:
+    peers: list[str | None] = []
+
+    async def handler(conn: Connection) -> None:
+        peers.append(conn.remote_address)
+        await conn.send(await conn.receive())
+
+    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+        conns = [await wait(transport.connect(listener.url)) for _ in range(3)]
+        for conn in conns:
+            await conn.send(b"x")
+            assert await wait(conn.receive()) == b"x"
+        for conn in conns:
+            await conn.aclose()
+    assert len(set(peers)) == 3, peers
+
+
 @pytest.mark.parametrize(
     ("code", "reason"),
     [(1000, ""), (1001, "going away"), (1009, "too big"), (4001, "no"), (4008, "h\u00e9artbeat %")],

@@ -205,7 +205,7 @@ class GrpcClientConnection(GrpcConnection):
             ProtocolError: the message is not a well-formed ``Frame``; the
                 connection stays usable.
         """
-        if self._ended is not None:
+        if self._closing is not None or self._ended is not None:
             raise self._closed()
         self._start_receive()
         try:
@@ -664,6 +664,9 @@ class GrpcTransport(Transport):
         options = [
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
+            # A TCP connection of its own, as on the other backends: sessions to
+            # one server do not share flow control, faults or connect backoff.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if scheme == "grpcs":
             credentials = self.channel_credentials or grpc.ssl_channel_credentials()
