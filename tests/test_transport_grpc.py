@@ -297,6 +297,27 @@ async def test_a_second_receive_is_misuse_and_harmless(
     await conn.aclose()
 
 
+async def test_a_client_built_from_the_generated_stub_interoperates(
+    probe: Probe, echo_server: Listener
+) -> None:
+    from proxy_core_grpc._generated.service_pb2_grpc import ProxySessionStub
+
+    async with raw_channel(echo_server.url) as channel:
+        call = ProxySessionStub(channel).Connect(metadata=(("x-from", "stub"),))
+        for payload in (b"", b"a", b"b" * 70_000):
+            await call.write(Frame(data=payload))
+            echoed = await wait(call.read())
+            assert isinstance(echoed, Frame)
+            assert echoed.data == payload
+        await call.done_writing()
+        assert await wait(call.read()) is grpc.aio.EOF
+        assert await wait(call.code()) == grpc.StatusCode.OK
+        trailing = dict(await call.trailing_metadata())
+        assert trailing["proxy-core-close-code"] == "1000"
+    server_side = await wait(probe.started)
+    assert server_side.request_headers["x-from"] == "stub"
+
+
 # --- the size limit ---------------------------------------------------------------
 
 
