@@ -1,0 +1,146 @@
+"""The conformance kit as a product: its imports, its public API, its pytest plugin.
+
+The pytester runs are separate pytest sessions in a temporary directory, set up
+the way a third party's would be (pytest-asyncio in *strict* mode, strict markers,
+warnings as errors), so they show the kit works outside this repository's config.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import proxy_core.testing
+
+pytest_plugins = ["pytester"]
+
+STRICT_INI = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+addopts = --strict-markers -p no:cacheprovider
+filterwarnings = error
+"""
+
+
+def test_importing_the_kit_does_not_import_pytest() -> None:
+    code = (
+        "import sys, proxy_core.testing as t; "
+        "assert t.MemoryTransport and t.FaultRelay; "
+        "assert 'pytest' not in sys.modules and '_pytest' not in sys.modules, 'pytest imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_public_api_is_locked() -> None:
+    assert set(proxy_core.testing.__all__) == {
+        "CodecContract",
+        "Direction",
+        "FaultRelay",
+        "MemoryConnection",
+        "MemoryListener",
+        "MemoryTransport",
+        "TransportContract",
+        "per_codec",
+        "served_names",
+    }
+    for name in proxy_core.testing.__all__:
+        assert getattr(proxy_core.testing, name) is not None, name
+    from proxy_core.testing.contracts import TransportContract
+
+    assert proxy_core.testing.TransportContract is TransportContract
+
+
+def test_the_plugin_is_registered_and_adds_no_options(pytestconfig: pytest.Config) -> None:
+    plugin = pytestconfig.pluginmanager.get_plugin("proxy_core")
+    assert plugin is not None and plugin.__name__ == "proxy_core.testing.plugin"
+    markers = "\n".join(pytestconfig.getini("markers"))
+    assert "proxy_core(transport=None, codec=None)" in markers
+    assert "proxy_core_contract" in markers
+    options = [o for group in pytestconfig._parser._groups for o in group.options]
+    assert not [o for o in options if "proxy" in " ".join(o.names())]
+
+
+def test_a_third_party_suite_runs_the_kit_by_name(pytester: pytest.Pytester) -> None:
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(
+        test_backend="""
+        from proxy_core.testing.contracts import CodecContract, TransportContract
+
+        class TestMemoryBackend(TransportContract):
+            transport = "memory"
+            codecs = ("json", "msgpack")
+
+        class TestJson(CodecContract):
+            codecs = ("json",)
+        """
+    )
+    result = pytester.runpytest(
+        "-k", "handshake or frames_cross or outbound or round_trips or vanishing", "-rs"
+    )
+    result.assert_outcomes(passed=6, skipped=2)
+    result.stdout.fnmatch_lines(["*is not TCP*"])
+
+
+def test_fixtures_resolve_from_markers_and_fail_clearly_without_a_transport(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(
+        test_fixtures="""
+        import pytest
+        from proxy_core.testing import MemoryTransport
+
+        @pytest.mark.proxy_core(transport="memory", codec="json")
+        def test_marker(proxy_core_transport, proxy_core_codec, serve_url):
+            assert isinstance(proxy_core_transport, MemoryTransport)
+            assert proxy_core_codec.name == "json"
+            assert serve_url == "memory://127.0.0.1:0/ws"
+
+        def test_default_codec(proxy_core_codec):
+            assert proxy_core_codec.name == "msgpack"
+
+        def test_no_transport(proxy_core_transport):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*no transport to test*"])
+
+
+def test_the_leak_check_fails_a_test_that_leaves_a_task(pytester: pytest.Pytester) -> None:
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(
+        test_leak="""
+        import asyncio
+        import pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.usefixtures("proxy_core_no_leaked_tasks")
+        async def test_leaks():
+            asyncio.get_running_loop().create_task(asyncio.Event().wait(), name="the-leak")
+        """
+    )
+    result = pytester.runpytest("-o", "filterwarnings=ignore")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*leaked tasks*the-leak*"])
+
+
+def test_suites_that_do_not_use_the_plugin_see_no_difference(pytester: pytest.Pytester) -> None:
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(
+        test_plain="""
+        def test_fixtures(request):
+            print("FIXTURES", sorted(request.fixturenames))
+        """
+    )
+    with_plugin = pytester.runpytest("-s")
+    without = pytester.runpytest("-s", "-p", "no:proxy_core")
+    with_plugin.assert_outcomes(passed=1)
+    without.assert_outcomes(passed=1)
+    line = [s for s in with_plugin.outlines if s.startswith("FIXTURES")]
+    assert line == [s for s in without.outlines if s.startswith("FIXTURES")]
+    assert line and "proxy" not in line[0]
