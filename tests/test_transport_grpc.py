@@ -516,6 +516,7 @@ async def test_silent_server_times_out_as_a_connect_error(transport: GrpcTranspo
         assert isinstance(failed.value.__cause__, TimeoutError)
         for writer in accepted:
             writer.close()
+            await writer.wait_closed()
 
 
 async def test_a_server_without_the_service_is_a_connect_error(
