@@ -16,13 +16,25 @@ import pytest
 
 from proxy_core import (
     AuthenticationError,
+    BaseWorker,
     ConfigurationError,
     ConnectError,
     ConnectionClosed,
     MessageTooLarge,
 )
+from proxy_core.codecs.json import JsonCodec
 from proxy_core.plugins import load_transport
 from proxy_core.testing import MemoryConnection, MemoryTransport, served_names
+from proxy_core.testing._harness import (
+    CLIENT_WORKER,
+    SERVER_WORKER,
+    LinkStalled,
+    running_client,
+    running_server,
+    text,
+    wait_counts,
+)
+from proxy_core.testing.contracts import BIDIRECTIONAL_DEADLOCK
 from proxy_core.transport import Connection
 
 TIMEOUT = 30.0
@@ -294,3 +306,23 @@ async def test_handler_outcomes_close_the_connection() -> None:
     assert caught.value.code == 1001
     with pytest.raises(ConnectError):
         await transport.connect(listener.url)
+
+
+@pytest.mark.xfail(raises=LinkStalled, strict=False, reason=BIDIRECTIONAL_DEADLOCK)
+async def test_saturated_link_both_ways_reproduces_the_core_deadlock() -> None:
+    """Small buffers make the core's bidirectional deadlock deterministic (2000 each way)."""
+    transport, codec = MemoryTransport(buffer_frames=4), JsonCodec()
+    async with (
+        running_server(transport, "memory://saturated:0/", codecs=[codec]) as server,
+        running_client(transport, server.url, codec=codec) as client,
+    ):
+        await client.activate()
+        side = server.of(client)
+
+        async def send(worker: BaseWorker, target: str) -> None:
+            for n in range(2000):
+                await worker.send_bus_message(text(worker.name, target, str(n)))
+
+        await asyncio.gather(send(client.acme, SERVER_WORKER), send(side.worker, CLIENT_WORKER))
+        await wait_counts([side.worker, client.acme], 2000, stall=1.0)
+        assert side.worker.texts() == client.acme.texts() == [str(n) for n in range(2000)]
