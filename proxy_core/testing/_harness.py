@@ -51,8 +51,10 @@ from ..worker import BaseWorker
 __all__ = [
     "CLIENT_OTHER",
     "CLIENT_WORKER",
+    "GARBAGE",
     "SERVER_OTHER",
     "SERVER_WORKER",
+    "TEXT_LIKE",
     "TIMEOUT",
     "ClientSide",
     "RawPeer",
@@ -61,6 +63,7 @@ __all__ = [
     "ServerSide",
     "LinkStalled",
     "classify",
+    "hello_frame",
     "raw_client",
     "raw_server",
     "running_client",

@@ -251,7 +251,9 @@ class FaultRelay:
                 self.connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
-            logger.info("relay could not reach %s:%s: %r", *self._upstream, exc)
+            logger.info(
+                "relay could not reach %s:%s: %r", self.upstream_host, self.upstream_port, exc
+            )
             writer.transport.abort()
             writer.close()
             return
@@ -270,10 +272,6 @@ class FaultRelay:
         finally:
             self._links.discard(link)
             await link.close()
-
-    @property
-    def _upstream(self) -> tuple[str, int]:
-        return self.upstream_host, self.upstream_port
 
     async def _pump(
         self,
