@@ -1,4 +1,4 @@
-"""The ``proxy-core`` command: ``demo``, ``plugins``."""
+"""The ``proxy-core`` command: ``demo``, ``bench``, ``plugins``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--transport", default="websockets", help="transport name")
     demo.add_argument("--codec", default="msgpack", help="codec name")
     commands.add_parser("plugins", help="list the installed transports and codecs")
+    from .bench.command import add_arguments as add_bench_arguments
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure each transport x codec against its bare library (ratios, same run)",
+        description="Measure each transport x codec against its bare library, in the same run; "
+        "see benchmarks/README.md.",
+    )
+    add_bench_arguments(bench)
     return parser
 
 
@@ -56,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return _plugins()
+        if args.command == "bench":
+            from .bench.command import run_command
+
+            return run_command(args, None if argv is None else list(argv)[1:])
         from .demo import run_demo
 
         return asyncio.run(run_demo(transport=args.transport, codec=args.codec))

@@ -1,0 +1,42 @@
+"""The benchmark harness behind ``proxy-core bench``: what the proxy costs against the bare library.
+
+Every figure is a ratio against the bare library doing the same work in the
+same run. Scenarios (see ``benchmarks/README.md``): ``stream_200b``,
+``stream_16k``, ``rtt``, ``cpu``, ``idle_memory`` bus to bus through both
+proxies, for every installed transport x codec, and ``codec``, the envelope
+encode+decode of each codec against its raw library.
+
+Programmatic use::
+
+    import asyncio
+    from proxy_core.bench import BenchOptions, QUICK_COUNTS, run_bench
+
+    result = asyncio.run(run_bench(BenchOptions(counts=QUICK_COUNTS, repeats=1)))
+    for record in result.records:
+        print(record.transport, record.codec, record.scenario, record.metric, record.ratio)
+
+Nothing here is imported by ``proxy_core`` itself; the child processes run
+``python -m proxy_core.bench.worker``.
+"""
+
+from __future__ import annotations
+
+from .orchestrate import BenchResult, run_bench
+from .spec import FULL_COUNTS, METRICS, QUICK_COUNTS, SCENARIOS, BenchOptions, Counts, Record
+from .stats import median, percentile, ratio, spread
+
+__all__ = [
+    "FULL_COUNTS",
+    "METRICS",
+    "QUICK_COUNTS",
+    "SCENARIOS",
+    "BenchOptions",
+    "BenchResult",
+    "Counts",
+    "Record",
+    "median",
+    "percentile",
+    "ratio",
+    "run_bench",
+    "spread",
+]

@@ -1,0 +1,138 @@
+"""``proxy-core bench``: its arguments, and running it from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .spec import FULL_COUNTS, QUICK_COUNTS, SCENARIOS, BenchOptions
+
+__all__ = ["DEFAULT_REPORT", "add_arguments", "options_from", "run_command"]
+
+#: Where a full run writes its Markdown report unless told otherwise.
+DEFAULT_REPORT = "docs/benchmarks-results.md"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench`` options to ``parser``."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced counts and one repeat: a smoke test that finishes in under a minute",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
+    parser.add_argument(
+        "--report",
+        metavar="PATH.md",
+        help=f"write a Markdown report (default for full runs: {DEFAULT_REPORT})",
+    )
+    parser.add_argument("--no-report", action="store_true", help="write no Markdown report")
+    parser.add_argument(
+        "--chart", metavar="PATH.png", help="write the chart (default: beside the report)"
+    )
+    parser.add_argument(
+        "--transport", nargs="+", metavar="NAME", help="transports (default: all installed)"
+    )
+    parser.add_argument("--codec", nargs="+", metavar="NAME", help="codecs (default: all)")
+    parser.add_argument(
+        "--scenario",
+        nargs="+",
+        metavar="NAME",
+        choices=SCENARIOS,
+        help=f"scenarios (default: all of {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument("--repeats", type=int, metavar="N", help="repeats (default 3; quick: 1)")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin server and client to separate cores"
+    )
+    parser.add_argument(
+        "--no-pipecat", action="store_true", help="skip the pipecat-ai peer row even if installed"
+    )
+    parser.add_argument(
+        "--pipecat-python",
+        metavar="PATH",
+        help="run the pipecat-ai peer row with this interpreter (a venv with pipecat-ai)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="also run stream_200b once more under cProfile per proxy row, "
+        "writing the top 30 functions by tottime of each side to DIR",
+    )
+
+
+def options_from(args: argparse.Namespace) -> BenchOptions:
+    """Build :class:`BenchOptions` from parsed arguments.
+
+    Raises:
+        ValueError: ``--repeats`` is below 1.
+    """
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    return BenchOptions(
+        transports=args.transport,
+        codecs=args.codec,
+        scenarios=list(args.scenario or SCENARIOS),
+        repeats=repeats,
+        counts=QUICK_COUNTS if args.quick else FULL_COUNTS,
+        pin=not args.no_pin,
+        pipecat=not args.no_pipecat,
+        pipecat_python=args.pipecat_python,
+        profile_dir=args.profile,
+        quick=args.quick,
+    )
+
+
+def run_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Run ``proxy-core bench``; return 0 when every figure was measured, 1 otherwise."""
+    from .orchestrate import run_bench
+    from .report import ProgressBar, format_table, write_chart, write_json, write_markdown
+
+    try:
+        options = options_from(args)
+    except ValueError as exc:
+        print(f"proxy-core bench: error: {exc}", file=sys.stderr)
+        return 2
+    bar = ProgressBar()
+    result = asyncio.run(run_bench(options, progress=bar, total=bar.set_total))
+    bar.finish()
+    shown = list(argv if argv is not None else sys.argv[2:])
+    result.command = " ".join(["proxy-core bench", *shown])
+    print(format_table(result.records))
+    for note in result.notes:
+        print(f"note: {note}")
+    if args.json:
+        write_json(result.records, args.json)
+        print(f"wrote {args.json}")
+    report = args.report or (None if args.quick or args.no_report else DEFAULT_REPORT)
+    if args.no_report:
+        report = None
+    chart = args.chart or (str(Path(report).with_suffix(".png")) if report else None)
+    chart_ref: str | None = None
+    if chart:
+        why = write_chart(result.records, chart)
+        if why:
+            result.notes.append(why)
+            print(f"note: {why}")
+        else:
+            print(f"wrote {chart}")
+            chart_ref = _relative(chart, report)
+    if report:
+        write_markdown(result, report, chart_ref)
+        print(f"wrote {report}")
+    failed = [r for r in result.records if r.status == "failed"]
+    return 1 if failed or not result.records else 0
+
+
+def _relative(chart: str, report: str | None) -> str:
+    if report is None:
+        return chart
+    chart_path, base = Path(chart).resolve(), Path(report).resolve().parent
+    try:
+        return str(chart_path.relative_to(base))
+    except ValueError:
+        return str(chart_path)

@@ -1,0 +1,701 @@
+"""The parent of a run: child processes per transport and repeat, paired measurements, records.
+
+For each repeat and transport, a server and a client process start for the
+proxy, for the bare library (and for the pipecat peer, on ``websockets``),
+servers pinned to one core and clients to another. Idle memory is measured
+first, in the fresh servers. Then, for each codec, every scenario runs once
+through the proxy and once through the bare library, back to back (the
+order alternates between repeats), so each ratio compares two runs a few
+seconds apart. Every command to a child has a deadline; a child that
+misses it is killed and the rest of its group is reported as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import PluginError
+from ..plugins import available_codecs, available_transports, load_transport, resolve_codec
+from .bare_side import BARE_LABELS
+from .spec import METRICS, BenchOptions, Counts, Metric, Record
+from .stats import median, ratio, spread
+
+__all__ = ["BenchResult", "machine_info", "run_bench"]
+
+#: Scenarios that need processes talking over loopback.
+WIRE_SCENARIOS = ("stream_200b", "stream_16k", "rtt", "cpu", "idle_memory")
+_GRACE = 5.0  # seconds the parent waits past a child's own deadline
+_WARMUP_SESSIONS = 3
+_SETTLE = 0.3  # seconds for closed sessions to wind down before reading memory
+_LIBRARIES = (
+    "proxy-core",
+    "proxy-core-websockets",
+    "proxy-core-aiohttp",
+    "proxy-core-grpc",
+    "websockets",
+    "aiohttp",
+    "grpcio",
+    "msgpack",
+    "protobuf",
+    "pipecat-ai",
+)
+
+# The folder that holds the proxy_core package, for children run by another interpreter.
+_ROOT = str(Path(__file__).resolve().parents[2])
+
+Progress = Callable[[str, int], None]
+Key = tuple[str, str, str, str, str]  # impl, transport, codec, scenario, metric
+
+
+class ChildDied(Exception):
+    """A child process missed its deadline or exited: its group cannot go on."""
+
+
+class StepFailed(Exception):
+    """A child reported that one step failed; the others may still run."""
+
+
+@dataclass
+class BenchResult:
+    """The outcome of a run: records plus what a reader needs to trust them."""
+
+    records: list[Record]
+    notes: list[str]
+    machine: dict[str, Any]
+    date: str
+    options: BenchOptions
+    elapsed: float
+    command: str = ""
+
+
+@dataclass
+class _Pair:
+    proxy: float | None
+    bare: float | None
+    error: str | None = None
+
+
+@dataclass
+class _Row:
+    impl: str
+    codec: str
+
+
+@dataclass
+class _Plan:
+    """What one transport group does in one repeat."""
+
+    transport: str
+    impls: list[str]
+    rows: list[_Row]
+    scenarios: list[str]
+    idle: bool
+    idle_codec: str
+    keys: list[Key] = field(default_factory=list)
+
+    def steps(self) -> int:
+        wire = [s for s in ("stream_200b", "stream_16k", "rtt") if s in self.scenarios]
+        return 1 + (len(self.impls) if self.idle else 0) + len(self.rows) * len(wire) * 2
+
+
+# ---------------------------------------------------------------- child processes
+
+
+class _Child:
+    """A ``python -m proxy_core.bench.worker`` process spoken to in JSON lines."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log = log
+        self.url = ""  # a server's address, from its ready event
+
+    @classmethod
+    async def spawn(
+        cls, name: str, role: str, spec: dict[str, Any], python: str, log_dir: Path
+    ) -> _Child:
+        env = dict(os.environ)
+        if python != sys.executable:
+            # Another interpreter (the pipecat peer's venv) still needs this package.
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
+        log = log_dir / f"{name}.log"
+        with _open_log(log) as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                python,
+                "-m",
+                "proxy_core.bench.worker",
+                role,
+                json.dumps(spec),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                limit=1 << 20,
+            )
+        return cls(name, proc, log)
+
+    def _tail(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(lines[-3:])[-400:]
+
+    async def read(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        except TimeoutError:
+            self.kill()
+            raise ChildDied(f"{self.name}: no answer within {timeout:.0f} s") from None
+        if not line:
+            self.kill()
+            raise ChildDied(f"{self.name} exited: {self._tail() or 'no output'}")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    async def ask(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(command) + "\n").encode())
+            await self.proc.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            self.kill()
+            raise ChildDied(f"{self.name} is gone: {self._tail() or exc}") from None
+        reply = await self.read(timeout)
+        if not reply.get("ok", False):
+            raise StepFailed(f"{self.name}: {reply.get('error', reply)}")
+        return reply
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.proc.stdin.write(b'{"cmd": "stop"}\n')
+                await self.proc.stdin.drain()
+                self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.kill()
+            await self.proc.wait()
+
+
+# ---------------------------------------------------------------- the run
+
+
+class _Run:
+    def __init__(self, options: BenchOptions, progress: Progress | None) -> None:
+        self.options = options
+        self.counts: Counts = options.counts
+        self.progress = progress or (lambda label, steps: None)
+        self.notes: list[str] = []
+        self.pairs: dict[Key, list[_Pair]] = {}
+        self.labels: dict[Key, str] = {}
+        self.cores: tuple[int, int] | None = None
+        self.pipecat_python: str | None = None
+        self.log_dir = Path(tempfile.mkdtemp(prefix="proxy-core-bench-"))
+
+    # -------------------------------------------------------- selection
+
+    def select(self) -> tuple[list[str], list[str]]:
+        opts = self.options
+        transports: list[str] = []
+        wanted_t = opts.transports or available_transports()
+        for name in wanted_t:
+            try:
+                load_transport(name)
+            except PluginError as exc:
+                self.notes.append(f"transport {name!r} skipped: {exc}")
+                continue
+            if name not in BARE_LABELS:
+                why = (
+                    "in-process only, nothing crosses a socket"
+                    if name == "memory"
+                    else "no bare-library baseline in the harness"
+                )
+                if opts.transports or name != "memory":
+                    self.notes.append(f"transport {name!r} skipped: {why}")
+                continue
+            transports.append(name)
+        codecs: list[str] = []
+        for name in opts.codecs or available_codecs():
+            try:
+                resolve_codec(name)  # constructing it is the check (a missing library...)
+            except Exception as exc:
+                self.notes.append(f"codec {name!r} skipped: {type(exc).__name__}: {exc}")
+                continue
+            codecs.append(name)
+        return transports, codecs
+
+    def select_pipecat(self, transports: list[str]) -> bool:
+        opts = self.options
+        wire = set(WIRE_SCENARIOS) & set(opts.scenarios)
+        if not opts.pipecat or "websockets" not in transports or not wire:
+            return False
+        python = opts.pipecat_python or sys.executable
+        if python == sys.executable:
+            if importlib.util.find_spec("pipecat") is None:
+                self.notes.append(
+                    "pipecat peer row skipped: pipecat-ai is not installed "
+                    "(see benchmarks/README.md)"
+                )
+                return False
+            from .pipecat_side import missing
+
+            why = missing()
+        else:
+            why = _check_other_python(python)
+        if why:
+            self.notes.append(f"pipecat peer row skipped: {why}")
+            return False
+        self.pipecat_python = python
+        return True
+
+    def select_cores(self) -> None:
+        if not self.options.pin or not hasattr(os, "sched_getaffinity"):
+            self.notes.append("processes not pinned to cores (not asked, or not supported here)")
+            return
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            self.notes.append(f"processes not pinned: only {len(cpus)} usable core(s)")
+            return
+        self.cores = (cpus[0], cpus[1])
+
+    # -------------------------------------------------------- recording
+
+    def store(self, key: Key, proxy: float | None, bare: float | None, error: str | None) -> None:
+        self.pairs.setdefault(key, []).append(_Pair(proxy, bare, error))
+
+    # -------------------------------------------------------- groups
+
+    def plan(self, transport: str, codecs: list[str], pipecat: bool) -> _Plan:
+        scenarios = self.options.scenarios
+        impls = ["proxy", "bare"] + (["pipecat"] if pipecat and transport == "websockets" else [])
+        rows = [_Row("proxy", c) for c in codecs]
+        if "pipecat" in impls:
+            rows.append(_Row("pipecat", "json"))
+        idle_codec = "msgpack" if "msgpack" in codecs else codecs[0]
+        plan = _Plan(transport, impls, rows, scenarios, "idle_memory" in scenarios, idle_codec)
+        metrics = [m for m in METRICS if m.scenario in scenarios and m.scenario != "codec"]
+        for row in rows:
+            for m in metrics:
+                if m.scenario == "idle_memory" and row.impl == "proxy" and row.codec != idle_codec:
+                    continue
+                plan.keys.append((row.impl, transport, row.codec, m.scenario, m.name))
+        return plan
+
+    async def group(self, plan: _Plan, repeat: int) -> None:
+        done: set[Key] = set()
+        servers: dict[str, _Child] = {}
+        clients: dict[str, _Child] = {}
+        budget = plan.steps()
+        try:
+            await self._start(plan, repeat, servers, clients)
+            self.progress(f"{plan.transport}: processes started", 1)
+            budget -= 1
+            if plan.idle:
+                budget -= await self._idle_all(plan, servers, clients, done)
+            await clients["bare"].ask(self._connect(servers["bare"], "-"), self._timeout)
+            for row in plan.rows:
+                budget -= await self._row(plan, row, repeat, servers, clients, done)
+        except (ChildDied, StepFailed) as exc:
+            for key in plan.keys:
+                if key not in done:
+                    self.store(key, None, None, str(exc))
+            self.progress(f"{plan.transport}: FAILED ({exc})", max(budget, 0))
+        finally:
+            await asyncio.gather(
+                *(c.stop() for c in (*clients.values(), *servers.values())),
+                return_exceptions=True,
+            )
+
+    @property
+    def _timeout(self) -> float:
+        return self.counts.deadline + _GRACE
+
+    def _connect(self, server: _Child, codec: str) -> dict[str, Any]:
+        return {"cmd": "connect", "url": server.url, "codec": codec, "deadline": 30}
+
+    async def _start(
+        self, plan: _Plan, repeat: int, servers: dict[str, _Child], clients: dict[str, _Child]
+    ) -> None:
+        server_core, client_core = self.cores if self.cores else (None, None)
+        spawns = []
+        for impl in plan.impls:
+            python = sys.executable
+            if impl == "pipecat" and self.pipecat_python:
+                python = self.pipecat_python
+            base = {"impl": impl, "transport": plan.transport}
+            tag = f"{plan.transport}-{impl}-r{repeat}"
+            spawns.append(
+                _Child.spawn(
+                    f"{tag}-server",
+                    "server",
+                    {**base, "codecs": [r.codec for r in plan.rows if r.impl == "proxy"]}
+                    | {"core": server_core},
+                    python,
+                    self.log_dir,
+                )
+            )
+            spawns.append(
+                _Child.spawn(
+                    f"{tag}-client", "client", base | {"core": client_core}, python, self.log_dir
+                )
+            )
+        children = await asyncio.gather(*spawns)
+        for impl, server, client in zip(plan.impls, children[::2], children[1::2], strict=True):
+            servers[impl], clients[impl] = server, client
+        for impl in plan.impls:
+            ready = await servers[impl].read(max(self._timeout, 30))
+            servers[impl].url = ready["url"]
+            await clients[impl].read(max(self._timeout, 30))
+
+    async def _idle_all(
+        self,
+        plan: _Plan,
+        servers: dict[str, _Child],
+        clients: dict[str, _Child],
+        done: set[Key],
+    ) -> int:
+        values: dict[str, float | None] = {}
+        errors: dict[str, str] = {}
+        for impl in sorted(plan.impls, key=lambda i: i != "bare"):
+            codec = plan.idle_codec if impl == "proxy" else "json"
+            try:
+                values[impl] = await self._idle(servers[impl], clients[impl], codec)
+            except StepFailed as exc:
+                values[impl], errors[impl] = None, str(exc)
+            self.progress(f"{plan.transport}: idle_memory ({impl})", 1)
+        for impl in plan.impls:
+            if impl == "bare":
+                continue
+            codec = plan.idle_codec if impl == "proxy" else "json"
+            key: Key = (impl, plan.transport, codec, "idle_memory", "per_session")
+            error = errors.get(impl) or errors.get("bare")
+            self.store(key, values[impl], values["bare"], error)
+            done.add(key)
+        return len(plan.impls)
+
+    async def _idle(self, server: _Child, client: _Child, codec: str) -> float:
+        t = self._timeout
+        deadline = self.counts.deadline
+        url = server.url
+        await client.ask(
+            {"cmd": "open_idle", "url": url, "codec": codec, "count": _WARMUP_SESSIONS}
+            | {"deadline": deadline},
+            t,
+        )
+        await client.ask({"cmd": "close_idle", "deadline": deadline}, t)
+        await asyncio.sleep(_SETTLE)
+        before = (await server.ask({"cmd": "rss"}, t))["rss"]
+        sessions = self.counts.idle_sessions
+        await client.ask(
+            {"cmd": "open_idle", "url": url, "codec": codec, "count": sessions}
+            | {"deadline": deadline},
+            t,
+        )
+        await asyncio.sleep(_SETTLE)
+        after = (await server.ask({"cmd": "rss"}, t))["rss"]
+        await client.ask({"cmd": "close_idle", "deadline": deadline}, t)
+        delta = (after - before) / sessions / 1024
+        if delta <= 0:
+            raise StepFailed(
+                f"server memory did not grow with {sessions} sessions ({delta:.2f} KiB)"
+            )
+        return float(delta)
+
+    async def _row(
+        self,
+        plan: _Plan,
+        row: _Row,
+        repeat: int,
+        servers: dict[str, _Child],
+        clients: dict[str, _Child],
+        done: set[Key],
+    ) -> int:
+        steps = 0
+        client = clients[row.impl]
+        await client.ask(self._connect(servers[row.impl], row.codec), self._timeout)
+        for scenario in ("stream_200b", "stream_16k", "rtt"):
+            metrics = self._metrics_of(scenario)
+            if not metrics:
+                continue
+            order = [row.impl, "bare"] if repeat % 2 == 0 else ["bare", row.impl]
+            results: dict[str, dict[str, float] | str] = {}
+            for who in order:
+                label = f"{plan.transport}/{row.codec} {scenario} ({who})"
+                try:
+                    results[who] = await self._measure(clients[who], scenario)
+                except StepFailed as exc:
+                    results[who] = str(exc)
+                self.progress(label, 1)
+                steps += 1
+            if self.options.profile_dir and repeat == 0 and scenario == "stream_200b":
+                await self._profile(plan.transport, row, servers[row.impl], client)
+            for m in metrics:
+                key: Key = (row.impl, plan.transport, row.codec, m.scenario, m.name)
+                mine, bare = results[row.impl], results["bare"]
+                error = next((r for r in (mine, bare) if isinstance(r, str)), None)
+                self.store(
+                    key,
+                    mine.get(m.name) if isinstance(mine, dict) else None,
+                    bare.get(m.name) if isinstance(bare, dict) else None,
+                    error,
+                )
+                self.labels[key] = BARE_LABELS[plan.transport]
+                done.add(key)
+        await client.ask({"cmd": "disconnect", "deadline": self.counts.deadline}, self._timeout)
+        return steps
+
+    def _metrics_of(self, scenario: str) -> list[Metric]:
+        wanted = set(self.options.scenarios)
+        if scenario == "stream_200b":
+            return [
+                m
+                for m in METRICS
+                if (m.scenario == "stream_200b" and "stream_200b" in wanted)
+                or (m.scenario == "cpu" and "cpu" in wanted)
+            ]
+        return [m for m in METRICS if m.scenario == scenario and scenario in wanted]
+
+    async def _measure(self, client: _Child, scenario: str) -> dict[str, float]:
+        c = self.counts
+        deadline = {"deadline": c.deadline}
+        if scenario == "rtt":
+            cmd = {"cmd": "rtt", "size": 200, "count": c.rtt, "warmup": c.warmup}
+            reply = await client.ask(cmd | deadline, self._timeout)
+            return {"p50": reply["p50"], "p99": reply["p99"]}
+        size, count = (200, c.stream_200b) if scenario == "stream_200b" else (16384, c.stream_16k)
+        warmup = c.warmup if size == 200 else max(10, c.warmup // 5)
+        cmd = {"cmd": "stream", "size": size, "count": count, "warmup": warmup}
+        reply = await client.ask(cmd | deadline, self._timeout)
+        elapsed = reply["elapsed"]
+        return {
+            "rate": count / elapsed,
+            "throughput": count * size / elapsed / 1e6,
+            "client": reply["client_cpu"] / count * 1e6,
+            "server": reply["server_cpu"] / count * 1e6,
+        }
+
+    async def _profile(self, transport: str, row: _Row, server: _Child, client: _Child) -> None:
+        """Run stream_200b once more under cProfile on both sides (not counted)."""
+        out = _make_dir(self.options.profile_dir or ".")
+        t = self._timeout
+        title = (
+            f"{row.impl} {transport}/{row.codec} stream_200b, {self.counts.stream_200b} messages"
+        )
+        paths = {
+            side: str(out / f"profile-{row.impl}-{transport}-{row.codec}-{side}.txt")
+            for side in ("client", "server")
+        }
+        try:
+            for child in (server, client):
+                await child.ask({"cmd": "profile", "action": "start"}, t)
+            await self._measure(client, "stream_200b")
+        finally:
+            for side, child in (("server", server), ("client", client)):
+                with contextlib.suppress(StepFailed):
+                    await child.ask(
+                        {"cmd": "profile", "action": "stop", "path": paths[side]}
+                        | {"title": f"{title}: {side} process, top 30 by tottime"},
+                        t,
+                    )
+        self.notes.append(f"profiles written: {paths['client']}, {paths['server']}")
+
+    # -------------------------------------------------------- codecs
+
+    async def codecs(self, codecs: list[str]) -> None:
+        core = self.cores[1] if self.cores else None
+        spec = {"codecs": codecs, "seconds": self.counts.codec_seconds, "core": core}
+        child = await _Child.spawn("codec", "codec", spec, sys.executable, self.log_dir)
+        try:
+            await child.read(self._timeout)
+            reply = await child.read(self._timeout + 2 * len(codecs))
+        except ChildDied as exc:
+            for codec in codecs:
+                self.store(
+                    ("proxy", "in-process", codec, "codec", "encode_decode"), None, None, str(exc)
+                )
+            return
+        finally:
+            await child.stop()
+        for codec, result in reply["codecs"].items():
+            key: Key = ("proxy", "in-process", codec, "codec", "encode_decode")
+            self.store(key, result.get("proxy"), result.get("bare"), result.get("error"))
+            if "label" in result:
+                self.labels[key] = result["label"]
+
+    # -------------------------------------------------------- records
+
+    def records(self, date: str, machine: dict[str, Any]) -> list[Record]:
+        by_name = {(m.scenario, m.name): m for m in METRICS}
+        out: list[Record] = []
+        for key, pairs in self.pairs.items():
+            impl, transport, codec, scenario, metric = key
+            m = by_name[(scenario, metric)]
+            record = Record(
+                transport=transport,
+                codec=codec,
+                scenario=scenario,
+                metric=metric,
+                unit=m.unit,
+                better=m.better,
+                impl="pipecat-ai" if impl == "pipecat" else "proxy-core",
+                bare_label=self.labels.get(key, BARE_LABELS.get(transport, "")),
+                date=date,
+                machine=machine,
+            )
+            _fill(record, pairs)
+            out.append(record)
+        return out
+
+
+def _fill(record: Record, pairs: list[_Pair]) -> None:
+    good = [
+        (p.proxy, p.bare)
+        for p in pairs
+        if p.proxy is not None and p.bare is not None and p.proxy > 0 and p.bare > 0
+    ]
+    errors = [p.error for p in pairs if p.error]
+    if not good:
+        record.status = "failed"
+        record.error = errors[0] if errors else "no valid measurement"
+        return
+    proxies = [p for p, _ in good]
+    bares = [b for _, b in good]
+    ratios = [ratio(p, b) for p, b in good]
+    record.proxy, record.bare = median(proxies), median(bares)
+    record.ratio, record.spread = median(ratios), spread(ratios)
+    record.proxy_spread, record.bare_spread = spread(proxies), spread(bares)
+    record.repeats = len(good)
+    record.proxy_samples, record.bare_samples = proxies, bares
+    if errors:
+        record.status = "partial"
+        record.error = f"{len(errors)} of {len(pairs)} repeats failed: {errors[0]}"
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    return open(path, "wb")
+
+
+def _make_dir(path: str) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_other_python(python: str) -> str | None:
+    import subprocess
+
+    root = _ROOT
+    code = "from proxy_core.bench.pipecat_side import missing; print(missing() or '')"
+    env = dict(os.environ, PYTHONPATH=root)
+    try:
+        done = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=120, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run {python}: {exc}"
+    if done.returncode != 0:
+        return f"{python} cannot import the peer: {done.stderr.strip().splitlines()[-1:]}"
+    return done.stdout.strip() or None
+
+
+def machine_info(cores: Iterable[int] | None = None) -> dict[str, Any]:
+    """Describe this machine and the library versions, for the records."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions: dict[str, str] = {}
+    for dist in _LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    info: dict[str, Any] = {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "libraries": versions,
+        "pinned": {"server": list(cores)[0], "client": list(cores)[1]} if cores else None,
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def _count_steps(run: _Run, plans: list[_Plan], codecs: bool) -> int:
+    per_repeat = sum(p.steps() for p in plans) + (1 if codecs else 0)
+    return per_repeat * run.options.repeats
+
+
+async def run_bench(
+    options: BenchOptions,
+    progress: Progress | None = None,
+    total: Callable[[int], None] | None = None,
+) -> BenchResult:
+    """Run the benchmark described by ``options``.
+
+    Args:
+        options: what to run.
+        progress: called as ``progress(label, steps_done)`` after each step.
+        total: called once with the number of steps, before the first.
+    """
+    started = time.perf_counter()
+    run = _Run(options, progress)
+    date = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    transports, codecs = run.select()
+    wire = [s for s in options.scenarios if s in WIRE_SCENARIOS]
+    plans: list[_Plan] = []
+    if wire and transports and codecs:
+        run.select_cores()
+        pipecat = run.select_pipecat(transports)
+        plans = [run.plan(t, codecs, pipecat) for t in transports]
+    elif wire:
+        run.notes.append("no transport or codec to run the wire scenarios with")
+    do_codecs = "codec" in options.scenarios and bool(codecs)
+    if do_codecs and run.cores is None and options.pin:
+        run.select_cores()
+    if total is not None:
+        total(_count_steps(run, plans, do_codecs))
+    machine = machine_info(run.cores)
+    for repeat in range(options.repeats):
+        for plan in plans:
+            await run.group(plan, repeat)
+        if do_codecs:
+            await run.codecs(codecs)
+            run.progress(f"codecs (repeat {repeat + 1})", 1)
+    machine["load_average_after"] = (
+        [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    )
+    return BenchResult(
+        records=run.records(date, machine),
+        notes=run.notes,
+        machine=machine,
+        date=date,
+        options=options,
+        elapsed=time.perf_counter() - started,
+    )

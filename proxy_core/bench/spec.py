@@ -1,0 +1,152 @@
+"""What the harness measures: scenarios, their metrics and units, counts, options, records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+__all__ = [
+    "CONTROL_MAX",
+    "FULL_COUNTS",
+    "METRICS",
+    "QUICK_COUNTS",
+    "SCENARIOS",
+    "BenchOptions",
+    "Counts",
+    "Metric",
+    "Record",
+]
+
+#: The scenarios, in the order they run and are reported.
+SCENARIOS: Final = ("stream_200b", "stream_16k", "rtt", "cpu", "idle_memory", "codec")
+
+#: Frames this short are control frames of the bare protocol; payloads are longer.
+CONTROL_MAX: Final = 64
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported figure of a scenario.
+
+    Attributes:
+        scenario: the scenario it belongs to.
+        name: the metric within the scenario (``p50``, ``client``...).
+        unit: the unit of the ``proxy`` and ``bare`` values.
+        better: ``"higher"`` for rates, ``"lower"`` for latency, CPU and memory.
+        label: a short human label.
+    """
+
+    scenario: str
+    name: str
+    unit: str
+    better: Literal["higher", "lower"]
+    label: str
+
+
+METRICS: Final = (
+    Metric("stream_200b", "rate", "msg/s", "higher", "200 B stream, messages/s"),
+    Metric("stream_16k", "throughput", "MB/s", "higher", "16 KiB stream, MB/s"),
+    Metric("rtt", "p50", "us", "lower", "round trip p50, us"),
+    Metric("rtt", "p99", "us", "lower", "round trip p99, us"),
+    Metric("cpu", "client", "us/msg", "lower", "CPU per message, client side"),
+    Metric("cpu", "server", "us/msg", "lower", "CPU per message, server side"),
+    Metric("idle_memory", "per_session", "KiB", "lower", "memory per idle session"),
+    Metric("codec", "encode_decode", "us", "lower", "envelope encode+decode"),
+)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much work each scenario does (the same for the proxy and the bare library).
+
+    Attributes:
+        stream_200b: messages of 200 bytes in the one-way stream.
+        stream_16k: messages of 16 KiB in the one-way stream.
+        rtt: sequential request/replies of 200 bytes.
+        idle_sessions: idle sessions held open at once.
+        warmup: messages (or round trips) sent before each timed run.
+        deadline: seconds any one step may take before it is failed.
+        codec_seconds: the time each codec timing aims for.
+    """
+
+    stream_200b: int = 100_000
+    stream_16k: int = 10_000
+    rtt: int = 5_000
+    idle_sessions: int = 200
+    warmup: int = 500
+    deadline: float = 60.0
+    codec_seconds: float = 0.2
+
+
+FULL_COUNTS: Final = Counts()
+QUICK_COUNTS: Final = Counts(
+    stream_200b=5_000,
+    stream_16k=500,
+    rtt=500,
+    idle_sessions=50,
+    warmup=100,
+    deadline=10.0,
+    codec_seconds=0.02,
+)
+
+
+@dataclass
+class BenchOptions:
+    """What a benchmark run does.
+
+    Attributes:
+        transports: transport names (default: every installed one that works across processes).
+        codecs: codec names (default: every installed one).
+        scenarios: scenario names from :data:`SCENARIOS` (default: all).
+        repeats: runs of everything, each with its own processes.
+        counts: the work per scenario.
+        pin: pin servers to core 0 and clients to core 1 where the OS allows.
+        pipecat: run the pipecat-ai peer row when pipecat is importable.
+        pipecat_python: the interpreter to run the pipecat peer with (default: this one).
+        profile_dir: write a cProfile of each proxy process during stream_200b here.
+        quick: the run uses reduced counts (recorded in the output).
+    """
+
+    transports: list[str] | None = None
+    codecs: list[str] | None = None
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    repeats: int = 3
+    counts: Counts = FULL_COUNTS
+    pin: bool = True
+    pipecat: bool = True
+    pipecat_python: str | None = None
+    profile_dir: str | None = None
+    quick: bool = False
+
+
+@dataclass
+class Record:
+    """One reported figure: the proxy (or peer) against the bare library, in the same run.
+
+    ``ratio`` is the median over repeats of ``proxy / bare`` within each
+    repeat (the two ran back to back, so machine drift mostly cancels);
+    ``proxy`` and ``bare`` are the medians of each side alone; ``spread`` is
+    ``(max - min) / median`` of the per-repeat ratios.
+    """
+
+    transport: str
+    codec: str
+    scenario: str
+    metric: str
+    unit: str
+    better: str
+    impl: str = "proxy-core"
+    proxy: float | None = None
+    bare: float | None = None
+    ratio: float | None = None
+    spread: float | None = None
+    proxy_spread: float | None = None
+    bare_spread: float | None = None
+    repeats: int = 0
+    proxy_samples: list[float] = field(default_factory=list)
+    bare_samples: list[float] = field(default_factory=list)
+    bare_label: str = ""
+    status: str = "ok"
+    error: str | None = None
+    date: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)
