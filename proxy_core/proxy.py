@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ssl import SSLContext
@@ -62,6 +62,9 @@ from .worker import BaseWorker
 __all__ = ["ProxyClient", "ProxyServer", "ProxyStats"]
 
 logger = logging.getLogger(__name__)
+
+#: How long a closing session waits for its queued frames (its BYE) to be written.
+_CLOSE_DRAIN_SECONDS = 2.0
 
 CodecSpec: TypeAlias = str | Codec | Sequence[str | Codec]
 
@@ -160,7 +163,14 @@ class _ProxyWorker(BaseWorker):
         self._conn: Connection | None = None
         self._session: Session | None = None
         self._session_task: asyncio.Task[None] | None = None
-        self._write_lock = asyncio.Lock()
+        # Every frame of a session goes through one writer task, so that the
+        # receive loop never waits on a write: with both directions saturated,
+        # a receive loop blocked writing an ACK would stop reading, and the two
+        # peers would deadlock. The queue is bounded by max_unacked MSG frames
+        # plus the few control frames the receive loop owes.
+        self._out: deque[bytes] = deque()
+        self._out_wakeup = asyncio.Event()
+        self._out_drained = asyncio.Event()
         self._outbox_space = asyncio.Event()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
@@ -225,19 +235,38 @@ class _ProxyWorker(BaseWorker):
             self._count_drop(self.stats.dropped_out, DropReason.ENCODE_FAILED, message)
             return
         self.stats.messages_out += 1
-        await self._write(data)
+        self._enqueue(data)
 
-    async def _write(self, data: bytes) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        async with self._write_lock:
+    def _enqueue(self, data: bytes) -> None:
+        """Queue a frame for the session's writer task; never blocks."""
+        self._out.append(data)
+        self._out_drained.clear()
+        self._out_wakeup.set()
+
+    async def _writer(self, conn: Connection) -> None:
+        out, wakeup, stats = self._out, self._out_wakeup, self.stats
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            while out:
+                data = out.popleft()
+                try:
+                    await conn.send(data)
+                except TransportError:
+                    # The receive loop sees the same closed connection and ends the session.
+                    out.clear()
+                    self._out_drained.set()
+                    return
+                stats.bytes_out += len(data)
+            self._out_drained.set()
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait (bounded) until the writer has sent everything queued, e.g. a BYE."""
+        if self._out:
             try:
-                await conn.send(data)
-            except TransportError:
-                # The receive loop sees the same closed connection and ends the session.
-                return
-        self.stats.bytes_out += len(data)
+                await asyncio.wait_for(self._out_drained.wait(), timeout)
+            except TimeoutError:
+                logger.debug("proxy %r: %d frames unsent at close", self.name, len(self._out))
 
     def _count_drop(self, counter: Counter[str], reason: DropReason, what: object) -> None:
         counter[reason.value] += 1
@@ -251,7 +280,10 @@ class _ProxyWorker(BaseWorker):
         """Serve an open session until it ends; always closes ``conn``."""
         self._conn, self._session = conn, session
         self._outbox_space.set()
+        self._out.clear()
+        self._out_drained.set()
         self.stats.sessions += 1
+        writer = self.create_task(self._writer(conn), name=f"{self.name}-writer")
         heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
         watch: Watch = self.registry.watch(self.rules.local_worker, self._announce_ready)
         code: int = CloseCode.INTERNAL_ERROR
@@ -271,6 +303,10 @@ class _ProxyWorker(BaseWorker):
                 self._ack_timer = None
             self._session = self._conn = None
             self._outbox_space.set()  # wake senders waiting for room: they now drop
+            if code == CloseCode.PROTOCOL_ERROR:
+                await self._drain(_CLOSE_DRAIN_SECONDS)  # let our BYE out first
+            writer.cancel()
+            self._out.clear()
             self.registry.set_gone(self.rules.remote_worker)
             await conn.aclose(code, reason)
             logger.info("proxy %r: session closed (%d %s)", self.name, code, reason)
@@ -297,7 +333,7 @@ class _ProxyWorker(BaseWorker):
                 event = session.receive(data, loop.time())
             except ProtocolError as exc:
                 logger.warning("proxy %r: protocol error from peer: %s", self.name, exc)
-                await self._write(session.bye_frame(CloseCode.PROTOCOL_ERROR, str(exc)))
+                self._enqueue(session.bye_frame(CloseCode.PROTOCOL_ERROR, str(exc)))
                 return CloseCode.PROTOCOL_ERROR, "protocol error"
             if event is not None:
                 if isinstance(event, ByeReceived):
@@ -307,7 +343,7 @@ class _ProxyWorker(BaseWorker):
                     return CloseCode.NORMAL, "bye"
                 await self._on_event(event)
             for frame in session.data_to_send():
-                await self._write(frame)
+                self._enqueue(frame)
             if not session.outbox_full:
                 self._outbox_space.set()
             if self._ack_timer is None and session.last_received_seq:
@@ -348,13 +384,13 @@ class _ProxyWorker(BaseWorker):
         if self._session is session:
             frame = session.ack_frame()
             if frame is not None:
-                self.create_task(self._write(frame), name=f"{self.name}-ack")
+                self._enqueue(frame)
 
     async def _announce_ready(self, data: WorkerReadyData) -> None:
         session = self._session
         if session is not None and not self._ready_sent:
             self._ready_sent = True
-            await self._write(session.ready_frame(data.name))
+            self._enqueue(session.ready_frame(data.name))
 
     async def _heartbeat(self, conn: Connection, session: Session) -> None:
         loop = asyncio.get_running_loop()
@@ -369,13 +405,14 @@ class _ProxyWorker(BaseWorker):
                 )
                 await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 return
-            await self._write(session.ping_frame(now))
+            self._enqueue(session.ping_frame(now))
 
     async def _close_session(self, code: int, reason: str) -> None:
         """Say BYE, close the connection, and wait (bounded) for the session to wind down."""
         session, conn, task = self._session, self._conn, self._session_task
         if session is not None and conn is not None:
-            await self._write(session.bye_frame(code, reason))
+            self._enqueue(session.bye_frame(code, reason))
+            await self._drain(_CLOSE_DRAIN_SECONDS)
             await conn.aclose(code, reason)
         if task is not None and task is not asyncio.current_task() and not task.done():
             if self._opening:
