@@ -317,7 +317,7 @@ async def test_saturated_link_both_ways_reproduces_the_core_deadlock() -> None:
         running_client(transport, server.url, codec=codec) as client,
     ):
         await client.activate()
-        side = server.of(client)
+        side = await server.of(client)
 
         async def send(worker: BaseWorker, target: str) -> None:
             for n in range(2000):

@@ -240,6 +240,7 @@ class Server:
         self.service: ProxyService | None = None
         self.sessions: list[ServerSide] = []
         self._queue: asyncio.Queue[ServerSide] = asyncio.Queue()
+        self._changed = asyncio.Condition()
 
     @property
     def url(self) -> str:
@@ -266,8 +267,15 @@ class Server:
             finally:
                 side.ended.set()
 
+        async def client_ready(data: WorkerReadyData) -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
         runner.add_workers = add_and_hook  # type: ignore[method-assign]
         runner.run = run_and_flag  # type: ignore[method-assign]
+        # The client's READY is handled by the session loop, so once the client's
+        # worker is ready here, this session's proxy knows its session id.
+        runner.registry.watch(CLIENT_WORKER, client_ready)
         await runner.add_workers(side.worker, side.helper)
         self._queue.put_nowait(side)
 
@@ -275,12 +283,21 @@ class Server:
         """Return the next session the server started."""
         return await wait(self._queue.get())
 
-    def of(self, client: ClientSide) -> ServerSide:
-        """Return the server side of ``client``'s open session."""
+    async def of(self, client: ClientSide) -> ServerSide:
+        """Return the server side of ``client``'s open session, once the server has it.
+
+        The client may learn that the server's worker is ready from WELCOME, before
+        the server's session loop runs: wait (bounded) for the server to catch up.
+        """
         session_id = client.proxy.session_id
-        found = [s for s in self.sessions if s.proxy and s.proxy.session_id == session_id]
-        assert session_id is not None and len(found) == 1, (session_id, found)
-        return found[0]
+        assert session_id is not None, "the client has no session"
+
+        def found() -> list[ServerSide]:
+            return [s for s in self.sessions if s.proxy and s.proxy.session_id == session_id]
+
+        async with self._changed:
+            await wait(self._changed.wait_for(lambda: len(found()) == 1))
+        return found()[0]
 
 
 @contextlib.asynccontextmanager

@@ -321,7 +321,7 @@ class TransportContract(_Parametrized):
     @staticmethod
     async def _connected(client: ClientSide, server: Server) -> Any:
         await client.activate()
-        side = server.of(client)
+        side = await server.of(client)
         await wait(side.connected.wait())
         return side
 
@@ -573,7 +573,7 @@ class TransportContract(_Parametrized):
                 await client.proxy.wait_connected(TIMEOUT)
                 ready = await wait(asyncio.shield(client.remote_ready))
                 assert ready == WorkerReadyData(SERVER_WORKER, remote=True, via="proxy")
-                side = server.of(client)
+                side = await server.of(client)
                 before = type(theirs).decoded  # type: ignore[attr-defined]
                 await self._crosses(
                     client.acme, side.worker, text(CLIENT_WORKER, SERVER_WORKER, "a")
