@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from .orchestrate import BenchResult
 from .spec import METRICS, Record
@@ -16,6 +16,8 @@ from .spec import METRICS, Record
 __all__ = [
     "ProgressBar",
     "format_table",
+    "markdown",
+    "row_label",
     "write_chart",
     "write_json",
     "write_markdown",
@@ -321,7 +323,12 @@ def write_chart(records: list[Record], path: str | Path) -> str | None:
             for r in chosen
         ]
         positions = list(range(len(chosen)))[::-1]
-        ax.barh(positions, values, color=colors)
+        ranges = [_ratio_range(r) for r in chosen]
+        whiskers = [
+            [v - low for v, (low, _) in zip(values, ranges, strict=True)],
+            [high - v for v, (_, high) in zip(values, ranges, strict=True)],
+        ]
+        ax.barh(positions, values, color=colors, xerr=whiskers, error_kw={"linewidth": 0.8})
         ax.set_yticks(positions, labels, fontsize=7)
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
         ax.set_title(f"{m.scenario}.{m.name}\n({_ARROW[m.better]})", fontsize=9)
@@ -329,10 +336,13 @@ def write_chart(records: list[Record], path: str | Path) -> str | None:
         for y, v in zip(positions, values, strict=True):
             if v:
                 ax.text(v, y, f" {v:.2f}", va="center", fontsize=6)
-        ax.set_xlim(0, max([1.0, *values]) * 1.2)
+        ax.set_xlim(0, max([1.0, *values, *(high for _, high in ranges)]) * 1.2)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    figure.suptitle("proxy-core / bare library, same run (dashed line: 1.0 = bare)", fontsize=11)
+    figure.suptitle(
+        "proxy / bare library, same run (dashed line: 1.0 = bare; whiskers: range over repeats)",
+        fontsize=11,
+    )
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,21 +351,12 @@ def write_chart(records: list[Record], path: str | Path) -> str | None:
     return None
 
 
+def _ratio_range(record: Record) -> tuple[float, float]:
+    """Return the lowest and highest per-repeat ratio of ``record``."""
+    ratios = [p / b for p, b in zip(record.proxy_samples, record.bare_samples, strict=False) if b]
+    value = record.ratio or 0.0
+    return (min(ratios), max(ratios)) if ratios else (value, value)
+
+
 def _matches(record: Record, scenario: str, metric: str) -> bool:
     return record.scenario == scenario and record.metric == metric and record.ratio is not None
-
-
-def summary_lines(result: BenchResult) -> list[str]:
-    """Return the lines printed after the table: notes and where things were written."""
-    return [f"note: {note}" for note in result.notes]
-
-
-def as_dict(result: BenchResult) -> dict[str, Any]:
-    """Return ``result`` as plain data (for tests and tools)."""
-    return {
-        "records": [dataclasses.asdict(r) for r in result.records],
-        "notes": result.notes,
-        "machine": result.machine,
-        "date": result.date,
-        "elapsed": result.elapsed,
-    }

@@ -1,0 +1,212 @@
+"""The benchmark harness: its arithmetic, its outputs, and a quick run end to end.
+
+Nothing here asserts a speed: figures on a shared machine are whatever they
+are. The tests check that the harness measures (positive numbers, complete
+records), reports, and fails a step that misses its deadline instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy_core.bench import (
+    METRICS,
+    QUICK_COUNTS,
+    BenchOptions,
+    Counts,
+    Record,
+    median,
+    percentile,
+    ratio,
+    run_bench,
+    spread,
+)
+from proxy_core.bench.orchestrate import BenchResult, _fill, _Pair
+from proxy_core.bench.report import format_table, markdown, write_chart, write_json
+from proxy_core.cli import main
+
+REQUIRED = {"transport", "codec", "scenario", "proxy", "bare", "ratio", "unit", "spread"}
+EXTRA = {"metric", "better", "repeats", "date", "machine", "impl", "status"}
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def test_median_of_odd_and_even_counts() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert median([7.0]) == 7.0
+    with pytest.raises(ValueError):
+        median([])
+
+
+def test_spread_is_range_over_median() -> None:
+    assert spread([10.0]) == 0.0
+    assert spread([9.0, 10.0, 11.0]) == pytest.approx(0.2)
+    assert spread([1.0, 1.0, 4.0]) == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        spread([])
+    with pytest.raises(ValueError):
+        spread([0.0, 0.0, 1.0])  # a median of zero makes no relative spread
+
+
+def test_ratio_is_proxy_over_bare() -> None:
+    assert ratio(50.0, 100.0) == 0.5  # a rate at half the bare library's
+    assert ratio(300.0, 100.0) == 3.0  # a latency three times the bare library's
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError):
+            ratio(1.0, bad)
+
+
+def test_percentile_by_nearest_rank() -> None:
+    samples = [float(n) for n in range(1, 101)]
+    assert percentile(samples, 50) == 50.0
+    assert percentile(samples, 99) == 99.0
+    assert percentile(samples, 100) == 100.0
+    assert percentile(samples, 0) == 1.0
+    assert percentile([5.0, 1.0], 50) == 1.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def _record(scenario: str = "stream_200b", metric: str = "rate") -> Record:
+    m = next(m for m in METRICS if m.scenario == scenario and m.name == metric)
+    return Record("websockets", "msgpack", scenario, metric, m.unit, m.better)
+
+
+def test_repeats_aggregate_to_the_median_of_paired_ratios() -> None:
+    record = _record()
+    _fill(record, [_Pair(50.0, 100.0), _Pair(60.0, 100.0), _Pair(40.0, 50.0)])
+    assert record.status == "ok" and record.repeats == 3
+    assert record.ratio == pytest.approx(0.6)  # median of 0.5, 0.6 and 0.8
+    assert record.spread == pytest.approx((0.8 - 0.5) / 0.6)
+    assert record.proxy == 50.0 and record.bare == 100.0
+    assert record.proxy_samples == [50.0, 60.0, 40.0]
+
+
+def test_failed_repeats_are_reported_not_hidden() -> None:
+    partial = _record()
+    _fill(partial, [_Pair(50.0, 100.0), _Pair(None, 100.0, "TimeoutError")])
+    assert partial.status == "partial" and partial.repeats == 1
+    assert partial.error is not None and "TimeoutError" in partial.error
+    failed = _record()
+    _fill(failed, [_Pair(None, None, "child exited")])
+    assert failed.status == "failed" and failed.ratio is None and failed.error == "child exited"
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _result(records: list[Record]) -> BenchResult:
+    machine = {"cpu": "test cpu", "cores": 2, "python": "CPython 3", "libraries": {}}
+    return BenchResult(
+        records, ["a note"], machine, "2026-01-01T00:00:00+00:00", BenchOptions(), 1.0
+    )
+
+
+def _filled(scenario: str, metric: str, proxy: float, bare: float) -> Record:
+    record = _record(scenario, metric)
+    _fill(record, [_Pair(proxy, bare)])
+    return record
+
+
+def test_reports_say_which_direction_is_better(tmp_path: Path) -> None:
+    records = [
+        _filled("stream_200b", "rate", 25_000.0, 100_000.0),
+        _filled("rtt", "p50", 300.0, 150.0),
+    ]
+    failed = _record("stream_16k", "throughput")
+    _fill(failed, [_Pair(None, None, "deadline")])
+    records.append(failed)
+    table = format_table(records)
+    assert "0.25x" in table and "2.00x" in table and "FAILED" in table
+    assert "higher" in table and "lower" in table
+    text = markdown(_result(records), "chart.png")
+    assert "higher is better" in text and "lower is better" in text
+    assert "![ratios per scenario](chart.png)" in text and "a note" in text
+    path = tmp_path / "out.json"
+    write_json(records, path)
+    data = json.loads(path.read_text())
+    assert isinstance(data, list) and len(data) == 3
+    assert REQUIRED | EXTRA <= set(data[0])
+
+
+def test_chart_is_a_png_or_a_note(tmp_path: Path) -> None:
+    path = tmp_path / "chart.png"
+    why = write_chart([_filled("stream_200b", "rate", 25_000.0, 100_000.0)], path)
+    if why is not None:
+        assert "matplotlib" in why
+        pytest.skip(why)
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_quick_bench_writes_complete_positive_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    report = tmp_path / "report.md"
+    argv = ["bench", "--quick", "--transport", "websockets", "--codec", "msgpack", "--no-pipecat"]
+    argv += ["--json", str(out), "--report", str(report)]
+    code = main(argv)
+    printed = capsys.readouterr().out
+    records = json.loads(out.read_text())
+    assert code == 0, printed
+    assert "websockets/msgpack" in printed and "ratio" in printed
+    assert report.read_text().startswith("# proxy-core benchmark results")
+    seen = {(r["scenario"], r["metric"]) for r in records}
+    assert seen == {(m.scenario, m.name) for m in METRICS}
+    for r in records:
+        assert REQUIRED | EXTRA <= set(r), r
+        assert r["status"] == "ok", r
+        assert r["codec"] == "msgpack"
+        assert r["transport"] == ("in-process" if r["scenario"] == "codec" else "websockets")
+        for key in ("proxy", "bare", "ratio"):
+            assert isinstance(r[key], float) and r[key] > 0 and math.isfinite(r[key]), (key, r)
+        assert r["spread"] == 0.0 and r["repeats"] == 1  # one repeat in quick mode
+        assert r["better"] in ("higher", "lower") and r["unit"]
+        assert r["machine"]["cores"] and r["machine"]["python"] and r["date"]
+
+
+def test_a_step_past_its_deadline_fails_instead_of_hanging() -> None:
+    counts = Counts(stream_200b=1_000_000, stream_16k=10, rtt=10, idle_sessions=2, deadline=0.05)
+    options = BenchOptions(
+        transports=["websockets"],
+        codecs=["msgpack"],
+        scenarios=["stream_200b"],
+        repeats=1,
+        counts=counts,
+        pin=False,
+        pipecat=False,
+    )
+    start = time.monotonic()
+    result = asyncio.run(run_bench(options))
+    assert time.monotonic() - start < 60
+    assert [r.metric for r in result.records] == ["rate"]
+    assert result.records[0].status == "failed"
+    assert "TimeoutError" in (result.records[0].error or "")
+
+
+def test_transports_without_a_baseline_are_skipped_with_a_note() -> None:
+    options = BenchOptions(
+        transports=["memory", "carrier-pigeon"],
+        codecs=["msgpack"],
+        scenarios=["rtt"],
+        repeats=1,
+        counts=QUICK_COUNTS,
+        pipecat=False,
+    )
+    result = asyncio.run(run_bench(options))
+    assert result.records == []
+    notes = " ".join(result.notes)
+    assert "'memory' skipped" in notes and "'carrier-pigeon' skipped" in notes
