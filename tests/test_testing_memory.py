@@ -310,7 +310,7 @@ async def test_handler_outcomes_close_the_connection() -> None:
 
 @pytest.mark.xfail(raises=LinkStalled, strict=False, reason=BIDIRECTIONAL_DEADLOCK)
 async def test_saturated_link_both_ways_reproduces_the_core_deadlock() -> None:
-    """Small buffers make the core's bidirectional deadlock deterministic (2000 each way)."""
+    """Small buffers make the core's bidirectional deadlock likely (2000 each way)."""
     transport, codec = MemoryTransport(buffer_frames=4), JsonCodec()
     async with (
         running_server(transport, "memory://saturated:0/", codecs=[codec]) as server,
