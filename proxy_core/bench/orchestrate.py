@@ -31,7 +31,7 @@ from typing import IO, Any
 from ..errors import PluginError
 from ..plugins import available_codecs, available_transports, load_transport, resolve_codec
 from .bare_side import BARE_LABELS
-from .spec import METRICS, BenchOptions, Counts, Metric, Record
+from .spec import METRICS, BenchOptions, Counts, Metric, Record, order_records
 from .stats import median, ratio, spread
 
 __all__ = ["BenchResult", "machine_info", "run_bench"]
@@ -134,18 +134,21 @@ class _Child:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
         log = log_dir / f"{name}.log"
         with _open_log(log) as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                python,
-                "-m",
-                "proxy_core.bench.worker",
-                role,
-                json.dumps(spec),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                limit=1 << 20,
-            )
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    python,
+                    "-m",
+                    "proxy_core.bench.worker",
+                    role,
+                    json.dumps(spec),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=stderr,
+                    env=env,
+                    limit=1 << 20,
+                )
+            except OSError as exc:
+                raise ChildDied(f"{name}: cannot start {python}: {exc}") from exc
         return cls(name, proc, log)
 
     def _tail(self) -> str:
@@ -361,9 +364,15 @@ class _Run:
                     f"{tag}-client", "client", base | {"core": client_core}, python, self.log_dir
                 )
             )
-        children = await asyncio.gather(*spawns)
+        children = await asyncio.gather(*spawns, return_exceptions=True)
         for impl, server, client in zip(plan.impls, children[::2], children[1::2], strict=True):
-            servers[impl], clients[impl] = server, client
+            if isinstance(server, _Child):
+                servers[impl] = server
+            if isinstance(client, _Child):
+                clients[impl] = client
+        failed = [c for c in children if isinstance(c, BaseException)]
+        if failed:
+            raise ChildDied(str(failed[0]))
         for impl in plan.impls:
             ready = await servers[impl].read(max(self._timeout, 30))
             servers[impl].url = ready["url"]
@@ -566,7 +575,7 @@ class _Run:
             )
             _fill(record, pairs)
             out.append(record)
-        return out
+        return order_records(out)
 
 
 def _fill(record: Record, pairs: list[_Pair]) -> None:

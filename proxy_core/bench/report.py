@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from .orchestrate import BenchResult
-from .spec import METRICS, Record
+from .spec import METRICS, Record, order_records
 
 __all__ = [
     "ProgressBar",
@@ -106,17 +106,7 @@ def row_label(record: Record) -> str:
 
 
 def _order(records: Iterable[Record]) -> list[Record]:
-    rank = {(m.scenario, m.name): i for i, m in enumerate(METRICS)}
-    return sorted(
-        records,
-        key=lambda r: (
-            r.scenario == "codec",
-            r.impl != "proxy-core",
-            r.transport,
-            r.codec,
-            rank.get((r.scenario, r.metric), 99),
-        ),
-    )
+    return order_records(records)
 
 
 def format_table(records: list[Record]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -15,6 +16,7 @@ __all__ = [
     "Counts",
     "Metric",
     "Record",
+    "order_records",
 ]
 
 #: The scenarios, in the order they run and are reported.
@@ -150,3 +152,18 @@ class Record:
     error: str | None = None
     date: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
+
+
+def order_records(records: Iterable[Record]) -> list[Record]:
+    """Sort records for reading: wire scenarios by transport and codec, peers after, codecs last."""
+    rank = {(m.scenario, m.name): i for i, m in enumerate(METRICS)}
+    return sorted(
+        records,
+        key=lambda r: (
+            r.scenario == "codec",
+            r.impl != "proxy-core",
+            r.transport,
+            r.codec,
+            rank.get((r.scenario, r.metric), len(rank)),
+        ),
+    )
