@@ -40,6 +40,7 @@ __all__ = ["BenchResult", "machine_info", "run_bench"]
 WIRE_SCENARIOS = ("stream_200b", "stream_16k", "rtt", "cpu", "idle_memory")
 _GRACE = 5.0  # seconds the parent waits past a child's own deadline
 _WARMUP_SESSIONS = 3
+_BUSY_LOAD = 0.5  # a 1-minute load average above this before the run is worth a note
 _SETTLE = 0.3  # seconds for closed sessions to wind down before reading memory
 _LIBRARIES = (
     "proxy-core",
@@ -656,6 +657,24 @@ def machine_info(cores: Iterable[int] | None = None) -> dict[str, Any]:
     return info
 
 
+def _busy_note(machine: dict[str, Any], pinned: bool) -> list[str]:
+    """Say so when other work was running before the run: it skews rates and tails."""
+    load = machine.get("load_average")
+    if not load or load[0] < _BUSY_LOAD:
+        return []
+    note = (
+        f"the machine was busy before the run (1-minute load average {load[0]} on "
+        f"{machine.get('usable_cores')} cores): other processes competed with the benchmark; "
+        "rates and rtt.p99 suffer most, CPU per message least"
+    )
+    if pinned:
+        note += (
+            "; a pinned process cannot move off a core that a foreign process keeps busy, "
+            "so tail latencies include its time slices (compare with --no-pin)"
+        )
+    return [note]
+
+
 def _count_steps(run: _Run, plans: list[_Plan], codecs: bool) -> int:
     per_repeat = sum(p.steps() for p in plans) + (1 if codecs else 0)
     return per_repeat * run.options.repeats
@@ -691,6 +710,7 @@ async def run_bench(
     if total is not None:
         total(_count_steps(run, plans, do_codecs))
     machine = machine_info(run.cores)
+    run.notes.extend(_busy_note(machine, run.cores is not None))
     for repeat in range(options.repeats):
         for plan in plans:
             await run.group(plan, repeat)
