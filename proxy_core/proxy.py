@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Any, TypeAlias
@@ -276,12 +276,26 @@ class _ProxyWorker(BaseWorker):
 
     # ------------------------------------------------------------ session loop
 
-    async def _run_session(self, conn: Connection, session: Session) -> None:
-        """Serve an open session until it ends; always closes ``conn``."""
+    async def _run_session(
+        self,
+        conn: Connection,
+        session: Session,
+        *,
+        first: bytes | None = None,
+        on_open: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Serve an open session until it ends; always closes ``conn``.
+
+        The session is in place before anything else happens: ``first`` (the
+        server's WELCOME) is the first frame written, and ``on_open`` (the
+        connected events) runs with the session already visible.
+        """
         self._conn, self._session = conn, session
         self._outbox_space.set()
         self._out.clear()
         self._out_drained.set()
+        if first is not None:
+            self._enqueue(first)
         self.stats.sessions += 1
         writer = self.create_task(self._writer(conn), name=f"{self.name}-writer")
         heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
@@ -289,6 +303,8 @@ class _ProxyWorker(BaseWorker):
         code: int = CloseCode.INTERNAL_ERROR
         reason = "internal error"
         try:
+            if on_open is not None:
+                await on_open()
             code, reason = await self._receive_loop(conn, session)
         except asyncio.CancelledError:
             code, reason = CloseCode.GOING_AWAY, "cancelled"
@@ -549,12 +565,15 @@ class ProxyClient(_ProxyWorker):
         logger.info(
             "proxy %r connected to %s (session %s)", self.name, self.url, session.session_id
         )
-        await self._call_event("on_connected", conn)
         self._ready_sent = False  # a new session: announce our worker again
-        try:
+
+        async def announce() -> None:
+            await self._call_event("on_connected", conn)
             for worker in welcome.ready:
                 self._remote_ready(worker)
-            await self._run_session(conn, session)
+
+        try:
+            await self._run_session(conn, session, on_open=announce)
         finally:
             await self._call_event("on_disconnected", conn)
 
@@ -692,14 +711,18 @@ class ProxyServer(_ProxyWorker):
         try:
             self._opening = True
             try:
-                session = await self._accept(conn)
+                accepted = await self._accept(conn)
             finally:
                 self._opening = False
-            if session is None:
+            if accepted is None:
                 return
-            await self._call_event("on_client_connected", conn)
+            session, welcome = accepted
+
+            async def announce() -> None:
+                await self._call_event("on_client_connected", conn)
+
             try:
-                await self._run_session(conn, session)
+                await self._run_session(conn, session, first=welcome, on_open=announce)
             finally:
                 await self._call_event("on_client_disconnected", conn)
         finally:
@@ -707,7 +730,8 @@ class ProxyServer(_ProxyWorker):
             if self.end_runner_on_disconnect:
                 await self.runner.end("client disconnected")
 
-    async def _accept(self, conn: Connection) -> Session | None:
+    async def _accept(self, conn: Connection) -> tuple[Session, bytes] | None:
+        """Read and check HELLO; return the session and the WELCOME to send, or refuse."""
         result: tuple[Hello, Codec] | Reject
         try:
             first: bytes | ProtocolError = await asyncio.wait_for(
@@ -758,8 +782,4 @@ class ProxyServer(_ProxyWorker):
             ready=(self.rules.local_worker,) if self._ready_sent else (),
             max_message_bytes=self.max_message_bytes,
         )
-        try:
-            await conn.send(encode_handshake(welcome))
-        except TransportError:
-            return None
-        return session
+        return session, encode_handshake(welcome)
