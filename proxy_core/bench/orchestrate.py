@@ -654,7 +654,42 @@ def machine_info(cores: Iterable[int] | None = None) -> dict[str, Any]:
     }
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    info["commit"] = _git_commit()
     return info
+
+
+def _git_commit() -> str | None:
+    """Return the commit of the checkout this package runs from (``+dirty`` if changed)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "proxy_core",
+                "transports",
+            ],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def _busy_note(machine: dict[str, Any], pinned: bool) -> list[str]:

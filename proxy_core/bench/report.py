@@ -184,6 +184,7 @@ def markdown(result: BenchResult, chart: str | None) -> str:
         "",
         f"- CPU: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} usable)",
         f"- {m.get('python')} on {m.get('platform')}",
+        f"- Code: commit {m.get('commit') or 'unknown (not a git checkout)'}",
         f"- Pinning: server core {pinned['server']}, client core {pinned['client']}"
         if pinned
         else "- Pinning: none",
@@ -323,9 +324,9 @@ def write_chart(records: list[Record], path: str | Path) -> str | None:
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
         ax.set_title(f"{m.scenario}.{m.name}\n({_ARROW[m.better]})", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-        for y, v in zip(positions, values, strict=True):
-            if v:
-                ax.text(v, y, f" {v:.2f}", va="center", fontsize=6)
+        for y, v, (_, high) in zip(positions, values, ranges, strict=True):
+            if v:  # right of the bar and of its whisker
+                ax.text(max(v, high), y, f" {v:.2f}", va="center", fontsize=6)
         ax.set_xlim(0, max([1.0, *values, *(high for _, high in ranges)]) * 1.2)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
