@@ -40,7 +40,7 @@ __all__ = ["BenchResult", "machine_info", "run_bench"]
 WIRE_SCENARIOS = ("stream_200b", "stream_16k", "rtt", "cpu", "idle_memory")
 _GRACE = 5.0  # seconds the parent waits past a child's own deadline
 _WARMUP_SESSIONS = 3
-_BUSY_LOAD = 0.5  # a 1-minute load average above this before the run is worth a note
+_BUSY_CORES = 0.25  # other processes using this many cores before the run is worth a note
 _SETTLE = 0.3  # seconds for closed sessions to wind down before reading memory
 _LIBRARIES = (
     "proxy-core",
@@ -692,15 +692,43 @@ def _git_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """Return (all, idle) jiffies of all cores from ``/proc/stat``, or None where it is missing."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal: steal is a busy host, so it counts as busy.
+    return sum(fields), fields[3] + fields[4]
+
+
+async def cpu_in_use(seconds: float = 1.0) -> float | None:
+    """Return how many cores' worth of CPU the machine used over ``seconds``, or None.
+
+    Measured when the benchmark itself is not running, it is the foreign load
+    the figures compete with (the load average would still include the
+    benchmark's own last minutes).
+    """
+    first = _cpu_times()
+    await asyncio.sleep(seconds)
+    second = _cpu_times()
+    if first is None or second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    cores = os.cpu_count() or 1
+    return round((1 - idle / total) * cores, 2)
+
+
 def _busy_note(machine: dict[str, Any], pinned: bool) -> list[str]:
     """Say so when other work was running before the run: it skews rates and tails."""
-    load = machine.get("load_average")
-    if not load or load[0] < _BUSY_LOAD:
+    busy = machine.get("busy_cores_before")
+    if busy is None or busy < _BUSY_CORES:
         return []
     note = (
-        f"the machine was busy before the run (1-minute load average {load[0]} on "
-        f"{machine.get('usable_cores')} cores): other processes competed with the benchmark; "
-        "rates and rtt.p99 suffer most, CPU per message least"
+        f"the machine was busy before the run ({busy} of {machine.get('cores')} cores in use by "
+        "other processes): they competed with the benchmark; rates and rtt.p99 suffer most, "
+        "CPU per message least"
     )
     if pinned:
         note += (
@@ -745,6 +773,7 @@ async def run_bench(
     if total is not None:
         total(_count_steps(run, plans, do_codecs))
     machine = machine_info(run.cores)
+    machine["busy_cores_before"] = await cpu_in_use()
     run.notes.extend(_busy_note(machine, run.cores is not None))
     for repeat in range(options.repeats):
         for plan in plans:
@@ -755,6 +784,7 @@ async def run_bench(
     machine["load_average_after"] = (
         [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     )
+    machine["busy_cores_after"] = await cpu_in_use()
     return BenchResult(
         records=run.records(date, machine),
         notes=run.notes,

@@ -188,8 +188,10 @@ def markdown(result: BenchResult, chart: str | None) -> str:
         f"- Pinning: server core {pinned['server']}, client core {pinned['client']}"
         if pinned
         else "- Pinning: none",
-        f"- Load average (1, 5, 15 min) before: {m.get('load_average')}, "
-        f"after: {m.get('load_average_after')}",
+        f"- Other load: {_busy(m.get('busy_cores_before'))} in use by other processes in the "
+        f"second before the run, {_busy(m.get('busy_cores_after'))} in the second after; "
+        f"load average (1, 5, 15 min) before {m.get('load_average')}, "
+        f"after {m.get('load_average_after')}",
         f"- Libraries: {libs}",
         "",
         "## How to read this",
@@ -222,6 +224,10 @@ def markdown(result: BenchResult, chart: str | None) -> str:
     if result.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in result.notes] + [""]
     return "\n".join(lines)
+
+
+def _busy(cores: float | None) -> str:
+    return "unknown" if cores is None else f"{cores:.2f} cores"
 
 
 def _glance(records: list[Record]) -> list[str]:
