@@ -23,7 +23,7 @@ from .messages import (
     BusWorkerReadyMessage,
     TextFrame,
 )
-from .plugins import resolve_transport
+from .plugins import available_codecs, resolve_transport
 from .proxy import ProxyClient
 from .registry import WorkerReadyData
 from .runner import WorkerRunner
@@ -166,6 +166,7 @@ async def run_demo(*, transport: str = "websockets", codec: str = "msgpack") -> 
             forward_messages=(BusFrameMessage,),
             setup=setup,
             proxy_name="gateway",
+            codecs=tuple(available_codecs()),
         ) as service:
             out("server", f"serving on {service.url} ({transport})")
             runner = WorkerRunner("client", handle_sigint=False)

@@ -252,7 +252,7 @@ class _ProxyWorker(BaseWorker):
                 data = out.popleft()
                 try:
                     await conn.send(data)
-                except TransportError:
+                except (TransportError, MessageTooLarge):
                     # The receive loop sees the same closed connection and ends the session.
                     out.clear()
                     self._out_drained.set()

@@ -13,7 +13,7 @@ from typing import Any
 from .messages import BusMessage
 from .plugins import resolve_transport
 from .protocol import CloseCode
-from .proxy import CodecSpec, ProxyServer
+from .proxy import CodecSpec, ProxyServer, _codec_list
 from .runner import WorkerRunner
 from .transport import DEFAULT_MAX_MESSAGE_BYTES, Authenticator, Connection, Transport
 
@@ -79,6 +79,7 @@ async def serve_proxy(
         **proxy_options: more :class:`ProxyServer` options (heartbeats...).
     """
     backend = resolve_transport(transport)
+    codecs = _codec_list(codecs)  # an unknown codec name fails here, not per client
     service = ProxyService()
     counter = itertools.count(1)
 

@@ -57,8 +57,9 @@ __all__ = [
 
 # ---------------------------------------------------------------- handshake
 
-#: The smallest ``max_message_bytes`` either side may announce or configure.
-MIN_MESSAGE_BYTES = 64
+#: The smallest ``max_message_bytes`` either side may announce or configure: the
+#: limit applies to the handshake frames too, and those take a few hundred bytes.
+MIN_MESSAGE_BYTES = 1024
 
 
 def client_hello(
@@ -285,8 +286,8 @@ class Session:
         return self.codec.encode(Ready(worker))
 
     def bye_frame(self, code: int, reason: str) -> bytes:
-        """Return a BYE frame."""
-        return self.codec.encode(Bye(code, reason))
+        """Return a BYE frame (the reason is cut to 120 characters, as in a WebSocket close)."""
+        return self.codec.encode(Bye(code, reason[:120]))
 
     def ping_frame(self, now: float) -> bytes:
         """Return a PING frame and remember when it left."""
@@ -336,6 +337,8 @@ class Session:
                 if isinstance(exc, UnknownMessageType)
                 else DropReason.MALFORMED
             )
+            if exc.seq is not None and exc.seq < 1:
+                raise ProtocolError(f"message sequence numbers start at 1, got {exc.seq}") from None
             if exc.seq is not None and exc.seq <= self.last_received_seq:
                 return DuplicateDiscarded(exc.seq)
             if exc.seq is not None and self._accept_seq(exc.seq, now):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from ..errors import CodecError
 from ..messages import DEFAULT_TYPES, TypeRegistry
@@ -11,6 +12,14 @@ from ._tree import TreeConverter
 from .base import Codec
 
 __all__ = ["JsonCodec"]
+
+
+def _finite_float(text: str) -> float:
+    # `1e400` parses to infinity: refuse it like the Infinity constant.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of the range of a double")
+    return value
 
 
 def _refuse_constant(name: str) -> float:
@@ -46,7 +55,7 @@ class JsonCodec(Codec):
 
     def decode(self, data: bytes) -> Envelope:
         try:
-            tree = json.loads(data, parse_constant=_refuse_constant)
+            tree = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:
             raise CodecError(f"not valid JSON: {exc}") from None
         try:
