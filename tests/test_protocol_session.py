@@ -51,6 +51,7 @@ from proxy_core.protocol import (
 )
 from proxy_core.rules import DropReason
 from proxy_core.session import (
+    MIN_MESSAGE_BYTES,
     ByeReceived,
     DuplicateDiscarded,
     Event,
@@ -212,7 +213,7 @@ def _negotiate(
     *,
     client_worker: str = CLIENT_WORKER,
     server_worker: str = SERVER_WORKER,
-    max_message_bytes: int = 1000,
+    max_message_bytes: int = 4096,
 ) -> tuple[Hello, Codec] | Reject:
     hello = client_hello(
         client_codecs,
@@ -257,7 +258,7 @@ def test_codec_follows_the_clients_preference(
     assert codec.name == chosen
     assert codec in server_codecs  # the server's own instance
     assert hello.client_worker == CLIENT_WORKER and hello.server_worker == SERVER_WORKER
-    assert hello.max_message_bytes == 1000
+    assert hello.max_message_bytes == 4096
 
 
 def test_no_common_codec_lists_both_sides() -> None:
@@ -306,8 +307,8 @@ def test_garbage_is_a_bad_hello(data: bytes) -> None:
     assert isinstance(result, Reject) and result.code == RejectCode.BAD_HELLO
 
 
-@pytest.mark.parametrize("limit", [0, -1])
-def test_non_positive_max_message_bytes_is_a_bad_hello(limit: int) -> None:
+@pytest.mark.parametrize("limit", [0, -1, MIN_MESSAGE_BYTES - 1])
+def test_max_message_bytes_below_the_minimum_is_a_bad_hello(limit: int) -> None:
     result = _negotiate([JsonCodec()], [JsonCodec()], max_message_bytes=limit)
     assert isinstance(result, Reject) and result.code == RejectCode.BAD_HELLO
 
@@ -586,11 +587,12 @@ def test_is_dead_after_silence(link: Link) -> None:
 
 
 def test_message_too_large_does_not_spend_a_seq(codec_name: str, side: str) -> None:
-    link = open_link(codec_name, side, max_message_bytes=200)
-    big = BusDataMessage("a", "b", {"blob": b"x" * 500})
+    link = open_link(codec_name, side, max_message_bytes=MIN_MESSAGE_BYTES)
+    big = BusDataMessage("a", "b", {"blob": b"x" * (2 * MIN_MESSAGE_BYTES)})
     with pytest.raises(MessageTooLarge) as info:
         link.sender.send_message(big)
-    assert info.value.limit == 200 and info.value.size is not None and info.value.size > 200
+    limit = MIN_MESSAGE_BYTES
+    assert info.value.limit == limit and info.value.size is not None and info.value.size > limit
     assert link.sender.last_sent_seq == 0 and link.sender.unacked == 0
     assert link.send(msg(1)) == [MessageReceived(1, msg(1))]
 
