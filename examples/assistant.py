@@ -25,6 +25,7 @@ from proxy_core import (
     WorkerRunner,
     serve_proxy,
 )
+from proxy_core.plugins import available_codecs
 
 logger = logging.getLogger("assistant")
 
@@ -79,6 +80,7 @@ async def serve(host: str, port: int, transport: str) -> None:
         remote_worker_name="acme",
         forward_messages=(BusFrameMessage,),
         setup=setup,
+        codecs=available_codecs(),  # every installed codec; the client's preference wins
     ) as service:
         print(f"assistant listening on {service.url}", flush=True)
         stop = asyncio.Event()

@@ -22,6 +22,7 @@ from proxy_core import (
     BusEndMessage,
     BusFrameMessage,
     BusMessage,
+    ProxyClient,
     ProxyError,
     TextFrame,
     WorkerReadyData,
@@ -71,24 +72,36 @@ class Acme(BaseWorker):
             await self.send_bus_message(BusEndMessage(self.name, reason="conversation over"))
 
 
-async def run(url: str, codec: str, timeout: float) -> int:
+async def run(url: str, codec: str, timeout: float, transport: str) -> int:
     runner = WorkerRunner()
     acme = Acme()
-    proxy = WebSocketProxyClient(
-        "proxy",
-        url=url,
-        local_worker_name="acme",
-        remote_worker_name="assistant",
-        forward_messages=(BusFrameMessage,),
-        codec=codec,
-    )
+    proxy: ProxyClient
+    if transport == "websockets":
+        proxy = WebSocketProxyClient(
+            "proxy",
+            url=url,
+            local_worker_name="acme",
+            remote_worker_name="assistant",
+            forward_messages=(BusFrameMessage,),
+            codec=codec,
+        )
+    else:  # any other installed backend, by name (aiohttp, grpc with a grpc:// URL...)
+        proxy = ProxyClient(
+            "proxy",
+            url=url,
+            transport=transport,
+            local_worker_name="acme",
+            remote_worker_name="assistant",
+            forward_messages=(BusFrameMessage,),
+            codec=codec,
+        )
 
     @proxy.event_handler("on_connected")
-    async def on_connected(proxy: WebSocketProxyClient, connection: Any) -> None:
+    async def on_connected(proxy: ProxyClient, connection: Any) -> None:
         print(f"proxy: connected to {url}", flush=True)
 
     @proxy.event_handler("on_connect_error")
-    async def on_connect_error(proxy: WebSocketProxyClient, error: ProxyError) -> None:
+    async def on_connect_error(proxy: ProxyClient, error: ProxyError) -> None:
         print(f"proxy: could not connect: {error}", file=sys.stderr, flush=True)
         await runner.cancel("connect failed")
 
@@ -104,12 +117,13 @@ async def run(url: str, codec: str, timeout: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--remote-url", default="ws://localhost:8765/ws")
-    parser.add_argument("--codec", default="msgpack", help="json or msgpack")
+    parser.add_argument("--codec", default="msgpack", help="json, msgpack or protobuf")
+    parser.add_argument("--transport", default="websockets", help="websockets, aiohttp or grpc")
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-    sys.exit(asyncio.run(run(args.remote_url, args.codec, args.timeout)))
+    sys.exit(asyncio.run(run(args.remote_url, args.codec, args.timeout, args.transport)))
 
 
 if __name__ == "__main__":

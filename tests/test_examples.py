@@ -29,7 +29,7 @@ def _start(script: str, *args: str) -> tuple[subprocess.Popen[str], str]:
     seen = []
     for line in proc.stdout:  # bounded by the process: it prints the URL or exits
         seen.append(line)
-        match = re.search(r"listening on (ws://\S+)", line)
+        match = re.search(r"listening on ((?:ws|grpc)://\S+)", line)
         if match:
             return proc, match.group(1)
     proc.wait(TIMEOUT)
@@ -87,6 +87,23 @@ def test_assistant_serves_sessions_one_after_another() -> None:
         out = _stop(proc)
     assert "assistant stopping after 2 session(s)" in out
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "grpc"])
+def test_examples_run_on_other_backends(transport: str) -> None:
+    proc, url = _start("assistant.py", "--transport", transport)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLES / "main.py"), "--remote-url", url]
+            + ["--transport", transport, "--codec", "protobuf"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "assistant -> acme: You're welcome. Goodbye!" in result.stdout
+    finally:
+        _stop(proc)
 
 
 def test_main_reports_unreachable_server() -> None:
