@@ -20,7 +20,7 @@ from ..protocol import Ack, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
 
 __all__ = ["TreeConverter"]
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 class TreeConverter:
@@ -35,6 +35,19 @@ class TreeConverter:
     def __init__(self, registry: TypeRegistry, *, native_bytes: bool) -> None:
         self.registry = registry
         self.native_bytes = native_bytes
+        # (tag, constructor field names) per registered class: one dict lookup per
+        # object on the hot path instead of two registry calls.
+        self._specs: dict[type[Any], tuple[str, tuple[str, ...]]] = {}
+
+    def _spec(self, cls: type[Any]) -> tuple[str, tuple[str, ...]]:
+        tag = self.registry.tag_of(cls)
+        if tag is None:
+            raise CodecError(
+                f"{cls.__module__}.{cls.__qualname__} is not a registered wire type; "
+                "register it with proxy_core.register_type(tag)"
+            )
+        spec = self._specs[cls] = (tag, self.registry.fields_of(cls))
+        return spec
 
     # ------------------------------------------------------------ encoding
 
@@ -60,15 +73,12 @@ class TreeConverter:
 
     def _object_out(self, obj: Any) -> dict[str, Any]:
         cls = type(obj)
-        tag = self.registry.tag_of(cls)
-        if tag is None:
-            raise CodecError(
-                f"{cls.__module__}.{cls.__qualname__} is not a registered wire type; "
-                "register it with proxy_core.register_type(tag)"
-            )
+        tag, names = self._specs.get(cls) or self._spec(cls)
         out: dict[str, Any] = {"$type": tag}
-        for name in self.registry.fields_of(cls):
-            out[name] = self._value_out(getattr(obj, name), cls, name)
+        for name in names:
+            value = getattr(obj, name)
+            # Most fields are scalars: keep them off the general path.
+            out[name] = value if type(value) in _SCALARS else self._value_out(value, cls, name)
         return out
 
     def _value_out(self, value: Any, owner: type[Any], field: str) -> Any:
@@ -146,7 +156,11 @@ class TreeConverter:
         cls = self.registry.type_of(tag) if type(tag) is str else None
         if cls is None:
             raise UnknownMessageType(tag)
-        fields = {k: self._value_in(v) for k, v in node.items() if k != "$type"}
+        fields = {
+            k: v if type(v) in _SCALARS else self._value_in(v)
+            for k, v in node.items()
+            if k != "$type"
+        }
         try:
             return cls(**fields)
         except Exception as exc:  # wrong fields, or a __post_init__ that refuses the values
