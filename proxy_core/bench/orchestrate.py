@@ -216,6 +216,7 @@ class _Run:
         self.labels: dict[Key, str] = {}
         self.cores: tuple[int, int] | None = None
         self.pipecat_python: str | None = None
+        self.pipecat_version: str | None = None
         self.log_dir = Path(tempfile.mkdtemp(prefix="proxy-core-bench-"))
 
     # -------------------------------------------------------- selection
@@ -263,11 +264,11 @@ class _Run:
                     "(see benchmarks/README.md)"
                 )
                 return False
-            from .pipecat_side import missing
+            from .pipecat_side import missing, version
 
-            why = missing()
+            why, self.pipecat_version = missing(), version()
         else:
-            why = _check_other_python(python)
+            why, self.pipecat_version = _check_other_python(python)
         if why:
             self.notes.append(f"pipecat peer row skipped: {why}")
             return False
@@ -613,21 +614,25 @@ def _make_dir(path: str) -> Path:
     return out
 
 
-def _check_other_python(python: str) -> str | None:
+def _check_other_python(python: str) -> tuple[str | None, str | None]:
+    """Return (why the peer cannot run with ``python`` or None, its pipecat-ai version)."""
     import subprocess
 
-    root = _ROOT
-    code = "from proxy_core.bench.pipecat_side import missing; print(missing() or '')"
-    env = dict(os.environ, PYTHONPATH=root)
+    code = (
+        "from proxy_core.bench.pipecat_side import missing, version; "
+        "print(missing() or ''); print(version())"
+    )
+    env = dict(os.environ, PYTHONPATH=_ROOT)
     try:
         done = subprocess.run(
             [python, "-c", code], capture_output=True, text=True, timeout=120, env=env
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run {python}: {exc}"
+        return f"cannot run {python}: {exc}", None
     if done.returncode != 0:
-        return f"{python} cannot import the peer: {done.stderr.strip().splitlines()[-1:]}"
-    return done.stdout.strip() or None
+        return f"{python} cannot import the peer: {done.stderr.strip().splitlines()[-1:]}", None
+    why, _, found = done.stdout.partition("\n")
+    return why.strip() or None, found.strip() or None
 
 
 def machine_info(cores: Iterable[int] | None = None) -> dict[str, Any]:
@@ -773,6 +778,9 @@ async def run_bench(
     if total is not None:
         total(_count_steps(run, plans, do_codecs))
     machine = machine_info(run.cores)
+    if run.pipecat_python and run.pipecat_version:
+        where = "" if run.pipecat_python == sys.executable else f" (in {run.pipecat_python})"
+        machine["libraries"]["pipecat-ai"] = run.pipecat_version + where
     machine["busy_cores_before"] = await cpu_in_use()
     run.notes.extend(_busy_note(machine, run.cores is not None))
     for repeat in range(options.repeats):

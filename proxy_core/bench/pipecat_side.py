@@ -27,7 +27,7 @@ from typing import Any
 
 from .links import Link, SinkState, chunks, yield_to_loop
 
-__all__ = ["PipecatLink", "missing", "open_idle_sessions", "serve"]
+__all__ = ["PipecatLink", "missing", "open_idle_sessions", "serve", "version"]
 
 CLIENT, SERVER = "acme", "assistant"
 _MODULES = {
@@ -51,6 +51,16 @@ def missing() -> str | None:
     except Exception as exc:  # ImportError, or a pipecat without the proxy workers
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def version() -> str:
+    """Return the installed pipecat-ai version, or ``"unknown"``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pipecat-ai")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @cache
