@@ -512,7 +512,8 @@ class _Run:
         out = _make_dir(self.options.profile_dir or ".")
         t = self._timeout
         title = (
-            f"{row.impl} {transport}/{row.codec} stream_200b, {self.counts.stream_200b} messages"
+            f"{row.impl} {transport}/{row.codec} stream_200b, {self.counts.stream_200b} messages, "
+            f"commit {_git_commit() or 'unknown'}"
         )
         paths = {
             side: str(out / f"profile-{row.impl}-{transport}-{row.codec}-{side}.txt")
