@@ -687,6 +687,7 @@ def _git_commit() -> str | None:
                 "--",
                 "proxy_core",
                 "transports",
+                ":!proxy_core/bench",  # the harness does not change what is measured
             ],
             cwd=_ROOT,
             capture_output=True,
