@@ -65,6 +65,14 @@ class Bus:
         """Return the routed names, sorted."""
         return sorted(self._routes)
 
+    def deliver_to(self, name: str, message: BusMessage) -> None:
+        """Deliver ``message`` to the endpoint routed as ``name`` only, whatever its target."""
+        endpoint = self._routes.get(name)
+        if endpoint is None:
+            self.undeliverable += 1
+            return
+        endpoint.deliver(message)
+
     async def send(self, message: BusMessage) -> None:
         """Deliver ``message``: to its target, or to every other endpoint if it has none."""
         target = message.target

@@ -134,7 +134,7 @@ class _DropLog(logging.Handler):
         self.out = out
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "dropped" in record.msg and isinstance(record.args, tuple):
+        if "dropped" in record.msg and isinstance(record.args, tuple) and len(record.args) == 4:
             proxy, direction, message, reason = record.args
             if isinstance(message, BusWorkerReadyMessage):
                 return  # the runner's own readiness broadcasts: local by design

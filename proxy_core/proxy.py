@@ -174,6 +174,7 @@ class _ProxyWorker(BaseWorker):
         self._outbox_space = asyncio.Event()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
+        self._remote_ready_warned = False
         self._opening = False  # connecting or in the handshake: no session yet
 
     def routed_names(self) -> tuple[str, ...]:
@@ -252,17 +253,26 @@ class _ProxyWorker(BaseWorker):
                 data = out.popleft()
                 try:
                     await conn.send(data)
-                except (TransportError, MessageTooLarge):
+                except MessageTooLarge as exc:  # refused locally; the connection is fine
+                    logger.warning("proxy %r: frame not sent: %s", self.name, exc)
+                    continue
+                except TransportError:
                     # The receive loop sees the same closed connection and ends the session.
                     out.clear()
                     self._out_drained.set()
+                    return
+                except Exception:
+                    logger.exception("proxy %r: writing a frame failed; closing", self.name)
+                    out.clear()
+                    self._out_drained.set()
+                    await conn.aclose(CloseCode.INTERNAL_ERROR, "write failed")
                     return
                 stats.bytes_out += len(data)
             self._out_drained.set()
 
     async def _drain(self, timeout: float) -> None:
         """Wait (bounded) until the writer has sent everything queued, e.g. a BYE."""
-        if self._out:
+        if not self._out_drained.is_set():
             try:
                 await asyncio.wait_for(self._out_drained.wait(), timeout)
             except TimeoutError:
@@ -312,6 +322,8 @@ class _ProxyWorker(BaseWorker):
         except Exception:
             logger.exception("proxy %r: the receive loop failed", self.name)
         finally:
+            # Everything synchronous first, so that a cancellation arriving
+            # during the awaits below cannot leave stale state behind.
             watch.cancel()
             heartbeat.cancel()
             if self._ack_timer is not None:
@@ -319,13 +331,16 @@ class _ProxyWorker(BaseWorker):
                 self._ack_timer = None
             self._session = self._conn = None
             self._outbox_space.set()  # wake senders waiting for room: they now drop
-            if code == CloseCode.PROTOCOL_ERROR:
-                await self._drain(_CLOSE_DRAIN_SECONDS)  # let our BYE out first
-            writer.cancel()
-            self._out.clear()
             self.registry.set_gone(self.rules.remote_worker)
-            await conn.aclose(code, reason)
-            logger.info("proxy %r: session closed (%d %s)", self.name, code, reason)
+            self._remote_ready_warned = False
+            try:
+                if code == CloseCode.PROTOCOL_ERROR:
+                    await self._drain(_CLOSE_DRAIN_SECONDS)  # let our BYE out first
+            finally:
+                writer.cancel()
+                self._out.clear()
+                await conn.aclose(code, reason)
+                logger.info("proxy %r: session closed (%d %s)", self.name, code, reason)
 
     async def _receive_loop(self, conn: Connection, session: Session) -> tuple[int, str]:
         loop = asyncio.get_running_loop()
@@ -373,7 +388,12 @@ class _ProxyWorker(BaseWorker):
                 self._count_drop(self.stats.dropped_in, decision.reason, message)
                 return
             self.stats.messages_in += 1
-            await self.bus.send(message)
+            if message.target is None:
+                # An allow-listed broadcast (forward_broadcasts): it is for the
+                # served worker only, never for every worker on this bus.
+                self.bus.deliver_to(self.rules.local_worker, message)
+            else:
+                await self.bus.send(message)
         elif isinstance(event, MessageUndecodable):
             self._count_drop(self.stats.dropped_in, event.reason, event.error)
         elif isinstance(event, DuplicateDiscarded):
@@ -385,13 +405,15 @@ class _ProxyWorker(BaseWorker):
 
     def _remote_ready(self, worker: str) -> None:
         if worker != self.rules.remote_worker:
-            logger.warning(
-                "proxy %r: peer announced worker %r, but only %r is configured; ignored",
-                self.name,
-                worker,
-                self.rules.remote_worker,
-            )
-            self.stats.dropped_in[DropReason.WRONG_SOURCE.value] += 1
+            if not self._remote_ready_warned:  # a hostile peer must not flood the log
+                self._remote_ready_warned = True
+                logger.warning(
+                    "proxy %r: peer announced worker %r, but only %r is configured; ignored",
+                    self.name,
+                    worker,
+                    self.rules.remote_worker,
+                )
+            self._count_drop(self.stats.dropped_in, DropReason.WRONG_SOURCE, f"READY {worker}")
             return
         self.registry.set_ready(worker, remote=True, via=self.name)
 
@@ -575,6 +597,8 @@ class ProxyClient(_ProxyWorker):
         try:
             await self._run_session(conn, session, on_open=announce)
         finally:
+            if self._outcome is outcome:
+                self._outcome = None  # wait_connected now waits for the next attempt
             await self._call_event("on_disconnected", conn)
 
     async def _open(

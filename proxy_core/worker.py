@@ -189,7 +189,14 @@ class BaseWorker:
         )
 
     async def _run(self) -> None:
-        await self.on_start()
+        try:
+            await self.on_start()
+        except Exception:
+            # A worker that cannot start never becomes ready and leaves the bus,
+            # so nothing piles up in its queue.
+            logger.exception("worker %r failed to start; it is removed from the bus", self._name)
+            self.runner.bus.detach(self)
+            return
         self.runner._worker_ready(self)
         queue = self._queue
         while True:
