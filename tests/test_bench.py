@@ -210,3 +210,29 @@ def test_transports_without_a_baseline_are_skipped_with_a_note() -> None:
     assert result.records == []
     notes = " ".join(result.notes)
     assert "'memory' skipped" in notes and "'carrier-pigeon' skipped" in notes
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "grpc"])
+def test_other_backends_and_their_bare_baselines_measure(transport: str) -> None:
+    from proxy_core.plugins import available_transports
+
+    if transport not in available_transports():
+        pytest.skip(f"transport {transport!r} is not installed")
+    options = BenchOptions(
+        transports=[transport],
+        codecs=["msgpack"],
+        scenarios=["rtt", "idle_memory"],
+        repeats=1,
+        counts=QUICK_COUNTS,
+        pipecat=False,
+    )
+    result = asyncio.run(run_bench(options))
+    assert {(r.scenario, r.metric) for r in result.records} == {
+        ("rtt", "p50"),
+        ("rtt", "p99"),
+        ("idle_memory", "per_session"),
+    }
+    for r in result.records:
+        assert r.status == "ok", r.error
+        assert r.transport == transport and r.proxy and r.bare and r.ratio
+        assert r.proxy > 0 and r.bare > 0 and r.ratio > 0

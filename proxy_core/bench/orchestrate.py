@@ -783,7 +783,8 @@ async def run_bench(
     if run.pipecat_python and run.pipecat_version:
         where = "" if run.pipecat_python == sys.executable else f" (in {run.pipecat_python})"
         machine["libraries"]["pipecat-ai"] = run.pipecat_version + where
-    machine["busy_cores_before"] = await cpu_in_use()
+    work = bool(plans) or do_codecs
+    machine["busy_cores_before"] = await cpu_in_use() if work else None
     run.notes.extend(_busy_note(machine, run.cores is not None))
     for repeat in range(options.repeats):
         for plan in plans:
@@ -794,7 +795,7 @@ async def run_bench(
     machine["load_average_after"] = (
         [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     )
-    machine["busy_cores_after"] = await cpu_in_use()
+    machine["busy_cores_after"] = await cpu_in_use() if work else None
     return BenchResult(
         records=run.records(date, machine),
         notes=run.notes,
