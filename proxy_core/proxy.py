@@ -769,7 +769,14 @@ class ProxyServer(_ProxyWorker):
             return None
         # Authenticate first: the reason of any other refusal would tell an
         # unauthenticated peer our worker names or codecs.
-        refusal = await check_authentication(self.authenticate, conn.request_headers)
+        try:
+            refusal = await asyncio.wait_for(
+                check_authentication(self.authenticate, conn.request_headers),
+                self.handshake_timeout,
+            )
+        except TimeoutError:
+            logger.warning("proxy %r: the authenticate hook timed out; refusing", self.name)
+            refusal = "authentication timed out"
         if refusal is not None:
             result = Reject(RejectCode.UNAUTHORIZED, refusal)
         elif isinstance(first, ProtocolError):
@@ -784,8 +791,8 @@ class ProxyServer(_ProxyWorker):
         if isinstance(result, Reject):
             logger.info("proxy %r rejected %s: %s", self.name, conn.remote_address, result.reason)
             try:
-                await conn.send(encode_handshake(result))
-            except TransportError:
+                await asyncio.wait_for(conn.send(encode_handshake(result)), self.handshake_timeout)
+            except (TransportError, TimeoutError):
                 pass
             await conn.aclose(result.code, result.reason[:120])
             return None

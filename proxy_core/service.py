@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from ssl import SSLContext
 from typing import Any
 
+from .errors import ConnectionClosed
 from .messages import BusMessage
 from .plugins import resolve_transport
 from .protocol import CloseCode
@@ -22,6 +23,22 @@ __all__ = ["ProxyService", "serve_proxy"]
 logger = logging.getLogger(__name__)
 
 SetupHook = Callable[[WorkerRunner], Awaitable[None]]
+
+
+class _NoConnection(Connection):
+    """Stands in for a connection when ``serve_proxy`` checks its options on entry."""
+
+    async def send(self, data: bytes) -> None:
+        raise ConnectionClosed()
+
+    async def receive(self) -> bytes:
+        raise ConnectionClosed()
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        return None
+
+
+_NO_CONNECTION = _NoConnection()
 
 
 class ProxyService:
@@ -80,6 +97,18 @@ async def serve_proxy(
     """
     backend = resolve_transport(transport)
     codecs = _codec_list(codecs)  # an unknown codec name fails here, not per client
+    # Likewise every other option: build one proxy now, so that a bad option is a
+    # ConfigurationError on entry instead of a 1011 for every client.
+    ProxyServer(
+        proxy_name,
+        connection=_NO_CONNECTION,
+        worker_name=worker_name,
+        remote_worker_name=remote_worker_name,
+        forward_messages=forward_messages,
+        codecs=codecs,
+        max_message_bytes=max_message_bytes,
+        **proxy_options,
+    )
     service = ProxyService()
     counter = itertools.count(1)
 

@@ -10,7 +10,17 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from proxy_core import BaseWorker, BusFrameMessage, ProxyClient, TextFrame, WorkerRunner
+from proxy_core import (
+    AuthenticationError,
+    BaseWorker,
+    BusFrameMessage,
+    ConfigurationError,
+    ProxyClient,
+    ProxyServer,
+    TextFrame,
+    WorkerRunner,
+    serve_proxy,
+)
 from proxy_core.codecs.json import JsonCodec
 from proxy_core.protocol import Ready, Welcome, decode_handshake, encode_handshake
 from proxy_core.testing import MemoryTransport
@@ -140,3 +150,62 @@ async def test_a_worker_that_fails_to_start_leaves_the_bus(
     assert any("failed to start" in r.getMessage() for r in caplog.records)
     await runner.end()
     await asyncio.wait_for(task, TIMEOUT)
+
+
+async def test_serve_proxy_checks_its_options_on_entry() -> None:
+    async def setup(runner: WorkerRunner) -> None:
+        raise AssertionError("no client should ever be served")
+
+    with pytest.raises(ConfigurationError, match="heartbeat_interval"):
+        async with serve_proxy(
+            "memory://127.0.0.1:0/ws",
+            transport=MemoryTransport(),
+            worker_name="assistant",
+            remote_worker_name="acme",
+            setup=setup,
+            heartbeat_interval=0,
+        ):
+            raise AssertionError("entered with a bad option")
+
+
+async def test_an_authenticate_hook_that_hangs_is_a_refusal() -> None:
+    never = asyncio.Event()
+
+    async def hangs(headers: object) -> bool:
+        await never.wait()
+        return True
+
+    transport = MemoryTransport()
+    done = asyncio.Event()
+
+    async def handler(conn: Connection) -> None:
+        runner = WorkerRunner(handle_sigint=False)
+        proxy = ProxyServer(
+            "gateway",
+            connection=conn,
+            worker_name="assistant",
+            remote_worker_name="acme",
+            authenticate=hangs,
+            handshake_timeout=0.2,
+        )
+        await runner.add_workers(proxy, BaseWorker("assistant"))
+        await runner.run()
+        done.set()
+
+    async with transport.serve("memory://127.0.0.1:0/ws", handler) as listener:
+        runner = WorkerRunner(handle_sigint=False)
+        proxy = ProxyClient(
+            "proxy",
+            url=listener.url,
+            transport=transport,
+            local_worker_name="acme",
+            remote_worker_name="assistant",
+        )
+        await runner.add_workers(BaseWorker("acme"), proxy)
+        task = asyncio.create_task(runner.run())
+        await runner.workers[0].activate_worker("proxy")
+        with pytest.raises(AuthenticationError, match="authentication timed out"):
+            await proxy.wait_connected(TIMEOUT)
+        await asyncio.wait_for(done.wait(), TIMEOUT)
+        await runner.end()
+        await asyncio.wait_for(task, TIMEOUT)
