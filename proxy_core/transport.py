@@ -15,11 +15,12 @@ from __future__ import annotations
 import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from ssl import SSLContext
 from types import TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar
+from urllib.parse import SplitResult, urlsplit
 
 from .errors import AuthenticationError, ConfigurationError, ConnectionClosed
 
@@ -31,6 +32,13 @@ __all__ = [
     "Listener",
     "Transport",
     "check_authentication",
+    "check_max_message_bytes",
+    "describe_error",
+    "format_address",
+    "format_host",
+    "lower_headers",
+    "parse_url",
+    "redact_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,3 +213,76 @@ async def check_authentication(
         logger.exception("authenticate hook raised; refusing the client")
         return "authentication failed"
     return None if result else "unauthorized"
+
+
+# ---------------------------------------------------------------- helpers for backends
+# Small pieces every backend needs in the same form: one copy here, so that
+# URLs, limits, addresses and errors read the same whichever backend is in use.
+
+
+def parse_url(url: str, *, transport: str, schemes: Sequence[str]) -> SplitResult:
+    """Split ``url`` and check it has one of ``schemes``, a valid port and a host.
+
+    Raises:
+        ConfigurationError: the URL does not fit (the message names what would).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ConfigurationError(
+            f"transport {transport!r} cannot use {redact_url(url)}: "
+            f"the URL scheme must be one of {', '.join(schemes)}"
+        )
+    try:
+        parts.port  # noqa: B018 -- validates the port
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid port in {redact_url(url)}") from exc
+    if not parts.hostname:
+        raise ConfigurationError(f"the URL {redact_url(url)} has no host")
+    return parts
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` without user credentials, for messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def check_max_message_bytes(max_message_bytes: int) -> None:
+    """Refuse a frame limit that is not positive.
+
+    Raises:
+        ConfigurationError: ``max_message_bytes`` < 1.
+    """
+    if max_message_bytes < 1:
+        raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
+
+
+def describe_error(exc: BaseException) -> str:
+    """Return ``"Type: message"`` (or just the type) for an error message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def format_host(host: str | None) -> str:
+    """Return ``host`` as it appears in a URL (IPv6 addresses in brackets)."""
+    if host is None:
+        return ""
+    return f"[{host}]" if ":" in host else host
+
+
+def format_address(address: Any) -> str | None:
+    """Return a socket address tuple as ``host:port``, anything else as a string."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{format_host(str(address[0]))}:{address[1]}"
+    return None if address is None else str(address)
+
+
+def lower_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Return headers as a dict with lower-cased names; repeated names are joined by ", "."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers

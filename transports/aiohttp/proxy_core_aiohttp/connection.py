@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
@@ -19,6 +19,8 @@ from aiohttp import WSMsgType, web
 
 from proxy_core.errors import ConfigurationError, ConnectionClosed, MessageTooLarge, ProtocolError
 from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES, Connection
+from proxy_core.transport import format_address as _format_address
+from proxy_core.transport import lower_headers as _lower_headers
 
 if TYPE_CHECKING:
     _WebSocket = aiohttp.ClientWebSocketResponse[Any] | web.WebSocketResponse[Any]
@@ -257,27 +259,6 @@ def _refused_size(exc: BaseException) -> int | None:
     """Return the size of the message aiohttp refused, when its message says."""
     match = _REFUSED_SIZE.search(str(exc))
     return int(match.group(1)) if match else None
-
-
-def _lower_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Return headers as a dict with lower-cased names; repeated names are joined by ", "."""
-    headers: dict[str, str] = {}
-    for name, value in items:
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers
-
-
-def _format_host(host: str | None) -> str:
-    if host is None:
-        return ""
-    return f"[{host}]" if ":" in host else host
-
-
-def _format_address(address: Any) -> str | None:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{_format_host(str(address[0]))}:{address[1]}"
-    return None if address is None else str(address)
 
 
 def _truncate_reason(reason: str) -> bytes:

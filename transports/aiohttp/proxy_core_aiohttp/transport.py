@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ssl import SSLContext
 from typing import Any, ClassVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult
 
 import aiohttp
 from aiohttp import web
@@ -36,14 +36,18 @@ from proxy_core.transport import (
     Listener,
     Transport,
     check_authentication,
+    parse_url,
 )
+from proxy_core.transport import check_max_message_bytes as _check_limit
+from proxy_core.transport import describe_error as _describe
+from proxy_core.transport import format_host as _format_host
+from proxy_core.transport import lower_headers as _lower_headers
+from proxy_core.transport import redact_url as _redact
 
 from .connection import (
     _MESSAGE_TOO_BIG,
     AiohttpConnection,
     _close_quietly,
-    _format_host,
-    _lower_headers,
 )
 
 __all__ = ["AiohttpConnection", "AiohttpTransport"]
@@ -420,24 +424,7 @@ def _connect_error(url: str, exc: Exception, open_timeout: float) -> Exception:
 
 
 def _parse_url(url: str) -> SplitResult:
-    parts = urlsplit(url)
-    if parts.scheme not in _SCHEMES:
-        raise ConfigurationError(
-            f"transport 'aiohttp' cannot use {_redact(url)}: "
-            f"the URL scheme must be one of {', '.join(_SCHEMES)}"
-        )
-    try:
-        parts.port  # noqa: B018 -- validates the port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid port in {_redact(url)}") from exc
-    if not parts.hostname:
-        raise ConfigurationError(f"the URL {_redact(url)} has no host")
-    return parts
-
-
-def _check_limit(max_message_bytes: int) -> None:
-    if max_message_bytes < 1:
-        raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
+    return parse_url(url, transport="aiohttp", schemes=_SCHEMES)
 
 
 def _library_limit(max_message_bytes: int) -> int:
@@ -448,16 +435,3 @@ def _library_limit(max_message_bytes: int) -> int:
     what its parser can hold, aiohttp gets no limit (0) and ours alone applies.
     """
     return max_message_bytes + 1 if max_message_bytes < _LIBRARY_MAX_LIMIT else 0
-
-
-def _redact(url: str) -> str:
-    """Return ``url`` without user credentials, for messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ssl import SSLContext
 from typing import Any, ClassVar, NoReturn
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, unquote
 
 import grpc
 import grpc.aio
@@ -53,7 +53,12 @@ from proxy_core.transport import (
     Listener,
     Transport,
     check_authentication,
+    parse_url,
 )
+from proxy_core.transport import check_max_message_bytes as _check_limit
+from proxy_core.transport import describe_error as _describe
+from proxy_core.transport import format_host as _format_host
+from proxy_core.transport import redact_url as _redact
 
 from . import _wire
 from ._generated import service_pb2
@@ -844,47 +849,11 @@ def _request_headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, s
 
 
 def _parse_url(url: str) -> SplitResult:
-    parts = urlsplit(url)
-    if parts.scheme not in _SCHEMES:
-        raise ConfigurationError(
-            f"transport 'grpc' cannot use {_redact(url)}: "
-            f"the URL scheme must be one of {', '.join(_SCHEMES)}"
-        )
-    try:
-        parts.port  # noqa: B018 -- validates the port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid port in {_redact(url)}") from exc
-    if not parts.hostname:
-        raise ConfigurationError(f"the URL {_redact(url)} has no host")
-    return parts
+    return parse_url(url, transport="grpc", schemes=_SCHEMES)
 
 
 def _port(parts: SplitResult) -> int:
     return parts.port if parts.port is not None else _DEFAULT_PORTS[parts.scheme]
-
-
-def _check_limit(max_message_bytes: int) -> None:
-    if max_message_bytes < 1:
-        raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
-
-
-def _redact(url: str) -> str:
-    """Return ``url`` without user credentials, for messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _format_host(host: str | None) -> str:
-    if host is None:
-        return ""
-    return f"[{host}]" if ":" in host else host
 
 
 def _format_peer(peer: str | None) -> str | None:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ssl import SSLContext
 from typing import Any, ClassVar, NoReturn, Protocol, cast
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -52,7 +52,14 @@ from proxy_core.transport import (
     Listener,
     Transport,
     check_authentication,
+    parse_url,
 )
+from proxy_core.transport import check_max_message_bytes as _check_limit
+from proxy_core.transport import describe_error as _describe
+from proxy_core.transport import format_address as _format_address
+from proxy_core.transport import format_host as _format_host
+from proxy_core.transport import lower_headers as _lower_headers
+from proxy_core.transport import redact_url as _redact
 
 __all__ = ["StarletteConnection", "WebSocketsConnection", "WebSocketsTransport"]
 
@@ -513,37 +520,7 @@ class WebSocketsTransport(Transport):
 
 
 def _parse_url(url: str) -> SplitResult:
-    parts = urlsplit(url)
-    if parts.scheme not in _SCHEMES:
-        raise ConfigurationError(
-            f"transport 'websockets' cannot use {_redact(url)}: "
-            f"the URL scheme must be one of {', '.join(_SCHEMES)}"
-        )
-    try:
-        parts.port  # noqa: B018 -- validates the port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid port in {_redact(url)}") from exc
-    if not parts.hostname:
-        raise ConfigurationError(f"the URL {_redact(url)} has no host")
-    return parts
-
-
-def _check_limit(max_message_bytes: int) -> None:
-    if max_message_bytes < 1:
-        raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
-
-
-def _redact(url: str) -> str:
-    """Return ``url`` without user credentials, for messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return parse_url(url, transport="websockets", schemes=_SCHEMES)
 
 
 def _refusal(url: str, exc: InvalidStatus) -> Exception:
@@ -563,27 +540,6 @@ def _refused_size(cause: BaseException | None) -> int | None:
         return None
     # For a fragmented message, the fragments received before the one refused.
     return cause.size + (cause.current_size or 0)
-
-
-def _lower_headers(items: Any) -> dict[str, str]:
-    """Return headers as a dict with lower-cased names; repeated names are joined by ", "."""
-    headers: dict[str, str] = {}
-    for name, value in items:
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers
-
-
-def _format_host(host: str | None) -> str:
-    if host is None:
-        return ""
-    return f"[{host}]" if ":" in host else host
-
-
-def _format_address(address: Any) -> str | None:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{_format_host(str(address[0]))}:{address[1]}"
-    return None if address is None else str(address)
 
 
 def _truncate_reason(reason: str) -> str:
