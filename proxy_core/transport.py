@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
-from .errors import AuthenticationError, ConfigurationError, ConnectionClosed
+from .errors import AuthenticationError, ConfigurationError, ConnectionClosed, MessageTooLarge
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -39,6 +39,7 @@ __all__ = [
     "lower_headers",
     "parse_url",
     "redact_url",
+    "run_connection_handler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -286,3 +287,25 @@ def lower_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
         key = name.lower()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
+
+
+async def run_connection_handler(handler: ConnectionHandler, connection: Connection) -> None:
+    """Run a server's per-connection handler and close the connection however it ends.
+
+    The policy every backend shares: 1000 when the handler returns; a peer that
+    went away (``ConnectionClosed``) or sent too much (``MessageTooLarge``,
+    already closed with 1009) is an ordinary end, not a handler failure; any
+    other exception is logged and closes with 1011.
+    """
+    try:
+        await handler(connection)
+    except ConnectionClosed:
+        await connection.aclose()
+    except MessageTooLarge as exc:
+        logger.warning("connection handler ended: %s", exc)
+        await connection.aclose(1009, "message too big")
+    except Exception:
+        logger.exception("connection handler failed; closing with 1011")
+        await connection.aclose(1011, "internal error")
+    else:
+        await connection.aclose()

@@ -50,6 +50,7 @@ from ..transport import (
     Listener,
     Transport,
     check_authentication,
+    run_connection_handler,
 )
 
 __all__ = ["MemoryConnection", "MemoryListener", "MemoryTransport", "served_names"]
@@ -279,19 +280,9 @@ class MemoryListener(Listener):
         return client_end
 
     async def _run_handler(self, connection: MemoryConnection) -> None:
-        # The same policy as the websockets backend: close with 1000 when the
-        # handler returns, 1011 when it fails; a peer going away is no failure.
         try:
-            await self._handler(connection)
-        except ConnectionClosed:
-            pass
-        except MessageTooLarge as exc:
-            logger.warning("connection handler ended: %s", exc)
-        except Exception:
-            logger.exception("connection handler failed; closing with 1011")
-            await connection.aclose(_INTERNAL_ERROR, "internal error")
+            await run_connection_handler(self._handler, connection)
         finally:
-            await connection.aclose()
             self._connections.discard(connection)
 
     async def aclose(self) -> None:

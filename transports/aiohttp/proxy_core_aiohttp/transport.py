@@ -25,8 +25,6 @@ from proxy_core.errors import (
     AuthenticationError,
     ConfigurationError,
     ConnectError,
-    ConnectionClosed,
-    MessageTooLarge,
 )
 from proxy_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -37,6 +35,7 @@ from proxy_core.transport import (
     Transport,
     check_authentication,
     parse_url,
+    run_connection_handler,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
 from proxy_core.transport import describe_error as _describe
@@ -45,7 +44,6 @@ from proxy_core.transport import lower_headers as _lower_headers
 from proxy_core.transport import redact_url as _redact
 
 from .connection import (
-    _MESSAGE_TOO_BIG,
     AiohttpConnection,
     _close_quietly,
 )
@@ -277,7 +275,7 @@ class AiohttpTransport(Transport):
             if task is not None:
                 handlers[connection] = task
             try:
-                await _run_handler(handler, connection)
+                await run_connection_handler(handler, connection)
             finally:
                 handlers.pop(connection, None)
             return ws
@@ -347,24 +345,6 @@ class AiohttpTransport(Transport):
             max_message_bytes=max_message_bytes,
             request=request if isinstance(request, web.BaseRequest) else None,
         )
-
-
-async def _run_handler(handler: ConnectionHandler, connection: AiohttpConnection) -> None:
-    """Run a connection handler; close the connection however it ends."""
-    try:
-        await handler(connection)
-    except ConnectionClosed:
-        # The peer went away while the handler was using the connection.
-        await connection.aclose()
-    except MessageTooLarge as exc:
-        # The peer's fault, and the connection is already closed with 1009.
-        logger.warning("connection handler ended: %s", exc)
-        await connection.aclose(_MESSAGE_TOO_BIG, "message too big")
-    except Exception:
-        logger.exception("connection handler failed; closing with 1011")
-        await connection.aclose(_INTERNAL_ERROR, "internal error")
-    else:
-        await connection.aclose()
 
 
 class _UpgradeRefused(Exception):

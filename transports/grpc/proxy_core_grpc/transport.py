@@ -54,6 +54,7 @@ from proxy_core.transport import (
     Transport,
     check_authentication,
     parse_url,
+    run_connection_handler,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
 from proxy_core.transport import describe_error as _describe
@@ -573,18 +574,7 @@ class _GrpcListener(Listener):
             self._connections.discard(conn)
 
     async def _run_handler(self, conn: GrpcServerConnection) -> None:
-        try:
-            await self._handler(conn)
-        except ConnectionClosed:
-            await conn.aclose()
-        except MessageTooLarge as exc:
-            # The peer's fault, and the call is already ended with 1009.
-            logger.warning("connection handler ended: %s", exc)
-        except Exception:
-            logger.exception("connection handler failed; closing with 1011")
-            await conn.aclose(_INTERNAL_ERROR, "internal error")
-        else:
-            await conn.aclose()
+        await run_connection_handler(self._handler, conn)
 
 
 class GrpcTransport(Transport):

@@ -53,6 +53,7 @@ from proxy_core.transport import (
     Transport,
     check_authentication,
     parse_url,
+    run_connection_handler,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
 from proxy_core.transport import describe_error as _describe
@@ -447,18 +448,7 @@ class WebSocketsTransport(Transport):
                 handlers.add(task)
             connection = WebSocketsConnection(ws, max_message_bytes=limit)
             try:
-                await handler(connection)
-            except ConnectionClosed:
-                # The peer went away while the handler was using the connection.
-                await connection.aclose()
-            except MessageTooLarge as exc:
-                # The peer's fault, and the connection is already closed with 1009.
-                logger.warning("connection handler ended: %s", exc)
-            except Exception:
-                logger.exception("connection handler failed; closing with 1011")
-                await connection.aclose(_INTERNAL_ERROR, "internal error")
-            else:
-                await connection.aclose()
+                await run_connection_handler(handler, connection)
             finally:
                 if task is not None:
                     handlers.discard(task)
