@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
-from .errors import HandshakeError
+from .errors import CodecError, HandshakeError
 from .messages import BusMessage
 
 __all__ = [
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
+    "FEATURES",
     "Ack",
+    "Batch",
     "Bye",
     "CloseCode",
     "Envelope",
@@ -41,6 +43,11 @@ __all__ = [
 PROTOCOL_NAME: Final = "proxy-core"
 PROTOCOL_VERSION: Final = 1
 
+#: The optional features this implementation speaks. A client lists what it
+#: speaks in HELLO; the server answers with the ones both sides will use.
+#: ``"batch"``: BATCH frames (several frames in one transport message).
+FEATURES: Final = ("batch",)
+
 
 class Kind(IntEnum):
     """The first element of every post-handshake frame."""
@@ -51,6 +58,7 @@ class Kind(IntEnum):
     PING = 4
     PONG = 5
     BYE = 6
+    BATCH = 7
 
 
 class RejectCode(IntEnum):
@@ -123,6 +131,21 @@ Envelope = Msg | Ack | Ready | Ping | Pong | Bye
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """A decoded BATCH: the frames it carried, in order.
+
+    A BATCH is built from frames that are already encoded (see
+    :meth:`~proxy_core.codecs.base.Codec.encode_batch`), so it is never an
+    :data:`Envelope` to encode. Decoding it decodes each frame on its own: a
+    frame that does not decode stands in ``items`` as its
+    :class:`~proxy_core.errors.CodecError` (with the sequence number, where
+    readable), so that one bad message does not cost the others.
+    """
+
+    items: tuple[Envelope | CodecError, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
     """First frame of the client."""
 
@@ -131,6 +154,7 @@ class Hello:
     server_worker: str
     max_message_bytes: int
     version: int = PROTOCOL_VERSION
+    features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +166,7 @@ class Welcome:
     ready: tuple[str, ...]
     max_message_bytes: int
     version: int = PROTOCOL_VERSION
+    features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +191,7 @@ def encode_handshake(frame: Handshake) -> bytes:
             client_worker=frame.client_worker,
             server_worker=frame.server_worker,
             max_message_bytes=frame.max_message_bytes,
+            features=list(frame.features),
         )
     elif isinstance(frame, Welcome):
         body.update(
@@ -175,6 +201,7 @@ def encode_handshake(frame: Handshake) -> bytes:
             session_id=frame.session_id,
             ready=list(frame.ready),
             max_message_bytes=frame.max_message_bytes,
+            features=list(frame.features),
         )
     else:
         body.update(type="reject", code=frame.code, reason=frame.reason)
@@ -202,6 +229,7 @@ def decode_handshake(data: bytes) -> Handshake:
                 client_worker=_get(body, "client_worker", str),
                 server_worker=_get(body, "server_worker", str),
                 max_message_bytes=_get(body, "max_message_bytes", int),
+                features=_features(body),
             )
         if kind == "welcome":
             return Welcome(
@@ -210,6 +238,7 @@ def decode_handshake(data: bytes) -> Handshake:
                 session_id=_get(body, "session_id", str),
                 ready=tuple(_str_list(body, "ready")),
                 max_message_bytes=_get(body, "max_message_bytes", int),
+                features=_features(body),
             )
         if kind == "reject":
             return Reject(code=_get(body, "code", int), reason=_get(body, "reason", str))
@@ -231,3 +260,8 @@ def _str_list(body: dict[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise KeyError(key)
     return value
+
+
+def _features(body: dict[str, Any]) -> tuple[str, ...]:
+    # Optional: a peer that predates features sends none.
+    return tuple(_str_list(body, "features")) if "features" in body else ()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Any, TypeAlias
 
-from .codecs.base import Codec
+from .codecs.base import Codec, batch_size_bound
 from .errors import (
     CodecError,
     ConfigurationError,
@@ -37,9 +37,10 @@ from .registry import Watch, WorkerReadyData
 from .rules import Drop, DropReason, FilterRules
 from .session import (
     MIN_MESSAGE_BYTES,
+    BatchReceived,
     ByeReceived,
     DuplicateDiscarded,
-    Event,
+    FrameEvent,
     MessageReceived,
     MessageUndecodable,
     PongReceived,
@@ -47,6 +48,7 @@ from .session import (
     Session,
     client_accept,
     client_hello,
+    common_features,
     new_session_id,
     server_negotiate,
 )
@@ -66,6 +68,9 @@ logger = logging.getLogger(__name__)
 #: How long a closing session waits for its queued frames (its BYE) to be written.
 _CLOSE_DRAIN_SECONDS = 2.0
 
+#: The most bytes of frames the writer puts in one BATCH (within the peer's limit).
+_BATCH_MAX_BYTES = 256 * 1024
+
 CodecSpec: TypeAlias = str | Codec | Sequence[str | Codec]
 
 
@@ -78,6 +83,8 @@ class ProxyStats:
         bytes_out / bytes_in: frame bytes written and read (control frames included).
         dropped_out / dropped_in: dropped messages by :class:`~proxy_core.rules.DropReason` value.
         duplicates: received messages discarded as already delivered.
+        batches_out / batches_in: BATCH frames (several frames in one
+            transport message) written and read.
         sessions: sessions opened.
         heartbeat_rtt: the last PING round trip, in seconds.
     """
@@ -89,6 +96,8 @@ class ProxyStats:
     dropped_out: Counter[str] = field(default_factory=Counter)
     dropped_in: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
+    batches_out: int = 0
+    batches_in: int = 0
     sessions: int = 0
     heartbeat_rtt: float | None = None
 
@@ -102,6 +111,8 @@ class ProxyStats:
             "dropped_out": dict(self.dropped_out),
             "dropped_in": dict(self.dropped_in),
             "duplicates": self.duplicates,
+            "batches_out": self.batches_out,
+            "batches_in": self.batches_in,
             "sessions": self.sessions,
             "heartbeat_rtt": self.heartbeat_rtt,
         }
@@ -244,31 +255,55 @@ class _ProxyWorker(BaseWorker):
         self._out_drained.clear()
         self._out_wakeup.set()
 
-    async def _writer(self, conn: Connection) -> None:
+    async def _writer(self, conn: Connection, session: Session, first: bytes | None) -> None:
+        """Write the session's frames in order; coalesce them when the sender is ahead.
+
+        Whatever is queued when the writer gets to run goes out together, in
+        one BATCH (if the session has them) up to the peer's limit: a lone
+        frame leaves at once, alone, and no timer ever holds one back.
+        """
         out, wakeup, stats = self._out, self._out_wakeup, self.stats
+        limit = min(session.peer_max_message_bytes, _BATCH_MAX_BYTES) if session.batch else 0
+        if first is not None and not await self._write(conn, first):
+            return
         while True:
             await wakeup.wait()
             wakeup.clear()
             while out:
                 data = out.popleft()
-                try:
-                    await conn.send(data)
-                except MessageTooLarge as exc:  # refused locally; the connection is fine
-                    logger.warning("proxy %r: frame not sent: %s", self.name, exc)
-                    continue
-                except TransportError:
-                    # The receive loop sees the same closed connection and ends the session.
-                    out.clear()
-                    self._out_drained.set()
+                if out and batch_size_bound(len(data) + len(out[0]), 2) <= limit:
+                    frames = [data]
+                    total = len(data)
+                    while out and batch_size_bound(total + len(out[0]), len(frames) + 1) <= limit:
+                        frame = out.popleft()
+                        frames.append(frame)
+                        total += len(frame)
+                    data = session.batch_frame(frames)
+                    stats.batches_out += 1
+                if not await self._write(conn, data):
                     return
-                except Exception:
-                    logger.exception("proxy %r: writing a frame failed; closing", self.name)
-                    out.clear()
-                    self._out_drained.set()
-                    await conn.aclose(CloseCode.INTERNAL_ERROR, "write failed")
-                    return
-                stats.bytes_out += len(data)
             self._out_drained.set()
+
+    async def _write(self, conn: Connection, data: bytes) -> bool:
+        """Send one transport message; ``False`` when the connection is done for."""
+        try:
+            await conn.send(data)
+        except MessageTooLarge as exc:  # refused locally; the connection is fine
+            logger.warning("proxy %r: frame not sent: %s", self.name, exc)
+            return True
+        except TransportError:
+            # The receive loop sees the same closed connection and ends the session.
+            self._out.clear()
+            self._out_drained.set()
+            return False
+        except Exception:
+            logger.exception("proxy %r: writing a frame failed; closing", self.name)
+            self._out.clear()
+            self._out_drained.set()
+            await conn.aclose(CloseCode.INTERNAL_ERROR, "write failed")
+            return False
+        self.stats.bytes_out += len(data)
+        return True
 
     async def _drain(self, timeout: float) -> None:
         """Wait (bounded) until the writer has sent everything queued, e.g. a BYE."""
@@ -304,10 +339,8 @@ class _ProxyWorker(BaseWorker):
         self._outbox_space.set()
         self._out.clear()
         self._out_drained.set()
-        if first is not None:
-            self._enqueue(first)
         self.stats.sessions += 1
-        writer = self.create_task(self._writer(conn), name=f"{self.name}-writer")
+        writer = self.create_task(self._writer(conn, session, first), name=f"{self.name}-writer")
         heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
         watch: Watch = self.registry.watch(self.rules.local_worker, self._announce_ready)
         code: int = CloseCode.INTERNAL_ERROR
@@ -366,12 +399,15 @@ class _ProxyWorker(BaseWorker):
                 logger.warning("proxy %r: protocol error from peer: %s", self.name, exc)
                 self._enqueue(session.bye_frame(CloseCode.PROTOCOL_ERROR, str(exc)))
                 return CloseCode.PROTOCOL_ERROR, "protocol error"
-            if event is not None:
+            if isinstance(event, BatchReceived):
+                self.stats.batches_in += 1
+                for item in event.events:
+                    if isinstance(item, ByeReceived):
+                        return self._bye(item)
+                    await self._on_event(item)
+            elif event is not None:
                 if isinstance(event, ByeReceived):
-                    logger.info(
-                        "proxy %r: peer said bye (%d %s)", self.name, event.code, event.reason
-                    )
-                    return CloseCode.NORMAL, "bye"
+                    return self._bye(event)
                 await self._on_event(event)
             for frame in session.data_to_send():
                 self._enqueue(frame)
@@ -380,7 +416,11 @@ class _ProxyWorker(BaseWorker):
             if self._ack_timer is None and session.last_received_seq:
                 self._ack_timer = loop.call_later(session.ack_delay, self._flush_ack, session)
 
-    async def _on_event(self, event: Event) -> None:
+    def _bye(self, event: ByeReceived) -> tuple[int, str]:
+        logger.info("proxy %r: peer said bye (%d %s)", self.name, event.code, event.reason)
+        return CloseCode.NORMAL, "bye"
+
+    async def _on_event(self, event: FrameEvent) -> None:
         if isinstance(event, MessageReceived):
             message = event.message
             decision = self.rules.inbound(message)
@@ -647,6 +687,7 @@ class ProxyClient(_ProxyWorker):
             session_id=welcome.session_id,
             peer_max_message_bytes=min(welcome.max_message_bytes, self.max_message_bytes),
             max_unacked=self.max_unacked,
+            batch="batch" in common_features(welcome.features, codec),
             now=asyncio.get_running_loop().time(),
         )
         return session, welcome
@@ -800,11 +841,13 @@ class ProxyServer(_ProxyWorker):
         # Announce our worker in WELCOME if it is ready already; READY follows otherwise.
         self._ready_sent = self.registry.is_ready(self.rules.local_worker)
         now = asyncio.get_running_loop().time()
+        features = common_features(hello.features, codec)
         session = Session(
             codec,
             session_id=new_session_id(),
             peer_max_message_bytes=min(hello.max_message_bytes, self.max_message_bytes),
             max_unacked=self.max_unacked,
+            batch="batch" in features,
             now=now,
         )
         welcome = Welcome(
@@ -812,5 +855,6 @@ class ProxyServer(_ProxyWorker):
             session_id=session.session_id,
             ready=(self.rules.local_worker,) if self._ready_sent else (),
             max_message_bytes=self.max_message_bytes,
+            features=features,
         )
         return session, encode_handshake(welcome)

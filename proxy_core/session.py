@@ -24,9 +24,12 @@ from .errors import (
 )
 from .messages import BusMessage
 from .protocol import (
+    FEATURES,
     PROTOCOL_VERSION,
     Ack,
+    Batch,
     Bye,
+    Envelope,
     Hello,
     Msg,
     Ping,
@@ -41,6 +44,7 @@ from .protocol import (
 from .rules import DropReason
 
 __all__ = [
+    "BatchReceived",
     "ByeReceived",
     "DuplicateDiscarded",
     "Event",
@@ -51,6 +55,7 @@ __all__ = [
     "Session",
     "client_accept",
     "client_hello",
+    "common_features",
     "server_negotiate",
 ]
 
@@ -63,7 +68,12 @@ MIN_MESSAGE_BYTES = 1024
 
 
 def client_hello(
-    codecs: Sequence[Codec], *, client_worker: str, server_worker: str, max_message_bytes: int
+    codecs: Sequence[Codec],
+    *,
+    client_worker: str,
+    server_worker: str,
+    max_message_bytes: int,
+    features: Sequence[str] = FEATURES,
 ) -> bytes:
     """Return the HELLO frame a client sends first."""
     return encode_handshake(
@@ -72,8 +82,17 @@ def client_hello(
             client_worker=client_worker,
             server_worker=server_worker,
             max_message_bytes=max_message_bytes,
+            features=tuple(features),
         )
     )
+
+
+def common_features(offered: Sequence[str], codec: Codec) -> tuple[str, ...]:
+    """Return the features of ``offered`` that this side speaks with ``codec``, in order.
+
+    The server puts them in WELCOME; both sides then use exactly those.
+    """
+    return tuple(f for f in offered if f in FEATURES and (f != "batch" or codec.supports_batch))
 
 
 def client_accept(data: bytes, codecs: Sequence[Codec]) -> tuple[Welcome, Codec]:
@@ -199,7 +218,8 @@ class ByeReceived:
     reason: str
 
 
-Event = (
+#: What one frame in a BATCH can make happen.
+FrameEvent = (
     MessageReceived
     | MessageUndecodable
     | DuplicateDiscarded
@@ -207,6 +227,16 @@ Event = (
     | PongReceived
     | ByeReceived
 )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReceived:
+    """A BATCH arrived: what its frames made happen, in order."""
+
+    events: tuple[FrameEvent, ...]
+
+
+Event = FrameEvent | BatchReceived
 
 
 # ---------------------------------------------------------------- session
@@ -222,6 +252,8 @@ class Session:
         max_unacked: the outbox size; :attr:`outbox_full` tells the sender to wait.
         ack_every: acknowledge at once after this many unacknowledged messages.
         ack_delay: otherwise acknowledge this long after the first one.
+        batch: whether the handshake agreed on BATCH frames (see
+            :meth:`batch_frame`); received batches are accepted either way.
         now: the current time (any monotonic clock, in seconds).
     """
 
@@ -234,9 +266,11 @@ class Session:
         max_unacked: int = 4096,
         ack_every: int = 32,
         ack_delay: float = 0.05,
+        batch: bool = False,
         now: float,
     ) -> None:
         self.codec = codec
+        self.batch = batch and codec.supports_batch
         self.session_id = session_id
         self.peer_max_message_bytes = peer_max_message_bytes
         self.max_unacked = max_unacked
@@ -250,6 +284,7 @@ class Session:
         self._pending: list[bytes] = []
         self._pings: dict[int, float] = {}
         self._next_nonce = 1
+        self._in_batch = False
         self.last_received_at = now
 
     # -------------------------------------------------------- sending
@@ -280,6 +315,14 @@ class Session:
     def unacked(self) -> int:
         """How many sent messages the peer has not acknowledged yet."""
         return len(self._outbox)
+
+    def batch_frame(self, frames: Sequence[bytes]) -> bytes:
+        """Return one BATCH frame carrying ``frames`` (two or more, from this session).
+
+        Only when :attr:`batch` is set. Its size is at most
+        :func:`~proxy_core.codecs.base.batch_size_bound` of the frames'.
+        """
+        return self.codec.encode_batch(frames)
 
     def ready_frame(self, worker: str) -> bytes:
         """Return a READY frame for ``worker``."""
@@ -324,6 +367,9 @@ class Session:
     def receive(self, data: bytes, now: float) -> Event | None:
         """Process one received frame; return what happened, if anything the caller must see.
 
+        A BATCH returns :class:`BatchReceived` with the events of its frames
+        (an ACK owed for them is queued once, after the whole batch).
+
         Raises:
             ProtocolError: the peer broke the protocol (a gap in the numbering,
                 an ACK for a message never sent); the session must close.
@@ -332,18 +378,39 @@ class Session:
         try:
             envelope = self.codec.decode(data)
         except CodecError as exc:
-            reason = (
-                DropReason.UNKNOWN_TYPE
-                if isinstance(exc, UnknownMessageType)
-                else DropReason.MALFORMED
-            )
-            if exc.seq is not None and exc.seq < 1:
-                raise ProtocolError(f"message sequence numbers start at 1, got {exc.seq}") from None
-            if exc.seq is not None and exc.seq <= self.last_received_seq:
-                return DuplicateDiscarded(exc.seq)
-            if exc.seq is not None and self._accept_seq(exc.seq, now):
-                return MessageUndecodable(exc.seq, reason, str(exc))
-            return MessageUndecodable(None, reason, str(exc))
+            return self._undecodable(exc, now)
+        if not isinstance(envelope, Batch):
+            return self._process(envelope, now)
+        events: list[FrameEvent] = []
+        self._in_batch = True
+        try:
+            for item in envelope.items:
+                event = (
+                    self._undecodable(item, now)
+                    if isinstance(item, CodecError)
+                    else self._process(item, now)
+                )
+                if event is not None:
+                    events.append(event)
+        finally:
+            self._in_batch = False
+        if self.last_received_seq - self._last_acked_by_us >= self.ack_every:
+            self._owe_ack()
+        return BatchReceived(tuple(events))
+
+    def _undecodable(self, exc: CodecError, now: float) -> FrameEvent | None:
+        reason = (
+            DropReason.UNKNOWN_TYPE if isinstance(exc, UnknownMessageType) else DropReason.MALFORMED
+        )
+        if exc.seq is not None and exc.seq < 1:
+            raise ProtocolError(f"message sequence numbers start at 1, got {exc.seq}") from None
+        if exc.seq is not None and exc.seq <= self.last_received_seq:
+            return DuplicateDiscarded(exc.seq)
+        if exc.seq is not None and self._accept_seq(exc.seq, now):
+            return MessageUndecodable(exc.seq, reason, str(exc))
+        return MessageUndecodable(None, reason, str(exc))
+
+    def _process(self, envelope: Envelope, now: float) -> FrameEvent | None:
         if isinstance(envelope, Msg):
             if envelope.seq < 1:
                 raise ProtocolError(f"message sequence numbers start at 1, got {envelope.seq}")
@@ -372,11 +439,14 @@ class Session:
         self.last_received_seq = seq
         if self._first_unacked_at is None:
             self._first_unacked_at = now
-        if seq - self._last_acked_by_us >= self.ack_every:
-            frame = self.ack_frame()
-            if frame is not None:
-                self._pending.append(frame)
+        if not self._in_batch and seq - self._last_acked_by_us >= self.ack_every:
+            self._owe_ack()
         return True
+
+    def _owe_ack(self) -> None:
+        frame = self.ack_frame()
+        if frame is not None:
+            self._pending.append(frame)
 
     def _on_ack(self, seq: int) -> None:
         if seq > self.last_sent_seq:

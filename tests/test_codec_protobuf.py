@@ -660,13 +660,13 @@ def test_a_msg_without_a_message_is_malformed() -> None:
     "data",
     [
         b"",  # no kind
-        b"\x3a\x00",  # field 7: a kind this version does not know
+        b"\x42\x00",  # field 8: a kind this version does not know
         b"\x0a\x02\x08",  # truncated
         b"\x1a\x03\x0a\x01\xff",  # READY with invalid UTF-8
         b"\x0a\x09\x08\x01\x12\x05\x0a\x03\xc3\x28\x61",  # MSG whose source is not UTF-8
         b"\x0f",  # wire type 7
     ],
-    ids=["empty", "kind 7", "truncated", "bad utf-8", "bad utf-8 in msg", "bad wire type"],
+    ids=["empty", "kind 8", "truncated", "bad utf-8", "bad utf-8 in msg", "bad wire type"],
 )
 def test_malformed_frames_raise_codec_error(data: bytes) -> None:
     with pytest.raises(CodecError):

@@ -414,7 +414,7 @@ MALFORMED_TREES = {
     "empty array": [],
     "scalar": 1,
     "kind 0": [0, 1],
-    "kind 7": [7, 1],
+    "kind 8": [8, 1],
     "kind as string": ["1", 1, MSG_BODY],
     "kind null": [None, 1, MSG_BODY],
     "kind nested": [[1], 1, MSG_BODY],

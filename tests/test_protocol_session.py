@@ -235,7 +235,9 @@ def test_client_hello_lists_codecs_in_order() -> None:
             max_message_bytes=123,
         )
     )
-    assert frame == Hello(("msgpack", "json"), CLIENT_WORKER, SERVER_WORKER, 123, 1)
+    assert frame == Hello(
+        ("msgpack", "json"), CLIENT_WORKER, SERVER_WORKER, 123, 1, features=("batch",)
+    )
 
 
 @pytest.mark.parametrize(

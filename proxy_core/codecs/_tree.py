@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import CodecError, UnknownMessageType
 from ..messages import BusMessage, TypeRegistry
-from ..protocol import Ack, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
+from ..protocol import Ack, Batch, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
 
 __all__ = ["TreeConverter"]
 
@@ -106,6 +106,27 @@ class TreeConverter:
 
     # ------------------------------------------------------------ decoding
 
+    def tree_to_frame(self, tree: Any) -> Envelope | Batch:
+        """Return the envelope, or the BATCH, that ``tree`` encodes.
+
+        A BATCH is ``[7, frame, frame, ...]``; each frame is decoded on its own.
+
+        Raises:
+            UnknownMessageType: a type tag is not registered (not in a BATCH).
+            CodecError: the tree is not a valid frame (not in a BATCH).
+        """
+        if type(tree) is list and tree and type(tree[0]) is int and tree[0] == Kind.BATCH:
+            items: list[Envelope | CodecError] = []
+            for node in tree[1:]:
+                try:
+                    items.append(self.tree_to_envelope(node))
+                except CodecError as exc:
+                    items.append(exc)
+                except RecursionError:
+                    items.append(CodecError("frame nests too deeply"))
+            return Batch(tuple(items))
+        return self.tree_to_envelope(tree)
+
     def tree_to_envelope(self, tree: Any) -> Envelope:
         """Return the envelope that ``tree`` encodes.
 
@@ -147,6 +168,8 @@ class TreeConverter:
             return Pong(_int(tree[1], "nonce"))
         if kind == Kind.BYE and size == 3 and type(tree[2]) is str:
             return Bye(_int(tree[1], "code"), tree[2])
+        if kind == Kind.BATCH:
+            raise CodecError("a BATCH cannot hold another BATCH")
         raise CodecError(f"malformed frame of kind {kind!r} with {size} elements")
 
     def _object_in(self, node: Any) -> Any:

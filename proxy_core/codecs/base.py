@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
-from ..protocol import Envelope
+from ..errors import CodecError
+from ..protocol import Batch, Envelope
 
-__all__ = ["Codec"]
+__all__ = ["Codec", "batch_size_bound"]
+
+
+def batch_size_bound(total: int, count: int) -> int:
+    """The most bytes a BATCH of ``count`` frames totalling ``total`` bytes may take."""
+    return total + 16 + 8 * count
 
 
 class Codec(ABC):
@@ -19,11 +26,19 @@ class Codec(ABC):
     :class:`~proxy_core.errors.UnknownMessageType`, any type tag that is not
     in the registry they were given; they never import names from the wire.
 
+    A codec may also speak BATCH frames (several encoded frames in one
+    transport message): set :attr:`supports_batch`, implement
+    :meth:`encode_batch`, and have :meth:`decode` return a
+    :class:`~proxy_core.protocol.Batch` for them. Sessions use batches only
+    when both peers' codecs say so in the handshake.
+
     Attributes:
         name: the name negotiated in the handshake (``"msgpack"``).
+        supports_batch: whether :meth:`encode_batch` is implemented.
     """
 
     name: ClassVar[str]
+    supports_batch: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, envelope: Envelope) -> bytes:
@@ -33,9 +48,21 @@ class Codec(ABC):
             CodecError: a value in the message cannot be encoded.
         """
 
+    def encode_batch(self, frames: Sequence[bytes]) -> bytes:
+        """Wrap frames this codec encoded (two or more) into one BATCH frame.
+
+        The result must be at most :func:`batch_size_bound` bytes, so that the
+        sender can fill a batch up to the peer's limit without encoding it twice.
+        A batch never holds another batch.
+
+        Raises:
+            CodecError: this codec has no batches.
+        """
+        raise CodecError(f"codec {self.name!r} has no BATCH frames")
+
     @abstractmethod
-    def decode(self, data: bytes) -> Envelope:
-        """Decode one envelope.
+    def decode(self, data: bytes) -> Envelope | Batch:
+        """Decode one envelope (or, for a codec with batches, a BATCH).
 
         Raises:
             UnknownMessageType: the message's type tag is not registered.

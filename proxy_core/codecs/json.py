@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 
 from ..errors import CodecError
 from ..messages import DEFAULT_TYPES, TypeRegistry
-from ..protocol import Envelope
+from ..protocol import Batch, Envelope
 from ._tree import TreeConverter
 from .base import Codec
 
@@ -38,6 +39,7 @@ class JsonCodec(Codec):
     """
 
     name = "json"
+    supports_batch = True
 
     def __init__(self, registry: TypeRegistry | None = None) -> None:
         self._tree = TreeConverter(registry or DEFAULT_TYPES, native_bytes=False)
@@ -53,12 +55,16 @@ class JsonCodec(Codec):
         except (ValueError, TypeError, RecursionError) as exc:
             raise CodecError(f"cannot encode as JSON: {exc}") from None
 
-    def decode(self, data: bytes) -> Envelope:
+    def encode_batch(self, frames: Sequence[bytes]) -> bytes:
+        # [7,frame,frame,...]: each frame is already a JSON value.
+        return b"".join((b"[7,", b",".join(frames), b"]"))
+
+    def decode(self, data: bytes) -> Envelope | Batch:
         try:
             tree = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:
             raise CodecError(f"not valid JSON: {exc}") from None
         try:
-            return self._tree.tree_to_envelope(tree)
+            return self._tree.tree_to_frame(tree)
         except RecursionError:
             raise CodecError("frame nests too deeply") from None

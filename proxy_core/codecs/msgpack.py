@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 from ..errors import CodecError, ConfigurationError
 from ..messages import DEFAULT_TYPES, TypeRegistry
-from ..protocol import Envelope
+from ..protocol import Batch, Envelope, Kind
 from ._tree import TreeConverter
 from .base import Codec
 
 __all__ = ["MsgpackCodec"]
+
+_BATCH_KIND: Final = bytes((Kind.BATCH,))  # a positive fixint is its own byte
 
 
 class MsgpackCodec(Codec):
@@ -24,6 +27,7 @@ class MsgpackCodec(Codec):
     """
 
     name = "msgpack"
+    supports_batch = True
 
     def __init__(self, registry: TypeRegistry | None = None) -> None:
         try:
@@ -47,7 +51,19 @@ class MsgpackCodec(Codec):
             raise CodecError(f"cannot encode as msgpack: {exc}") from None
         return data
 
-    def decode(self, data: bytes) -> Envelope:
+    def encode_batch(self, frames: Sequence[bytes]) -> bytes:
+        # [7, frame, frame, ...]: each frame is already a msgpack value, so the
+        # batch is an array header, the kind, and the frames as they are.
+        size = len(frames) + 1
+        if size < 16:
+            header = bytes((0x90 | size,))
+        elif size < 0x10000:
+            header = b"\xdc" + size.to_bytes(2, "big")
+        else:
+            header = b"\xdd" + size.to_bytes(4, "big")
+        return b"".join((header, _BATCH_KIND, *frames))
+
+    def decode(self, data: bytes) -> Envelope | Batch:
         try:
             tree = self._msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
         except CodecError:
@@ -55,6 +71,6 @@ class MsgpackCodec(Codec):
         except Exception as exc:  # msgpack raises a wide family of errors on bad input
             raise CodecError(f"not valid msgpack: {exc}") from None
         try:
-            return self._tree.tree_to_envelope(tree)
+            return self._tree.tree_to_frame(tree)
         except RecursionError:
             raise CodecError("frame nests too deeply") from None

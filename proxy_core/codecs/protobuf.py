@@ -14,6 +14,7 @@ value model round-trips exactly.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import CodecError, ConfigurationError, UnknownMessageType
@@ -29,7 +30,7 @@ from ..messages import (
     TextFrame,
     TypeRegistry,
 )
-from ..protocol import Ack, Bye, Envelope, Msg, Ping, Pong, Ready
+from ..protocol import Ack, Batch, Bye, Envelope, Msg, Ping, Pong, Ready
 from .base import Codec
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class ProtobufCodec(Codec):
     """
 
     name = "protobuf"
+    supports_batch = True
 
     def __init__(self, registry: TypeRegistry | None = None) -> None:
         try:
@@ -322,7 +324,12 @@ class ProtobufCodec(Codec):
 
     # ------------------------------------------------------------ decoding
 
-    def decode(self, data: bytes) -> Envelope:
+    def encode_batch(self, frames: Sequence[bytes]) -> bytes:
+        # Envelope.batch (field 7) holding Batch.frames (field 1), each frame as is.
+        body = b"".join(b"".join((b"\x0a", _varint_bytes(len(f)), f)) for f in frames)
+        return b"".join((b"\x3a", _varint_bytes(len(body)), body))
+
+    def decode(self, data: bytes) -> Envelope | Batch:
         try:
             env = self._pb.Envelope.FromString(data)
         except self._decode_error as exc:
@@ -331,6 +338,23 @@ class ProtobufCodec(Codec):
             ) from None
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"not a valid protobuf Envelope: {exc}") from None
+        if env.WhichOneof("kind") == "batch":
+            items: list[Envelope | CodecError] = []
+            for frame in env.batch.frames:
+                try:
+                    items.append(self._envelope_in(self._pb.Envelope.FromString(frame)))
+                except self._decode_error as exc:
+                    items.append(
+                        CodecError(f"not a valid protobuf Envelope: {exc}", seq=_salvage_seq(frame))
+                    )
+                except CodecError as exc:
+                    items.append(exc)
+                except (TypeError, ValueError, RecursionError) as exc:
+                    items.append(CodecError(f"not a valid protobuf Envelope: {exc}"))
+            return Batch(tuple(items))
+        return self._envelope_in(env)
+
+    def _envelope_in(self, env: pb.Envelope) -> Envelope:
         kind = env.WhichOneof("kind")
         if kind == "msg":
             frame = env.msg
@@ -354,6 +378,8 @@ class ProtobufCodec(Codec):
             return Pong(env.pong.nonce)
         if kind == "bye":
             return Bye(env.bye.code, env.bye.reason)
+        if kind == "batch":
+            raise CodecError("a BATCH cannot hold another BATCH")
         raise CodecError("frame has no kind (empty, or a kind this version does not know)")
 
     def _message_in(self, pm: pb.Message) -> BusMessage:
@@ -569,3 +595,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             return result & _UINT64_MAX, pos
         shift += 7
     raise ValueError("varint too long")
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

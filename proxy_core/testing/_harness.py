@@ -34,6 +34,7 @@ from ..messages import (
     TypeRegistry,
 )
 from ..protocol import (
+    Batch,
     Envelope,
     Hello,
     Msg,
@@ -488,13 +489,20 @@ class RawPeer:
             while True:
                 data = await self.receive()
                 try:
-                    envelope = self.codec.decode(data)
+                    decoded = self.codec.decode(data)
                 except CodecError:
                     self.received.append(data)
                     continue
-                self.received.append(envelope)
-                if predicate(envelope):
-                    return envelope
+                # A raw peer announces no features, so no BATCH should come; if
+                # one does, its frames count one by one.
+                items = decoded.items if isinstance(decoded, Batch) else (decoded,)
+                for envelope in items:
+                    if isinstance(envelope, CodecError):
+                        self.received.append(data)
+                        continue
+                    self.received.append(envelope)
+                    if predicate(envelope):
+                        return envelope
 
         return await wait(scan())
 

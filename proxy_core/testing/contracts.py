@@ -66,7 +66,18 @@ from ..messages import (
     BusMessage,
     BusWorkerReadyMessage,
 )
-from ..protocol import Ack, Bye, Envelope, Msg, Ping, Pong, Ready, Reject, decode_handshake
+from ..protocol import (
+    Ack,
+    Batch,
+    Bye,
+    Envelope,
+    Msg,
+    Ping,
+    Pong,
+    Ready,
+    Reject,
+    decode_handshake,
+)
 from ..registry import WorkerReadyData
 from ..transport import Connection, Transport
 from ._harness import (
@@ -90,10 +101,11 @@ from ._harness import (
     wait,
     wait_counts,
 )
+from .contracts_tls import TLSContract
 from .memory import MemoryTransport
 from .relay import FaultRelay
 
-__all__ = ["CodecContract", "TransportContract", "per_codec"]
+__all__ = ["CodecContract", "TLSContract", "TransportContract", "per_codec"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -166,7 +178,7 @@ def _counting(codec: Codec) -> Codec:
         def encode(self, envelope: Envelope) -> bytes:
             return codec.encode(envelope)
 
-        def decode(self, data: bytes) -> Envelope:
+        def decode(self, data: bytes) -> Envelope | Batch:
             type(self).decoded += 1
             return codec.decode(data)
 
@@ -286,8 +298,11 @@ class CodecContract(_Parametrized):
 # =========================================================================== transports
 
 
-class TransportContract(_Parametrized):
+class TransportContract(TLSContract, _Parametrized):
     """The live contracts of a transport, with each codec of ``codecs``.
+
+    The TLS contracts (:class:`~proxy_core.testing.contracts_tls.TLSContract`,
+    ``test_tls_*``) are included; they run once, with the first codec.
 
     Attributes:
         transport: the transport under test, by registered name or instance.

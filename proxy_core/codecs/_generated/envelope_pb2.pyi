@@ -13,20 +13,22 @@ class NullValue(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 NULL_VALUE: NullValue
 
 class Envelope(_message.Message):
-    __slots__ = ("msg", "ack", "ready", "ping", "pong", "bye")
+    __slots__ = ("msg", "ack", "ready", "ping", "pong", "bye", "batch")
     MSG_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     BYE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     msg: Msg
     ack: Ack
     ready: Ready
     ping: Ping
     pong: Pong
     bye: Bye
-    def __init__(self, msg: _Optional[_Union[Msg, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., bye: _Optional[_Union[Bye, _Mapping]] = ...) -> None: ...
+    batch: Batch
+    def __init__(self, msg: _Optional[_Union[Msg, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., bye: _Optional[_Union[Bye, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
 
 class Msg(_message.Message):
     __slots__ = ("seq", "message")
@@ -67,6 +69,12 @@ class Bye(_message.Message):
     code: int
     reason: str
     def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, frames: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("source", "target", "message", "frame", "data", "activate", "deactivate", "end_worker", "object")
