@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import CodecError, UnknownMessageType
 from ..messages import BusMessage, TypeRegistry
 from ..protocol import Ack, Batch, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
+from .base import MAX_BATCH_FRAMES
 
 __all__ = ["TreeConverter"]
 
@@ -116,12 +117,14 @@ class TreeConverter:
             CodecError: the tree is not a valid frame (not in a BATCH).
         """
         if type(tree) is list and tree and type(tree[0]) is int and tree[0] == Kind.BATCH:
+            if len(tree) - 1 > MAX_BATCH_FRAMES:
+                raise CodecError(f"BATCH of {len(tree) - 1} frames; at most {MAX_BATCH_FRAMES}")
             items: list[Envelope | CodecError] = []
             for node in tree[1:]:
                 try:
                     items.append(self.tree_to_envelope(node))
                 except CodecError as exc:
-                    items.append(exc)
+                    items.append(exc.with_traceback(None))  # kept: not its frames
                 except RecursionError:
                     items.append(CodecError("frame nests too deeply"))
             return Batch(tuple(items))

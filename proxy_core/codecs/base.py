@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from ..errors import CodecError
 from ..protocol import Batch, Envelope
 
-__all__ = ["Codec", "batch_size_bound"]
+__all__ = ["MAX_BATCH_FRAMES", "Codec", "batch_size_bound"]
+
+#: The most frames a decoder accepts in one BATCH (131072); a larger one is malformed
+#: as a whole, before any of its frames is decoded. Without a bound, one 1 MiB BATCH
+#: of 1-byte garbage frames costs the receiver a million CodecErrors (seconds of CPU
+#: on the event loop, hundreds of MB). A sender that keeps its batches within
+#: :func:`batch_size_bound` of 256 KiB never comes near it (8 bytes per frame).
+MAX_BATCH_FRAMES: Final = 1 << 17
 
 
 def batch_size_bound(total: int, count: int) -> int:

@@ -31,7 +31,7 @@ from ..messages import (
     TypeRegistry,
 )
 from ..protocol import Ack, Batch, Bye, Envelope, Msg, Ping, Pong, Ready
-from .base import Codec
+from .base import MAX_BATCH_FRAMES, Codec
 
 if TYPE_CHECKING:
     from ._generated import envelope_pb2 as pb
@@ -339,6 +339,10 @@ class ProtobufCodec(Codec):
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"not a valid protobuf Envelope: {exc}") from None
         if env.WhichOneof("kind") == "batch":
+            if len(env.batch.frames) > MAX_BATCH_FRAMES:
+                raise CodecError(
+                    f"BATCH of {len(env.batch.frames)} frames; at most {MAX_BATCH_FRAMES}"
+                )
             items: list[Envelope | CodecError] = []
             for frame in env.batch.frames:
                 try:
@@ -348,7 +352,7 @@ class ProtobufCodec(Codec):
                         CodecError(f"not a valid protobuf Envelope: {exc}", seq=_salvage_seq(frame))
                     )
                 except CodecError as exc:
-                    items.append(exc)
+                    items.append(exc.with_traceback(None))  # kept: not its frames
                 except (TypeError, ValueError, RecursionError) as exc:
                     items.append(CodecError(f"not a valid protobuf Envelope: {exc}"))
             return Batch(tuple(items))
