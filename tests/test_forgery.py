@@ -154,6 +154,13 @@ class BusSpy:
     def deliver(self, message: BusMessage) -> None:
         self.seen.append(message)
 
+    def offer(self, message: BusMessage) -> bool:
+        self.deliver(message)
+        return True
+
+    async def put(self, message: BusMessage) -> None:
+        self.deliver(message)
+
 
 @dataclass
 class Victim:
