@@ -22,6 +22,7 @@ from .errors import (
     ProtocolError,
     ProxyError,
     SessionRejected,
+    TLSError,
     TransportError,
     UnknownMessageType,
 )
@@ -45,6 +46,7 @@ from .messages import (
 )
 from .registry import WorkerReadyData, WorkerRegistry
 from .rules import Drop, DropReason, FilterRules, Forward
+from .tls import ClientTLS, ServerTLS
 from .transport import DEFAULT_MAX_MESSAGE_BYTES, Connection, Listener, Transport
 
 if TYPE_CHECKING:
@@ -94,6 +96,7 @@ __all__ = [
     "BusLocalMessage",
     "BusMessage",
     "BusWorkerReadyMessage",
+    "ClientTLS",
     "Codec",
     "CodecError",
     "ConfigurationError",
@@ -115,7 +118,9 @@ __all__ = [
     "ProxyServer",
     "ProxyService",
     "ProxyStats",
+    "ServerTLS",
     "SessionRejected",
+    "TLSError",
     "TextFrame",
     "Transport",
     "TransportError",

@@ -17,6 +17,7 @@ a user untranslated::
     │           └── AuthenticationError   the server refused our credentials
     └── TransportError            the connection failed
         ├── ConnectError          could not open a connection
+        │   └── TLSError          the TLS handshake failed (a certificate did not verify...)
         └── ConnectionClosed      the connection is closed (``receive`` at the end)
 
 Blame is split as in h11: :class:`ConfigurationError` is local misuse,
@@ -37,6 +38,7 @@ __all__ = [
     "ProtocolError",
     "ProxyError",
     "SessionRejected",
+    "TLSError",
     "TransportError",
     "UnknownMessageType",
 ]
@@ -145,6 +147,17 @@ class TransportError(ProxyError):
 
 class ConnectError(TransportError):
     """A connection could not be opened."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed, so no connection was opened.
+
+    Most often the peer's certificate did not verify (the client does not
+    trust the CA that issued it, its name does not match the host, it
+    expired): the message then says ``certificate verification failed``.
+    Also raised when the server refused our certificate, or one peer does
+    not speak TLS where the other does, when the backend can tell.
+    """
 
 
 class ConnectionClosed(TransportError):

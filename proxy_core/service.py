@@ -16,6 +16,7 @@ from .plugins import resolve_transport
 from .protocol import CloseCode
 from .proxy import CodecSpec, ProxyServer, _codec_list
 from .runner import WorkerRunner
+from .tls import ServerTLS
 from .transport import DEFAULT_MAX_MESSAGE_BYTES, Authenticator, Connection, Transport
 
 __all__ = ["ProxyService", "serve_proxy"]
@@ -69,7 +70,7 @@ async def serve_proxy(
     codecs: CodecSpec = ("msgpack", "json"),
     forward_messages: Sequence[type[BusMessage]] = (),
     authenticate: Authenticator | None = None,
-    ssl: SSLContext | None = None,
+    ssl: SSLContext | ServerTLS | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     proxy_name: str = "proxy",
     **proxy_options: Any,
@@ -90,7 +91,9 @@ async def serve_proxy(
         codecs: the codecs accepted, by name or instance.
         forward_messages: the message types allowed to cross, both ways.
         authenticate: ``authenticate(headers)``, run before a session exists.
-        ssl: a server TLS context.
+        ssl: the server's TLS settings for a secure URL (``wss://``,
+            ``grpcs://``): a :class:`~proxy_core.tls.ServerTLS`, which every
+            backend takes, or an ``ssl.SSLContext`` (the WebSocket backends only).
         max_message_bytes: the frame limit, enforced before decoding.
         proxy_name: the name of the proxy worker in each session.
         **proxy_options: more :class:`ProxyServer` options (heartbeats...).

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
 from .errors import AuthenticationError, ConfigurationError, ConnectionClosed, MessageTooLarge
+from .tls import ClientTLS, ServerTLS
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -140,10 +141,16 @@ class Transport(ABC):
     Attributes:
         name: the registered name (``"websockets"``).
         schemes: the URL schemes this transport understands (``("ws", "wss")``).
+        supports_tls: whether ``connect`` and ``serve`` take TLS settings
+            (``ssl=`` a :class:`~proxy_core.tls.ClientTLS` or
+            :class:`~proxy_core.tls.ServerTLS`) for the secure scheme of a
+            pair like ``ws``/``wss``; the conformance kit's TLS contracts
+            skip a transport that says ``False``.
     """
 
     name: ClassVar[str]
     schemes: ClassVar[tuple[str, ...]]
+    supports_tls: ClassVar[bool] = True
 
     @abstractmethod
     async def connect(
@@ -151,16 +158,24 @@ class Transport(ABC):
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ClientTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         open_timeout: float = 10.0,
     ) -> Connection:
         """Open a connection to ``url``.
 
+        ``ssl`` is the TLS configuration for a secure URL: a
+        :class:`~proxy_core.tls.ClientTLS`, which every TLS-capable backend
+        takes, or an ``ssl.SSLContext`` where the backend is built on
+        Python's ``ssl`` module; ``None`` trusts the system's store.
+
         Raises:
             ConnectError: the connection could not be opened.
+            TLSError: the TLS handshake failed (a ``ConnectError``; e.g. the
+                server's certificate did not verify).
             AuthenticationError: the server refused the headers.
-            ConfigurationError: the URL is not one this transport serves.
+            ConfigurationError: the URL is not one this transport serves, or
+                ``ssl`` is not usable here.
         """
 
     @abstractmethod
@@ -170,14 +185,16 @@ class Transport(ABC):
         handler: ConnectionHandler,
         *,
         authenticate: Authenticator | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ServerTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> AbstractAsyncContextManager[Listener]:
         """Serve ``url`` (port 0 picks a free port), calling ``handler`` per connection.
 
         ``authenticate`` runs on the request headers before any session
         exists; a refusal is answered in the backend's own terms (HTTP 401,
-        gRPC UNAUTHENTICATED) and the handler is never called.
+        gRPC UNAUTHENTICATED) and the handler is never called. ``ssl`` is
+        required for a secure URL: a :class:`~proxy_core.tls.ServerTLS`, or
+        an ``ssl.SSLContext`` where the backend is built on Python's ``ssl``.
         """
 
     def adapt(

@@ -16,7 +16,7 @@ CORE = {
     "ProxyError", "ConfigurationError", "PluginError", "CodecError", "UnknownMessageType",
     "MessageTooLarge", "ProtocolError", "HandshakeError", "SessionRejected",
     "AuthenticationError", "TransportError", "ConnectError", "ConnectionClosed",
-    "__version__",
+    "TLSError", "ClientTLS", "ServerTLS", "__version__",
 }  # fmt: skip
 
 

@@ -37,6 +37,7 @@ from proxy_core.errors import (
     MessageTooLarge,
     ProtocolError,
     ProxyError,
+    TLSError,
 )
 from proxy_core.plugins import available_transports, load_transport
 from proxy_core.transport import Connection, Listener, Transport
@@ -698,7 +699,7 @@ async def test_wss_round_trip(transport: AiohttpTransport, probe: Probe) -> None
             await conn.send(b"secret")
             assert await wait(conn.receive()) == b"secret"
         # Without a context, the system trust store does not know our test CA.
-        with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(TLSError, match="certificate verification failed"):
             await wait(transport.connect(listener.url))
 
 

@@ -40,6 +40,7 @@ from proxy_core.errors import (
     MessageTooLarge,
     ProtocolError,
     ProxyError,
+    TLSError,
 )
 from proxy_core.plugins import load_transport, resolve_transport
 from proxy_core.transport import Connection, Listener
@@ -874,7 +875,7 @@ async def test_grpcs_round_trip_and_wrong_ca(probe: Probe) -> None:
                 root_certificates=stranger.cert_pem.bytes()
             )
         )
-        with pytest.raises(ConnectError) as failed:
+        with pytest.raises(TLSError, match="certificate verification failed") as failed:
             await wait(wrong.connect(listener.url, open_timeout=5.0))
         assert listener.url in str(failed.value)
         # Plaintext to a TLS port fails too, as a ConnectError.

@@ -30,6 +30,7 @@ from proxy_core.errors import (
     MessageTooLarge,
     ProtocolError,
     ProxyError,
+    TLSError,
 )
 from proxy_core.transport import Connection, Listener
 from proxy_core_websockets.transport import (
@@ -489,7 +490,7 @@ async def test_wss_round_trip(transport: WebSocketsTransport, probe: Probe) -> N
             await conn.send(b"secret")
             assert await wait(conn.receive()) == b"secret"
         # Without a context, the system trust store does not know our test CA.
-        with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(TLSError, match="certificate verification failed"):
             await wait(transport.connect(listener.url))
 
 

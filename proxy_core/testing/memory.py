@@ -42,6 +42,7 @@ from ..errors import (
     ConnectionClosed,
     MessageTooLarge,
 )
+from ..tls import ClientTLS, ServerTLS
 from ..transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Authenticator,
@@ -355,7 +356,7 @@ def _parse_url(url: str) -> SplitResult:
     return parts
 
 
-def _check_options(ssl: SSLContext | None, max_message_bytes: int) -> None:
+def _check_options(ssl: SSLContext | ClientTLS | ServerTLS | None, max_message_bytes: int) -> None:
     if ssl is not None:
         raise ConfigurationError("the memory transport has no TLS; pass ssl=None")
     if max_message_bytes < 1:
@@ -372,6 +373,7 @@ class MemoryTransport(Transport):
 
     name: ClassVar[str] = "memory"
     schemes: ClassVar[tuple[str, ...]] = (SCHEME,)
+    supports_tls: ClassVar[bool] = False  # in-process: nothing to encrypt
 
     def __init__(self, *, buffer_frames: int = DEFAULT_BUFFER_FRAMES) -> None:
         if buffer_frames < 1:
@@ -383,7 +385,7 @@ class MemoryTransport(Transport):
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ClientTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         open_timeout: float = 10.0,
     ) -> Connection:
@@ -413,7 +415,7 @@ class MemoryTransport(Transport):
         handler: ConnectionHandler,
         *,
         authenticate: Authenticator | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ServerTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> AbstractAsyncContextManager[Listener]:
         """Serve ``url``'s name on the running event loop while the ``async with`` block runs.

@@ -14,6 +14,12 @@ Fixtures:
         parameter, ``@pytest.mark.proxy_core(codec=...)``, the first of the test
         class's ``codecs``, or ``"msgpack"``.
     serve_url: ``"{scheme}://127.0.0.1:0/ws"`` for the transport's first scheme.
+    tls_serve_url: ``"{scheme}://127.0.0.1:0/ws"`` for the transport's TLS scheme
+        (``wss``, ``grpcs``: the ``xs`` of an ``x``/``xs`` pair in its ``schemes``);
+        skips for a transport whose ``supports_tls`` is false.
+    proxy_core_tls: certificates generated with trustme for the session (a
+        server's, a client that trusts its CA, a client that trusts another CA);
+        skips when trustme is not installed.
     fault_relay: ``await fault_relay(url)`` starts a :class:`~proxy_core.testing.FaultRelay`
         to ``url``'s host and port, closed after the test.
     proxy_core_no_leaked_tasks: fails a test that leaves asyncio tasks (or
@@ -34,6 +40,7 @@ import pytest
 
 if TYPE_CHECKING:
     from proxy_core.codecs.base import Codec
+    from proxy_core.testing._tls import TLSMaterial
     from proxy_core.testing.relay import FaultRelay
     from proxy_core.transport import Transport
 
@@ -41,13 +48,19 @@ __all__ = [
     "fault_relay",
     "proxy_core_codec",
     "proxy_core_no_leaked_tasks",
+    "proxy_core_tls",
     "proxy_core_transport",
     "pytest_configure",
     "serve_url",
+    "tls_serve_url",
 ]
 
 # Assertions in the kit's modules get pytest's explanations, however they were imported.
-pytest.register_assert_rewrite("proxy_core.testing.contracts", "proxy_core.testing._harness")
+pytest.register_assert_rewrite(
+    "proxy_core.testing.contracts",
+    "proxy_core.testing.contracts_tls",
+    "proxy_core.testing._harness",
+)
 
 try:
     import pytest_asyncio
@@ -119,6 +132,33 @@ def proxy_core_codec(request: pytest.FixtureRequest) -> Codec:
 def serve_url(proxy_core_transport: Transport) -> str:
     """Return a URL to serve on: 127.0.0.1, port 0 (a free one), path ``/ws``."""
     return f"{proxy_core_transport.schemes[0]}://127.0.0.1:0/ws"
+
+
+@pytest.fixture
+def tls_serve_url(proxy_core_transport: Transport) -> str:
+    """Return a URL to serve TLS on: the transport's TLS scheme, 127.0.0.1, port 0, ``/ws``."""
+    from proxy_core.testing._tls import tls_scheme
+
+    transport = proxy_core_transport
+    if not transport.supports_tls:
+        pytest.skip(f"transport {transport.name!r} declares supports_tls = False")
+    scheme = tls_scheme(transport)
+    if scheme is None:
+        pytest.fail(
+            f"cannot tell which of {transport.name!r}'s schemes {transport.schemes} is its TLS "
+            "scheme (the kit looks for a pair like ws/wss): override the tls_serve_url fixture",
+            pytrace=False,
+        )
+    return f"{scheme}://127.0.0.1:0/ws"
+
+
+@pytest.fixture(scope="session")
+def proxy_core_tls() -> TLSMaterial:
+    """Return certificates generated for this test session with trustme (skip without it)."""
+    from proxy_core.testing._tls import TRUSTME_MISSING, make_tls_material
+
+    pytest.importorskip("trustme", reason=TRUSTME_MISSING)
+    return make_tls_material()
 
 
 if pytest_asyncio is not None:

@@ -25,7 +25,9 @@ from proxy_core.errors import (
     AuthenticationError,
     ConfigurationError,
     ConnectError,
+    TLSError,
 )
+from proxy_core.tls import ClientTLS, ServerTLS, client_ssl_context, server_ssl_context, tls_failure
 from proxy_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Authenticator,
@@ -156,7 +158,7 @@ class AiohttpTransport(Transport):
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ClientTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         open_timeout: float = 10.0,
     ) -> Connection:
@@ -167,19 +169,25 @@ class AiohttpTransport(Transport):
         Args:
             url: a ``ws://`` or ``wss://`` URL.
             headers: extra handshake headers (credentials for ``authenticate``).
-            ssl: the TLS context for ``wss://`` (default: the system's trust store).
+            ssl: the TLS settings for ``wss://``, a ``ClientTLS`` or an
+                ``ssl.SSLContext`` (default: the system's trust store).
             max_message_bytes: the limit on incoming frames.
             open_timeout: seconds allowed for TCP, TLS and the WebSocket handshake.
 
         Raises:
             ConfigurationError: the URL is not ``ws``/``wss``, or ``ssl`` is given for ``ws``.
             AuthenticationError: the server answered HTTP 401 or 403.
+            TLSError: the TLS handshake failed (e.g. certificate verification).
             ConnectError: anything else kept the connection from opening.
         """
         parts = _parse_url(url)
         _check_limit(max_message_bytes)
         if ssl is not None and parts.scheme != "wss":
-            raise ConfigurationError(f"an ssl context needs a wss:// URL, not {_redact(url)}")
+            raise ConfigurationError(f"TLS settings need a wss:// URL, not {_redact(url)}")
+        context = client_ssl_context(ssl)
+        options: dict[str, Any] = {}
+        if isinstance(ssl, ClientTLS) and ssl.server_hostname is not None:
+            options["server_hostname"] = ssl.server_hostname
         session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=_refuse_upgrade_failure,  # reads the body of a refusal
@@ -191,12 +199,13 @@ class AiohttpTransport(Transport):
                     url,
                     headers=dict(headers) if headers else None,
                     max_msg_size=_library_limit(max_message_bytes),
-                    ssl=ssl if ssl is not None else True,
+                    ssl=context if context is not None else True,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout),
                     heartbeat=None,  # the session layer sends heartbeats
                     autoping=True,
                     autoclose=True,
                     compress=0,
+                    **options,
                 )
         except BaseException as exc:
             await _close_quietly(session)
@@ -211,7 +220,7 @@ class AiohttpTransport(Transport):
         handler: ConnectionHandler,
         *,
         authenticate: Authenticator | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ServerTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> AbstractAsyncContextManager[Listener]:
         """Serve ``url`` (port 0 picks a free port), calling ``handler`` per connection.
@@ -229,20 +238,24 @@ class AiohttpTransport(Transport):
             url: a ``ws://`` or ``wss://`` URL to listen on.
             handler: awaited with an :class:`AiohttpConnection` per client.
             authenticate: the hook that sees the request headers first.
-            ssl: the server's TLS context; required for ``wss://``.
+            ssl: the server's TLS settings, a ``ServerTLS`` or an
+                ``ssl.SSLContext``; required for ``wss://``.
             max_message_bytes: the limit on incoming frames.
 
         Raises:
-            ConfigurationError: a bad URL, or ``ssl`` does not match the scheme.
+            ConfigurationError: a bad URL, ``ssl`` does not match the scheme,
+                or its certificate and key do not load.
             ConnectError: the address could not be bound (raised on entering).
         """
         parts = _parse_url(url)
         _check_limit(max_message_bytes)
         if (parts.scheme == "wss") != (ssl is not None):
             raise ConfigurationError(
-                f"serving {_redact(url)}: wss:// needs an ssl context and ws:// takes none"
+                f"serving {_redact(url)}: wss:// needs TLS settings (ssl=ServerTLS(...)) "
+                "and ws:// takes none"
             )
-        return self._serve(parts, handler, authenticate, ssl, max_message_bytes)
+        context = server_ssl_context(ssl)
+        return self._serve(parts, handler, authenticate, context, max_message_bytes)
 
     @asynccontextmanager
     async def _serve(
@@ -400,7 +413,14 @@ def _connect_error(url: str, exc: Exception, open_timeout: float) -> Exception:
         return ConnectError(
             f"could not connect to {_redact(url)}: timed out after {open_timeout:g}s"
         )
-    return ConnectError(f"could not connect to {_redact(url)}: {_describe(exc)}")
+    failure = tls_failure(exc)
+    if failure is not None:
+        return TLSError(f"TLS handshake with {_redact(url)} failed: {failure}")
+    message = f"could not connect to {_redact(url)}: {_describe(exc)}"
+    if url.startswith("ws:") and isinstance(exc, aiohttp.ServerDisconnectedError):
+        # A TLS server drops a plaintext client's request without a word.
+        message += " (if the server expects TLS, use a wss:// URL)"
+    return ConnectError(message)
 
 
 def _parse_url(url: str) -> SplitResult:

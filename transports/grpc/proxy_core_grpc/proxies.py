@@ -30,11 +30,12 @@ class GrpcProxyClient(ProxyClient):
         forward_messages: the message types allowed to cross, both ways.
         headers: sent as request metadata (names lower-cased), e.g. a token.
         codec: codec name(s) or instance(s), in order of preference.
-        channel_credentials: TLS credentials for ``grpcs://``, e.g.
+        channel_credentials: gRPC TLS credentials for ``grpcs://``, e.g.
             ``grpc.ssl_channel_credentials(root_certificates=ca_pem)``
-            (default: the system's trusted roots).
-        **options: more :class:`~proxy_core.ProxyClient` options (not ``ssl``:
-            gRPC takes credentials instead).
+            (default: the system's trusted roots). ``ssl=ClientTLS(...)``,
+            as on every backend, does the same and takes precedence.
+        **options: more :class:`~proxy_core.ProxyClient` options (``ssl`` takes
+            a ``ClientTLS``, not an ``ssl.SSLContext``).
     """
 
     def __init__(

@@ -18,9 +18,11 @@
   (gRPC's own refusal on a server is indistinguishable from a client that
   vanished), and beyond that gRPC refuses (the handler sees the call end).
 
-TLS is configured with gRPC credentials on the transport
-(``GrpcTransport(channel_credentials=..., server_credentials=...)``): an
-``ssl.SSLContext`` cannot be turned into gRPC credentials.
+TLS (``grpcs://``) is configured as on every backend, with ``ssl=`` a
+:class:`~proxy_core.tls.ClientTLS` or :class:`~proxy_core.tls.ServerTLS`,
+turned into gRPC credentials from their PEM bytes; or with gRPC credentials on
+the transport (``GrpcTransport(channel_credentials=..., server_credentials=...)``).
+An ``ssl.SSLContext`` is refused: it cannot be turned into gRPC credentials.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from proxy_core.errors import (
     ConnectionClosed,
     MessageTooLarge,
     ProxyError,
+    TLSError,
 )
+from proxy_core.tls import ClientTLS, ServerTLS
 from proxy_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Authenticator,
@@ -580,11 +584,16 @@ class _GrpcListener(Listener):
 class GrpcTransport(Transport):
     """The ``grpc.aio`` backend: ``grpc://`` (plaintext) and ``grpcs://`` (TLS) URLs.
 
+    TLS settings are best given per call, as on every backend:
+    ``connect(url, ssl=ClientTLS(...))`` and ``serve(url, handler,
+    ssl=ServerTLS(...))``. The credentials below are the alternative for
+    what those cannot express; ``ssl=`` takes precedence over them.
+
     Args:
         channel_credentials: for ``grpcs://`` clients, e.g.
             ``grpc.ssl_channel_credentials(root_certificates=ca_pem)``; the
             default trusts the system's roots.
-        server_credentials: required to serve ``grpcs://``, e.g.
+        server_credentials: to serve ``grpcs://`` without ``ssl=``, e.g.
             ``grpc.ssl_server_credentials([(key_pem, cert_pem)])``.
     """
 
@@ -600,7 +609,7 @@ class GrpcTransport(Transport):
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ClientTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         open_timeout: float = 10.0,
     ) -> Connection:
@@ -610,22 +619,25 @@ class GrpcTransport(Transport):
             url: ``grpc://host:port`` or ``grpcs://host:port`` (default ports
                 80 and 443; a path is ignored).
             headers: sent as request metadata, names lower-cased.
-            ssl: not supported (pass ``channel_credentials`` to the transport).
+            ssl: the TLS settings for ``grpcs://``, a ``ClientTLS`` (default:
+                the transport's ``channel_credentials``, else the system's
+                roots). An ``ssl.SSLContext`` is refused.
             max_message_bytes: the limit on one frame, in either direction.
             open_timeout: seconds allowed to connect and be accepted.
 
         Raises:
-            ConfigurationError: a bad URL, a header that cannot be metadata, or ``ssl``.
+            ConfigurationError: a bad URL, a header that cannot be metadata,
+                an ``ssl.SSLContext``, or ``ssl`` with ``grpc://``.
             AuthenticationError: the server answered UNAUTHENTICATED or PERMISSION_DENIED.
+            TLSError: the TLS handshake failed (e.g. certificate verification).
             ConnectError: anything else kept the call from opening.
         """
         parts = _parse_url(url)
         _check_limit(max_message_bytes)
-        if ssl is not None:
-            raise ConfigurationError(_SSL_CONTEXT_REFUSED)
+        _check_tls(url, parts.scheme, ssl, ClientTLS)
         metadata = _client_metadata(headers)
         target = f"{_format_host(parts.hostname)}:{_port(parts)}"
-        channel = self._channel(parts.scheme, target, max_message_bytes)
+        channel = self._channel(parts.scheme, target, max_message_bytes, ssl)
         call: Any = None
         try:
             multicallable = channel.stream_stream(
@@ -654,19 +666,24 @@ class GrpcTransport(Transport):
             channel, call, target=target, max_message_bytes=max_message_bytes
         )
 
-    def _channel(self, scheme: str, target: str, limit: int) -> Any:
+    def _channel(self, scheme: str, target: str, limit: int, tls: Any) -> Any:
         size = _wire.wire_size(limit)
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             # A TCP connection of its own, as on the other backends: sessions to
             # one server do not share flow control, faults or connect backoff.
             ("grpc.use_local_subchannel_pool", 1),
         ]
-        if scheme == "grpcs":
+        if scheme != "grpcs":
+            return grpc.aio.insecure_channel(target, options=options)
+        if isinstance(tls, ClientTLS):
+            credentials = _channel_credentials(tls)
+            if tls.server_hostname is not None:
+                options.append(("grpc.ssl_target_name_override", tls.server_hostname))
+        else:
             credentials = self.channel_credentials or grpc.ssl_channel_credentials()
-            return grpc.aio.secure_channel(target, credentials, options=options)
-        return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
     def serve(
         self,
@@ -674,7 +691,7 @@ class GrpcTransport(Transport):
         handler: ConnectionHandler,
         *,
         authenticate: Authenticator | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ServerTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> AbstractAsyncContextManager[Listener]:
         """Serve ``url`` (port 0 picks a free port), calling ``handler`` per call.
@@ -691,24 +708,29 @@ class GrpcTransport(Transport):
             url: ``grpc://host:port`` or ``grpcs://host:port``.
             handler: awaited with a :class:`GrpcServerConnection` per call.
             authenticate: the hook that sees the request metadata first.
-            ssl: not supported (pass ``server_credentials`` to the transport).
+            ssl: the TLS settings for ``grpcs://``, a ``ServerTLS`` (default:
+                the transport's ``server_credentials``; one of the two is
+                required for ``grpcs://``). An ``ssl.SSLContext`` is refused.
             max_message_bytes: the limit on one frame, in either direction.
 
         Raises:
-            ConfigurationError: a bad URL, ``ssl``, or ``grpcs://`` without
+            ConfigurationError: a bad URL, an ``ssl.SSLContext``, ``ssl`` with
+                ``grpc://``, or ``grpcs://`` with neither ``ssl`` nor
                 ``server_credentials``.
             ConnectError: the address could not be bound (raised on entering).
         """
         parts = _parse_url(url)
         _check_limit(max_message_bytes)
-        if ssl is not None:
-            raise ConfigurationError(_SSL_CONTEXT_REFUSED)
-        if parts.scheme == "grpcs" and self.server_credentials is None:
+        _check_tls(url, parts.scheme, ssl, ServerTLS)
+        credentials = self.server_credentials
+        if isinstance(ssl, ServerTLS):
+            credentials = _server_credentials(ssl)
+        if parts.scheme == "grpcs" and credentials is None:
             raise ConfigurationError(
-                f"serving {_redact(url)} needs GrpcTransport(server_credentials=...), e.g. "
-                "grpc.ssl_server_credentials([(key_pem, cert_pem)])"
+                f"serving {_redact(url)} needs TLS settings: ssl=ServerTLS(cert_chain_pem, "
+                "key_pem), or GrpcTransport(server_credentials=grpc.ssl_server_credentials(...))"
             )
-        return self._serve(parts, handler, authenticate, max_message_bytes)
+        return self._serve(parts, handler, authenticate, max_message_bytes, credentials)
 
     @asynccontextmanager
     async def _serve(
@@ -717,9 +739,10 @@ class GrpcTransport(Transport):
         handler: ConnectionHandler,
         authenticate: Authenticator | None,
         limit: int,
+        credentials: Any,
     ) -> AsyncIterator[Listener]:
         listener = _GrpcListener(handler, authenticate, limit)
-        await listener.start(parts, self.server_credentials)
+        await listener.start(parts, credentials)
         try:
             yield listener
         finally:
@@ -727,11 +750,57 @@ class GrpcTransport(Transport):
 
 
 _SSL_CONTEXT_REFUSED = (
-    "the grpc transport cannot use an ssl.SSLContext (gRPC has its own TLS stack); pass "
-    "credentials to the transport instead: GrpcTransport(channel_credentials="
-    "grpc.ssl_channel_credentials(root_certificates=...)) for clients, "
-    "GrpcTransport(server_credentials=grpc.ssl_server_credentials(...)) for servers"
+    "the grpc transport cannot use an ssl.SSLContext (gRPC has its own TLS stack, which "
+    "cannot read one): pass ssl={} with the PEM certificates instead (proxy_core.{}), or "
+    "gRPC credentials to the transport, GrpcTransport({}=...)"
 )
+
+
+def _check_tls(url: str, scheme: str, tls: object, kind: type[ClientTLS | ServerTLS]) -> None:
+    """Refuse TLS settings gRPC cannot use, or that do not fit the URL's scheme."""
+    if tls is None:
+        return
+    if isinstance(tls, SSLContext):
+        if kind is ClientTLS:
+            example, option = "ClientTLS(ca_pem=...)", "channel_credentials"
+        else:
+            example, option = "ServerTLS(cert_chain_pem, key_pem)", "server_credentials"
+        raise ConfigurationError(_SSL_CONTEXT_REFUSED.format(example, kind.__name__, option))
+    if not isinstance(tls, kind):
+        raise ConfigurationError(
+            f"ssl= takes a {kind.__name__} here, not {type(tls).__module__}."
+            f"{type(tls).__qualname__}"
+        )
+    if scheme != "grpcs":
+        raise ConfigurationError(f"TLS settings need a grpcs:// URL, not {_redact(url)}")
+
+
+def _channel_credentials(tls: ClientTLS) -> Any:
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem
+    )
+
+
+def _server_credentials(tls: ServerTLS) -> Any:
+    return grpc.ssl_server_credentials(
+        [(tls.key_pem, tls.cert_chain_pem)],
+        root_certificates=tls.client_ca_pem,
+        require_client_auth=tls.requires_client_certificate,
+    )
+
+
+def _tls_failure(details: str) -> str | None:
+    """Describe a failed TLS handshake from a gRPC status message, else ``None``."""
+    if "CERTIFICATE_VERIFY_FAILED" in details or _VERIFICATION_CHECK_FAILED.search(details):
+        return f"certificate verification failed ({details})"
+    if _TLS_HANDSHAKE_FAILED.search(details):
+        return f"TLS handshake failed ({details})"
+    return None
+
+
+_TLS_HANDSHAKE_FAILED = re.compile(r"(tls|ssl) handshake failed", re.IGNORECASE)
+# What gRPC says when the server's certificate does not name the host.
+_VERIFICATION_CHECK_FAILED = re.compile(r"verification check failed", re.IGNORECASE)
 
 
 def _server_options(limit: int) -> list[tuple[str, int]]:
@@ -799,6 +868,11 @@ def _refuse(url: str, status: Any, details: str, limit: int) -> NoReturn:
         details = f"the server does not serve {METHOD_PATH} ({details})"
     elif status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         details = f"{getattr(status, 'name', status)}: {details}"
+    elif (failure := _tls_failure(details)) is not None:
+        raise TLSError(f"TLS handshake with {_redact(url)} failed: {failure}")
+    elif url.startswith("grpc:") and "Socket closed" in details:
+        # A TLS server drops a plaintext client without a word.
+        details += " (if the server expects TLS, use a grpcs:// URL)"
     raise ConnectError(f"could not connect to {_redact(url)}: {details}")
 
 

@@ -28,6 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import (
     ConcurrencyError,
+    InvalidMessage,
     InvalidStatus,
     InvalidURI,
     PayloadTooBig,
@@ -43,7 +44,9 @@ from proxy_core.errors import (
     ConnectionClosed,
     MessageTooLarge,
     ProtocolError,
+    TLSError,
 )
+from proxy_core.tls import ClientTLS, ServerTLS, client_ssl_context, server_ssl_context, tls_failure
 from proxy_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Authenticator,
@@ -338,7 +341,7 @@ class WebSocketsTransport(Transport):
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ClientTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         open_timeout: float = 10.0,
     ) -> Connection:
@@ -347,13 +350,15 @@ class WebSocketsTransport(Transport):
         Args:
             url: a ``ws://`` or ``wss://`` URL.
             headers: extra handshake headers (credentials for ``authenticate``).
-            ssl: the TLS context for ``wss://`` (default: the system's trust store).
+            ssl: the TLS settings for ``wss://``, a ``ClientTLS`` or an
+                ``ssl.SSLContext`` (default: the system's trust store).
             max_message_bytes: the limit on incoming frames.
             open_timeout: seconds allowed for TCP, TLS and the WebSocket handshake.
 
         Raises:
             ConfigurationError: the URL is not ``ws``/``wss``, or ``ssl`` is given for ``ws``.
             AuthenticationError: the server answered HTTP 401 or 403.
+            TLSError: the TLS handshake failed (e.g. certificate verification).
             ConnectError: anything else kept the connection from opening.
         """
         parts = _parse_url(url)
@@ -361,8 +366,10 @@ class WebSocketsTransport(Transport):
         options: dict[str, Any] = {}
         if ssl is not None:
             if parts.scheme != "wss":
-                raise ConfigurationError(f"an ssl context needs a wss:// URL, not {_redact(url)}")
-            options["ssl"] = ssl
+                raise ConfigurationError(f"TLS settings need a wss:// URL, not {_redact(url)}")
+            options["ssl"] = client_ssl_context(ssl)
+            if isinstance(ssl, ClientTLS) and ssl.server_hostname is not None:
+                options["server_hostname"] = ssl.server_hostname
         try:
             ws = await ws_connect(
                 url,
@@ -379,7 +386,7 @@ class WebSocketsTransport(Transport):
         except InvalidURI as exc:
             raise ConfigurationError(f"invalid WebSocket URL {_redact(url)}: {exc}") from exc
         except Exception as exc:
-            raise ConnectError(f"could not connect to {_redact(url)}: {_describe(exc)}") from exc
+            raise _connect_error(url, parts.scheme, exc) from exc
         return WebSocketsConnection(ws, max_message_bytes=max_message_bytes)
 
     def serve(
@@ -388,7 +395,7 @@ class WebSocketsTransport(Transport):
         handler: ConnectionHandler,
         *,
         authenticate: Authenticator | None = None,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ServerTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> AbstractAsyncContextManager[Listener]:
         """Serve ``url`` (port 0 picks a free port), calling ``handler`` per connection.
@@ -405,20 +412,24 @@ class WebSocketsTransport(Transport):
             url: a ``ws://`` or ``wss://`` URL to listen on.
             handler: awaited with a :class:`WebSocketsConnection` per client.
             authenticate: the hook that sees the request headers first.
-            ssl: the server's TLS context; required for ``wss://``.
+            ssl: the server's TLS settings, a ``ServerTLS`` or an
+                ``ssl.SSLContext``; required for ``wss://``.
             max_message_bytes: the limit on incoming frames.
 
         Raises:
-            ConfigurationError: a bad URL, or ``ssl`` does not match the scheme.
+            ConfigurationError: a bad URL, ``ssl`` does not match the scheme,
+                or its certificate and key do not load.
             ConnectError: the address could not be bound (raised on entering).
         """
         parts = _parse_url(url)
         _check_limit(max_message_bytes)
         if (parts.scheme == "wss") != (ssl is not None):
             raise ConfigurationError(
-                f"serving {_redact(url)}: wss:// needs an ssl context and ws:// takes none"
+                f"serving {_redact(url)}: wss:// needs TLS settings (ssl=ServerTLS(...)) "
+                "and ws:// takes none"
             )
-        return self._serve(parts, handler, authenticate, ssl, max_message_bytes)
+        context = server_ssl_context(ssl)
+        return self._serve(parts, handler, authenticate, context, max_message_bytes)
 
     @asynccontextmanager
     async def _serve(
@@ -511,6 +522,21 @@ class WebSocketsTransport(Transport):
 
 def _parse_url(url: str) -> SplitResult:
     return parse_url(url, transport="websockets", schemes=_SCHEMES)
+
+
+def _connect_error(url: str, scheme: str, exc: Exception) -> ConnectError:
+    """Translate what ``connect`` raised (other than a refusal or a bad URL)."""
+    failure = tls_failure(exc)
+    if failure is not None:
+        return TLSError(f"TLS handshake with {_redact(url)} failed: {failure}")
+    message = f"could not connect to {_redact(url)}: {_describe(exc)}"
+    if scheme == "ws" and isinstance(exc, InvalidMessage):
+        # A TLS server drops a plaintext client's request without a word.
+        message += " (if the server expects TLS, use a wss:// URL)"
+    elif scheme == "wss" and isinstance(exc, ConnectionResetError):
+        # A plaintext server resets a TLS client's handshake.
+        message += " (if the server does not serve TLS, use a ws:// URL)"
+    return ConnectError(message)
 
 
 def _refusal(url: str, exc: InvalidStatus) -> Exception:
