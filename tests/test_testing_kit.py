@@ -147,3 +147,26 @@ def test_suites_that_do_not_use_the_plugin_see_no_difference(pytester: pytest.Py
 
     assert fixtures(with_plugin) == fixtures(without)
     assert len(fixtures(with_plugin)) == 1 and "proxy" not in fixtures(with_plugin)[0]
+
+
+def test_a_third_party_suite_runs_the_tls_contracts(pytester: pytest.Pytester) -> None:
+    """The TLS contracts come with ``TransportContract``, run once per transport (not per
+    codec), and skip a transport that declares ``supports_tls = False``, saying so."""
+    pytest.importorskip("trustme")
+    pytest.importorskip("proxy_core_websockets")
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(
+        test_backend="""
+        from proxy_core.testing.contracts import TransportContract
+
+        class TestWebSockets(TransportContract):
+            transport = "websockets"
+            codecs = ("json", "msgpack")
+
+        class TestMemory(TransportContract):
+            transport = "memory"
+        """
+    )
+    result = pytester.runpytest("-k", "tls", "-rs")
+    result.assert_outcomes(passed=5, skipped=5)
+    result.stdout.fnmatch_lines(["*transport 'memory' declares supports_tls = False*"])
