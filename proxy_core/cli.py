@@ -1,4 +1,4 @@
-"""The ``proxy-core`` command: ``demo``, ``bench``, ``plugins``."""
+"""The ``proxy-core`` command: ``demo``, ``bench``, ``bench-load``, ``plugins``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
         "see benchmarks/README.md.",
     )
     add_bench_arguments(bench)
+    from .bench.load import add_arguments as add_load_arguments
+
+    load = commands.add_parser(
+        "bench-load",
+        help="hold many concurrent sessions on one server process, with traffic on each",
+        description="Open --sessions sessions to one server process, send --messages on each "
+        "and check every echo; report sessions held, messages lost and memory per session. "
+        "See docs/load.md.",
+    )
+    add_load_arguments(load)
     return parser
 
 
@@ -69,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench.command import run_command
 
             return run_command(args, None if argv is None else list(argv)[1:])
+        if args.command == "bench-load":
+            from .bench.load import run_command as run_load_command
+
+            return run_load_command(args, None if argv is None else list(argv)[1:])
         from .demo import run_demo
 
         return asyncio.run(run_demo(transport=args.transport, codec=args.codec))
