@@ -11,6 +11,7 @@ a user untranslated::
     ├── CodecError                bytes that do not decode, values that do not encode
     │   └── UnknownMessageType    a wire tag that no registered type owns
     ├── MessageTooLarge           a frame over ``max_message_bytes`` (either direction)
+    ├── QueueFull                 a worker's inbox is full and its overflow policy is ``error``
     ├── ProtocolError             the peer broke the session protocol
     │   └── HandshakeError        a HELLO/WELCOME that is malformed or refused
     │       └── SessionRejected   the server answered REJECT (code, reason)
@@ -37,6 +38,8 @@ __all__ = [
     "PluginError",
     "ProtocolError",
     "ProxyError",
+    "QueueFull",
+    "SessionLost",
     "SessionRejected",
     "TLSError",
     "TransportError",
@@ -109,6 +112,27 @@ class MessageTooLarge(ProxyError):
         self.limit = limit
 
 
+class QueueFull(ProxyError):
+    """A worker's inbox is full and its overflow policy is ``error``.
+
+    Raised to the sender (``send_bus_message``, ``Bus.send``); the message
+    was not queued, and the drop is counted in the worker's ``queue_stats``.
+
+    Attributes:
+        worker: the name of the worker whose inbox is full.
+        policy: the overflow policy (``"error"``).
+        maxsize: the inbox's bound.
+    """
+
+    def __init__(self, worker: str, policy: str, maxsize: int) -> None:
+        super().__init__(
+            f"the inbox of worker {worker!r} is full ({maxsize} messages, overflow={policy!r})"
+        )
+        self.worker = worker
+        self.policy = policy
+        self.maxsize = maxsize
+
+
 class ProtocolError(ProxyError):
     """The peer broke the session protocol."""
 
@@ -139,6 +163,29 @@ class AuthenticationError(SessionRejected):
 
     def __init__(self, reason: str = "unauthorized", code: int = 4001) -> None:
         super().__init__(code, reason)
+
+
+class SessionLost(ProxyError):
+    """The server no longer holds the session the client tried to resume.
+
+    Its grace period ran out (or the server restarted): the messages that were
+    not acknowledged before the link was lost are gone. A client configured
+    with ``on_session_expired="new"`` (the default) reports this through its
+    ``on_session_lost`` event and goes on with a new session; with ``"error"``
+    it stops and raises this from ``wait_connected``.
+
+    Attributes:
+        session_id: the session that was lost.
+        unacked: how many of our messages were not acknowledged, hence lost.
+    """
+
+    def __init__(self, session_id: str, unacked: int) -> None:
+        super().__init__(
+            f"the server no longer holds session {session_id}; "
+            f"{unacked} unacknowledged message(s) were lost"
+        )
+        self.session_id = session_id
+        self.unacked = unacked
 
 
 class TransportError(ProxyError):

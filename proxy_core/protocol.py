@@ -46,7 +46,8 @@ PROTOCOL_VERSION: Final = 1
 #: The optional features this implementation speaks. A client lists what it
 #: speaks in HELLO; the server answers with the ones both sides will use.
 #: ``"batch"``: BATCH frames (several frames in one transport message).
-FEATURES: Final = ("batch",)
+#: ``"resume"``: a client whose connection was lost may resume its session.
+FEATURES: Final = ("batch", "resume")
 
 
 class Kind(IntEnum):
@@ -155,6 +156,10 @@ class Hello:
     max_message_bytes: int
     version: int = PROTOCOL_VERSION
     features: tuple[str, ...] = ()
+    #: The session to resume (from its WELCOME), or ``None`` for a new one.
+    resume_session_id: str | None = None
+    #: With ``resume_session_id``: the last message number the client received.
+    resume_received: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,10 @@ class Welcome:
     max_message_bytes: int
     version: int = PROTOCOL_VERSION
     features: tuple[str, ...] = ()
+    #: Whether this is the session the client asked to resume.
+    resumed: bool = False
+    #: When resumed: the last message number the server received from the client.
+    received: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +202,10 @@ def encode_handshake(frame: Handshake) -> bytes:
             max_message_bytes=frame.max_message_bytes,
             features=list(frame.features),
         )
+        if frame.resume_session_id is not None:
+            body.update(
+                resume_session_id=frame.resume_session_id, resume_received=frame.resume_received
+            )
     elif isinstance(frame, Welcome):
         body.update(
             type="welcome",
@@ -203,6 +216,8 @@ def encode_handshake(frame: Handshake) -> bytes:
             max_message_bytes=frame.max_message_bytes,
             features=list(frame.features),
         )
+        if frame.resumed:
+            body.update(resumed=True, received=frame.received)
     else:
         body.update(type="reject", code=frame.code, reason=frame.reason)
     return json.dumps(body, separators=(",", ":")).encode()
@@ -230,6 +245,8 @@ def decode_handshake(data: bytes) -> Handshake:
                 server_worker=_get(body, "server_worker", str),
                 max_message_bytes=_get(body, "max_message_bytes", int),
                 features=_features(body),
+                resume_session_id=_optional(body, "resume_session_id", str, None),
+                resume_received=_optional(body, "resume_received", int, 0),
             )
         if kind == "welcome":
             return Welcome(
@@ -239,6 +256,8 @@ def decode_handshake(data: bytes) -> Handshake:
                 ready=tuple(_str_list(body, "ready")),
                 max_message_bytes=_get(body, "max_message_bytes", int),
                 features=_features(body),
+                resumed=_optional(body, "resumed", bool, False),
+                received=_optional(body, "received", int, 0),
             )
         if kind == "reject":
             return Reject(code=_get(body, "code", int), reason=_get(body, "reason", str))
@@ -265,3 +284,12 @@ def _str_list(body: dict[str, Any], key: str) -> list[str]:
 def _features(body: dict[str, Any]) -> tuple[str, ...]:
     # Optional: a peer that predates features sends none.
     return tuple(_str_list(body, "features")) if "features" in body else ()
+
+
+def _optional(body: dict[str, Any], key: str, kind: type[Any], default: Any) -> Any:
+    if key not in body:
+        return default
+    value = _get(body, key, kind)
+    if kind is int and value < 0:
+        raise KeyError(key)
+    return value

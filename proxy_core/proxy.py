@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Any, TypeAlias
 
+from .backoff import Backoff
 from .codecs.base import Codec, batch_size_bound
 from .errors import (
     CodecError,
@@ -28,6 +29,7 @@ from .errors import (
     MessageTooLarge,
     ProtocolError,
     ProxyError,
+    SessionLost,
     TransportError,
 )
 from .messages import BusMessage
@@ -52,6 +54,7 @@ from .session import (
     new_session_id,
     server_negotiate,
 )
+from .tls import ClientTLS
 from .transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Authenticator,
@@ -68,6 +71,9 @@ logger = logging.getLogger(__name__)
 #: How long a closing session waits for its queued frames (its BYE) to be written.
 _CLOSE_DRAIN_SECONDS = 2.0
 
+#: The reconnect policy of a client that names none.
+_DEFAULT_BACKOFF = Backoff()
+
 #: The most bytes of frames the writer puts in one BATCH (within the peer's limit).
 _BATCH_MAX_BYTES = 256 * 1024
 
@@ -83,6 +89,10 @@ class ProxyStats:
         bytes_out / bytes_in: frame bytes written and read (control frames included).
         dropped_out / dropped_in: dropped messages by :class:`~proxy_core.rules.DropReason` value.
         duplicates: received messages discarded as already delivered.
+        replayed: frames sent again on a resumed session.
+        reconnects: connections opened after the first (clients), or
+            connections that took a lost session over (servers).
+        resumes: sessions resumed on a new connection.
         batches_out / batches_in: BATCH frames (several frames in one
             transport message) written and read.
         sessions: sessions opened.
@@ -96,6 +106,9 @@ class ProxyStats:
     dropped_out: Counter[str] = field(default_factory=Counter)
     dropped_in: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
+    replayed: int = 0
+    reconnects: int = 0
+    resumes: int = 0
     batches_out: int = 0
     batches_in: int = 0
     sessions: int = 0
@@ -111,6 +124,9 @@ class ProxyStats:
             "dropped_out": dict(self.dropped_out),
             "dropped_in": dict(self.dropped_in),
             "duplicates": self.duplicates,
+            "replayed": self.replayed,
+            "reconnects": self.reconnects,
+            "resumes": self.resumes,
             "batches_out": self.batches_out,
             "batches_in": self.batches_in,
             "sessions": self.sessions,
@@ -186,15 +202,19 @@ class _ProxyWorker(BaseWorker):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
         self._remote_ready_warned = False
-        self._opening = False  # connecting or in the handshake: no session yet
+        # No live connection: connecting, in the handshake, waiting to retry,
+        # or holding a lost session for a resume. Closing then abandons the wait.
+        self._opening = False
+        self._closing = False  # we are closing on purpose: not a lost link
+        self._link_lost = False  # the last connection ended without a BYE either way
 
     def routed_names(self) -> tuple[str, ...]:
         return (self.name, self.rules.remote_worker)
 
     @property
     def connected(self) -> bool:
-        """Whether a session is open now."""
-        return self._session is not None
+        """Whether a session is open now, on a live connection."""
+        return self._session is not None and self._conn is not None
 
     @property
     def codec(self) -> str | None:
@@ -220,17 +240,19 @@ class _ProxyWorker(BaseWorker):
         while session is not None and session.outbox_full:
             # Backpressure: wait for the peer to acknowledge. A live peer acks
             # within ack_delay; one that does not for heartbeat_timeout is stuck.
+            # While a lost session waits for its resume, the resume (or the end
+            # of the grace period) sets the event.
             self._outbox_space.clear()
             try:
                 await asyncio.wait_for(self._outbox_space.wait(), self.heartbeat_timeout)
             except TimeoutError:
-                logger.warning(
-                    "proxy %r: peer acknowledged nothing for %.1fs; closing the link",
-                    self.name,
-                    self.heartbeat_timeout,
-                )
                 conn = self._conn
                 if conn is not None and self._session is session:
+                    logger.warning(
+                        "proxy %r: peer acknowledged nothing for %.1fs; closing the link",
+                        self.name,
+                        self.heartbeat_timeout,
+                    )
                     await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "no acknowledgements")
             session = self._session
         if session is None:
@@ -247,7 +269,9 @@ class _ProxyWorker(BaseWorker):
             self._count_drop(self.stats.dropped_out, DropReason.ENCODE_FAILED, message)
             return
         self.stats.messages_out += 1
-        self._enqueue(data)
+        if self._conn is not None:
+            self._enqueue(data)
+        # else the link is lost: the frame waits in the outbox for the resume.
 
     def _enqueue(self, data: bytes) -> None:
         """Queue a frame for the session's writer task; never blocks."""
@@ -327,18 +351,31 @@ class _ProxyWorker(BaseWorker):
         session: Session,
         *,
         first: bytes | None = None,
+        replay: Sequence[bytes] = (),
         on_open: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        """Serve an open session until it ends; always closes ``conn``.
+        resumable: bool = False,
+    ) -> bool:
+        """Serve an open session on ``conn`` until it ends; always closes ``conn``.
 
         The session is in place before anything else happens: ``first`` (the
-        server's WELCOME) is the first frame written, and ``on_open`` (the
-        connected events) runs with the session already visible.
+        server's WELCOME) is the first frame written, then ``replay`` (the
+        frames a resumed session sends again), and ``on_open`` (the connected
+        events) runs with the session already visible.
+
+        Returns:
+            Whether the link was lost (no BYE, not closed by us) and the session
+            is kept, with its outbox, for a resume: only when ``resumable``.
         """
         self._conn, self._session = conn, session
+        self._closing = self._link_lost = False
         self._outbox_space.set()
         self._out.clear()
+        self._out.extend(replay)
         self._out_drained.set()
+        if replay:
+            self._out_drained.clear()
+            self._out_wakeup.set()
+            self.stats.replayed += len(replay)
         self.stats.sessions += 1
         writer = self.create_task(self._writer(conn, session, first), name=f"{self.name}-writer")
         heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
@@ -362,8 +399,11 @@ class _ProxyWorker(BaseWorker):
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
                 self._ack_timer = None
-            self._session = self._conn = None
-            self._outbox_space.set()  # wake senders waiting for room: they now drop
+            keep = resumable and self._link_lost and not self._closing
+            self._conn = None
+            if not keep:
+                self._session = None
+                self._outbox_space.set()  # wake senders waiting for room: they now drop
             self.registry.set_gone(self.rules.remote_worker)
             self._remote_ready_warned = False
             try:
@@ -373,7 +413,17 @@ class _ProxyWorker(BaseWorker):
                 writer.cancel()
                 self._out.clear()
                 await conn.aclose(code, reason)
-                logger.info("proxy %r: session closed (%d %s)", self.name, code, reason)
+                if keep:
+                    logger.info(
+                        "proxy %r: link lost (%d %s); session %s kept for a resume",
+                        self.name,
+                        code,
+                        reason,
+                        session.session_id,
+                    )
+                else:
+                    logger.info("proxy %r: session closed (%d %s)", self.name, code, reason)
+        return keep
 
     async def _receive_loop(self, conn: Connection, session: Session) -> tuple[int, str]:
         loop = asyncio.get_running_loop()
@@ -382,6 +432,7 @@ class _ProxyWorker(BaseWorker):
             try:
                 data = await conn.receive()
             except ConnectionClosed as exc:
+                self._link_lost = not self._closing
                 return (exc.code or CloseCode.GOING_AWAY), "connection closed"
             except MessageTooLarge as exc:
                 logger.warning("proxy %r: peer sent an oversized frame: %s", self.name, exc)
@@ -488,14 +539,15 @@ class _ProxyWorker(BaseWorker):
     async def _close_session(self, code: int, reason: str) -> None:
         """Say BYE, close the connection, and wait (bounded) for the session to wind down."""
         session, conn, task = self._session, self._conn, self._session_task
+        self._closing = True
         if session is not None and conn is not None:
             self._enqueue(session.bye_frame(code, reason))
             await self._drain(_CLOSE_DRAIN_SECONDS)
             await conn.aclose(code, reason)
         if task is not None and task is not asyncio.current_task() and not task.done():
             if self._opening:
-                # No session to close yet: abandon the attempt rather than wait
-                # for its timeout (open_timeout, handshake_timeout).
+                # No live session to close: abandon the attempt (or the wait
+                # to retry, or for a resume) rather than wait for its timeout.
                 task.cancel()
             await asyncio.wait({task}, timeout=self.heartbeat_timeout)
 
@@ -504,9 +556,21 @@ class ProxyClient(_ProxyWorker):
     """The client side of a proxy: connects to a server when activated.
 
     Activate it (``await worker.activate_worker("proxy")``) to connect; it
-    never opens a second connection while one is open or opening. Events:
-    ``on_connected(proxy, connection)``, ``on_disconnected(proxy, connection)``,
-    ``on_connect_error(proxy, error)``.
+    never opens a second connection while one is open or opening. A lost link
+    (no BYE) is reconnected by itself, following ``reconnect``, and the session
+    resumed where the server holds it: what either side had not acknowledged
+    is sent again and duplicates are discarded, so every message arrives once
+    and in order. Events:
+
+    - ``on_connected(proxy, connection)``: a new session is open;
+    - ``on_reconnected(proxy, connection)``: the session was resumed;
+    - ``on_disconnected(proxy, connection)``: a connection ended, however;
+    - ``on_reconnecting(proxy, attempt, delay)``: retry number ``attempt``
+      (from 1) follows in ``delay`` seconds;
+    - ``on_session_lost(proxy, error)``: a :class:`~proxy_core.errors.SessionLost`
+      (the server no longer held the session, or the link was lost where no
+      resume is possible): its unacknowledged messages are gone;
+    - ``on_connect_error(proxy, error)``: an attempt failed.
 
     Args:
         name: this worker's name.
@@ -517,14 +581,31 @@ class ProxyClient(_ProxyWorker):
         headers: sent with the connection request (e.g. an auth token).
         transport: a transport name or instance (default ``"websockets"``).
         codec: a codec name or instance, or several in order of preference.
-        ssl: TLS context for ``wss://`` (and other secure schemes).
+        ssl: TLS settings for a secure URL (``wss://``, ``grpcs://``): a
+            :class:`~proxy_core.tls.ClientTLS`, which every backend takes, or an
+            ``ssl.SSLContext`` (the WebSocket backends only); default: the
+            system's trust store. A server whose certificate does not verify is
+            a :class:`~proxy_core.errors.TLSError`.
         open_timeout: seconds allowed to connect and complete the handshake.
+        reconnect: the :class:`~proxy_core.backoff.Backoff` policy for retries,
+            or ``None`` to never retry (one attempt; a lost link ends the session).
+        on_session_expired: what to do when the server no longer holds the
+            session being resumed: ``"new"`` (go on with a new session) or
+            ``"error"`` (stop; ``wait_connected`` raises ``SessionLost``).
         forward_broadcasts, max_message_bytes, heartbeat_interval,
         heartbeat_timeout, max_unacked: see ``docs/concepts.md``.
         active: connect as soon as the runner starts.
     """
 
-    EVENTS = (*BaseWorker.EVENTS, "on_connected", "on_disconnected", "on_connect_error")
+    EVENTS = (
+        *BaseWorker.EVENTS,
+        "on_connected",
+        "on_reconnected",
+        "on_disconnected",
+        "on_reconnecting",
+        "on_session_lost",
+        "on_connect_error",
+    )
 
     def __init__(
         self,
@@ -537,8 +618,10 @@ class ProxyClient(_ProxyWorker):
         headers: dict[str, str] | None = None,
         transport: str | Transport = "websockets",
         codec: CodecSpec = "msgpack",
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | ClientTLS | None = None,
         open_timeout: float = 10.0,
+        reconnect: Backoff | None = _DEFAULT_BACKOFF,
+        on_session_expired: str = "new",
         forward_broadcasts: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         heartbeat_interval: float = 10.0,
@@ -564,6 +647,16 @@ class ProxyClient(_ProxyWorker):
         self.codecs = _codec_list(codec)
         self.ssl = ssl
         self.open_timeout = open_timeout
+        if reconnect is not None and not isinstance(reconnect, Backoff):
+            raise ConfigurationError(
+                f"reconnect must be a proxy_core.Backoff or None, got {reconnect!r}"
+            )
+        if on_session_expired not in ("new", "error"):
+            raise ConfigurationError(
+                f"on_session_expired must be 'new' or 'error', got {on_session_expired!r}"
+            )
+        self.reconnect = reconnect
+        self.on_session_expired = on_session_expired
         self.last_error: ProxyError | None = None
         self._outcome: asyncio.Future[None] | None = None
 
@@ -606,45 +699,144 @@ class ProxyClient(_ProxyWorker):
         self._get_outcome()
         self._session_task = self.create_task(self._client_main(), name=f"{self.name}-session")
 
+    def _settle(self, error: ProxyError | None = None) -> None:
+        """Resolve what ``wait_connected`` waits for: connected, or why not."""
+        outcome = self._outcome
+        if outcome is None or outcome.done():
+            return
+        if error is None:
+            outcome.set_result(None)
+        else:
+            outcome.set_exception(error)
+            outcome.add_done_callback(lambda f: f.exception())  # retrieved: no GC warning
+
     async def _client_main(self) -> None:
-        outcome = self._get_outcome()
-        self._opening = True
+        loop = asyncio.get_running_loop()
+        policy = self.reconnect
+        held: Session | None = None  # a lost session to resume
+        attempt = 0  # failed attempts in this streak
+        streak_start: float | None = None
+        ever_connected = False
         try:
-            opened = await self._open(outcome)
+            while True:
+                self._opening = True
+                try:
+                    opened = await self._open(held)
+                finally:
+                    self._opening = False
+                if isinstance(opened, ProxyError):
+                    error = opened
+                    self.last_error = error
+                    logger.warning(
+                        "proxy %r could not connect to %s: %s", self.name, self.url, error
+                    )
+                    await self._call_event("on_connect_error", error)
+                    now = loop.time()
+                    streak_start = now if streak_start is None else streak_start
+                    delay = None
+                    if policy is not None and (ever_connected or policy.retry_first_connect):
+                        delay = policy.next_delay(attempt, now - streak_start, error)
+                    if delay is None:
+                        if held is not None:
+                            await self._lose(held, "gave up reconnecting")
+                        logger.error("proxy %r: giving up on %s: %s", self.name, self.url, error)
+                        self._settle(error)
+                        return
+                    attempt += 1
+                    await self._call_event("on_reconnecting", attempt, delay)
+                    self._opening = True
+                    try:
+                        await asyncio.sleep(delay)
+                    finally:
+                        self._opening = False
+                    continue
+                conn, session, welcome, replay = opened
+                try:
+                    if held is not None and session is not held:
+                        lost = await self._lose(held, "the server no longer holds it")
+                        if self.on_session_expired == "error":
+                            await conn.aclose(CloseCode.NORMAL, "session lost")
+                            self.last_error = lost
+                            self._settle(lost)
+                            return
+                except BaseException:
+                    await conn.aclose(CloseCode.GOING_AWAY, "stopped")
+                    raise
+                resumed, held = session is held, None
+                self.last_error = None
+                if ever_connected:
+                    self.stats.reconnects += 1
+                if resumed:
+                    self.stats.resumes += 1
+                ever_connected = True
+                self._settle()
+                logger.info(
+                    "proxy %r %s %s (session %s)",
+                    self.name,
+                    "resumed its session on" if resumed else "connected to",
+                    self.url,
+                    session.session_id,
+                )
+                self._ready_sent = False  # a new connection: announce our worker again
+                connected_at = loop.time()
+
+                async def announce(
+                    conn: Connection = conn, welcome: Welcome = welcome, resumed: bool = resumed
+                ) -> None:
+                    await self._call_event("on_reconnected" if resumed else "on_connected", conn)
+                    for worker in welcome.ready:
+                        self._remote_ready(worker)
+
+                can_resume = policy is not None and "resume" in welcome.features
+                try:
+                    kept = await self._run_session(
+                        conn, session, replay=replay, on_open=announce, resumable=can_resume
+                    )
+                finally:
+                    if self._outcome is not None and self._outcome.done():
+                        self._outcome = None  # wait_connected now waits for the next attempt
+                    await self._call_event("on_disconnected", conn)
+                if kept:
+                    held = session
+                elif policy is None or not self._link_lost or self._closing:
+                    return  # closed on purpose, by either side, or no retries
+                else:
+                    await self._lose(session, "the link was lost and cannot be resumed")
+                if policy is not None and loop.time() - connected_at >= policy.reset_after:
+                    attempt, streak_start = 0, None
         except asyncio.CancelledError:
-            if not outcome.done():
-                outcome.set_exception(ConnectError("the proxy stopped before it connected"))
-                outcome.add_done_callback(lambda f: f.exception())  # retrieved: no GC warning
+            self._settle(ConnectError("the proxy stopped before it connected"))
             raise
         finally:
-            self._opening = False
-        if opened is None:
-            return
-        conn, session, welcome = opened
-        self.last_error = None
-        if not outcome.done():
-            outcome.set_result(None)
-        logger.info(
-            "proxy %r connected to %s (session %s)", self.name, self.url, session.session_id
+            if held is not None:  # stopped while waiting to resume: its messages are gone
+                if held.unacked:
+                    self.stats.dropped_out[DropReason.SESSION_LOST.value] += held.unacked
+                if self._session is held:
+                    self._session = None
+                    self._outbox_space.set()
+
+    async def _lose(self, session: Session, why: str) -> SessionLost:
+        """Report that ``session`` is gone with its unacknowledged messages."""
+        lost = SessionLost(session.session_id, session.unacked)
+        logger.warning(
+            "proxy %r: session %s lost (%s): %s", self.name, session.session_id, why, lost
         )
-        self._ready_sent = False  # a new session: announce our worker again
-
-        async def announce() -> None:
-            await self._call_event("on_connected", conn)
-            for worker in welcome.ready:
-                self._remote_ready(worker)
-
-        try:
-            await self._run_session(conn, session, on_open=announce)
-        finally:
-            if self._outcome is outcome:
-                self._outcome = None  # wait_connected now waits for the next attempt
-            await self._call_event("on_disconnected", conn)
+        if session.unacked:
+            self.stats.dropped_out[DropReason.SESSION_LOST.value] += session.unacked
+        if self._session is session:
+            self._session = None
+            self._outbox_space.set()
+        await self._call_event("on_session_lost", lost)
+        return lost
 
     async def _open(
-        self, outcome: asyncio.Future[None]
-    ) -> tuple[Connection, Session, Welcome] | None:
-        """Connect and handshake; on failure, report it and return ``None``."""
+        self, held: Session | None
+    ) -> tuple[Connection, Session, Welcome, list[bytes]] | ProxyError:
+        """Connect and handshake, resuming ``held`` if the server still has it.
+
+        Returns the connection, the session (``held`` itself when resumed), the
+        WELCOME and the frames to send again; or the error of this attempt.
+        """
         try:
             conn = await self.transport.connect(
                 self.url,
@@ -654,26 +846,25 @@ class ProxyClient(_ProxyWorker):
                 open_timeout=self.open_timeout,
             )
         except ProxyError as exc:
-            await self._fail(outcome, exc)
-            return None
+            return exc
         try:
-            session, welcome = await asyncio.wait_for(self._handshake(conn), self.open_timeout)
+            return await asyncio.wait_for(self._handshake(conn, held), self.open_timeout)
         except (ProxyError, TimeoutError) as exc:
             await conn.aclose(CloseCode.PROTOCOL_ERROR, "handshake failed")
-            error = exc if isinstance(exc, ProxyError) else HandshakeError("handshake timed out")
-            await self._fail(outcome, error)
-            return None
+            return exc if isinstance(exc, ProxyError) else HandshakeError("handshake timed out")
         except asyncio.CancelledError:
             await conn.aclose(CloseCode.GOING_AWAY, "stopped")
             raise
-        return conn, session, welcome
 
-    async def _handshake(self, conn: Connection) -> tuple[Session, Welcome]:
+    async def _handshake(
+        self, conn: Connection, held: Session | None
+    ) -> tuple[Connection, Session, Welcome, list[bytes]]:
         hello = client_hello(
             self.codecs,
             client_worker=self.rules.local_worker,
             server_worker=self.rules.remote_worker,
             max_message_bytes=self.max_message_bytes,
+            resume=(held.session_id, held.last_received_seq) if held is not None else None,
         )
         try:
             await conn.send(hello)
@@ -682,32 +873,146 @@ class ProxyClient(_ProxyWorker):
             # The server hung up, or answered with a frame that cannot be a WELCOME.
             raise HandshakeError(f"no WELCOME from the server: {exc}") from exc
         welcome, codec = client_accept(answer, self.codecs)
+        now = asyncio.get_running_loop().time()
+        if held is not None and welcome.resumed:
+            if welcome.session_id != held.session_id or codec.name != held.codec.name:
+                raise HandshakeError(
+                    f"the server resumed session {welcome.session_id} with codec "
+                    f"{codec.name!r}; we asked for {held.session_id} ({held.codec.name!r})"
+                )
+            try:
+                replay = held.resume(welcome.received, now)
+            except ProtocolError as exc:
+                raise HandshakeError(f"cannot resume: {exc}") from exc
+            return conn, held, welcome, replay
         session = Session(
             codec,
             session_id=welcome.session_id,
             peer_max_message_bytes=min(welcome.max_message_bytes, self.max_message_bytes),
             max_unacked=self.max_unacked,
             batch="batch" in common_features(welcome.features, codec),
-            now=asyncio.get_running_loop().time(),
+            now=now,
         )
-        return session, welcome
+        return conn, session, welcome, []
 
-    async def _fail(self, outcome: asyncio.Future[None], error: ProxyError) -> None:
-        self.last_error = error
-        logger.error("proxy %r could not connect to %s: %s", self.name, self.url, error)
-        if not outcome.done():
-            outcome.set_exception(error)
-            outcome.add_done_callback(lambda f: f.exception())  # retrieved: no GC warning
-        await self._call_event("on_connect_error", error)
+
+class SessionTable:
+    """The sessions of one server that a client may resume, by session id.
+
+    :func:`~proxy_core.serve_proxy` keeps one for all its connections; give the
+    same table to the :class:`ProxyServer` of every connection if you accept
+    connections yourself, and call :meth:`route` before building a runner.
+    """
+
+    def __init__(self) -> None:
+        self._proxies: dict[str, ProxyServer] = {}
+
+    def __len__(self) -> int:
+        return len(self._proxies)
+
+    def get(self, session_id: str) -> ProxyServer | None:
+        """Return the proxy holding ``session_id``, if it is held."""
+        return self._proxies.get(session_id)
+
+    def _add(self, session_id: str, proxy: ProxyServer) -> None:
+        self._proxies[session_id] = proxy
+
+    def _remove(self, session_id: str, proxy: ProxyServer) -> None:
+        if self._proxies.get(session_id) is proxy:
+            del self._proxies[session_id]
+
+    async def route(self, conn: Connection, accepted: tuple[Hello, Codec]) -> bool:
+        """Hand ``conn`` to the session its HELLO asks to resume, if it is held.
+
+        Returns ``False`` (the caller starts a new session) when there is no
+        such session; otherwise waits until the resumed session lets go of
+        ``conn`` and returns ``True``.
+        """
+        hello, codec = accepted
+        proxy = self._proxies.get(hello.resume_session_id or "")
+        if proxy is None:
+            return False
+        return await proxy._take_over(conn, hello, codec)
+
+
+async def accept_hello(
+    conn: Connection,
+    *,
+    codecs: Sequence[Codec],
+    authenticate: Authenticator | None,
+    worker_name: str,
+    remote_worker_name: str,
+    timeout: float,
+    log_name: str,
+) -> tuple[Hello, Codec] | None:
+    """Read a client's HELLO, authenticate it and pick the codec; or refuse.
+
+    On refusal the REJECT is sent (bounded by ``timeout``), ``conn`` is
+    closed and ``None`` returned. No session exists before this succeeds.
+    """
+    result: tuple[Hello, Codec] | Reject
+    try:
+        first: bytes | ProtocolError = await asyncio.wait_for(conn.receive(), timeout)
+    except ProtocolError as exc:
+        first = exc  # a text frame: refused below like any malformed HELLO
+    except (TransportError, MessageTooLarge, TimeoutError) as exc:
+        logger.info("proxy %r: no valid HELLO from %s: %r", log_name, conn.remote_address, exc)
+        await conn.aclose(CloseCode.PROTOCOL_ERROR, "no HELLO")
+        return None
+    # Authenticate first: the reason of any other refusal would tell an
+    # unauthenticated peer our worker names or codecs.
+    try:
+        refusal = await asyncio.wait_for(
+            check_authentication(authenticate, conn.request_headers), timeout
+        )
+    except TimeoutError:
+        logger.warning("proxy %r: the authenticate hook timed out; refusing", log_name)
+        refusal = "authentication timed out"
+    if refusal is not None:
+        result = Reject(RejectCode.UNAUTHORIZED, refusal)
+    elif isinstance(first, ProtocolError):
+        result = Reject(RejectCode.BAD_HELLO, f"HELLO must be a binary frame: {first}")
+    else:
+        result = server_negotiate(
+            first, codecs, worker_name=worker_name, remote_worker_name=remote_worker_name
+        )
+    if isinstance(result, Reject):
+        logger.info("proxy %r rejected %s: %s", log_name, conn.remote_address, result.reason)
+        try:
+            await asyncio.wait_for(conn.send(encode_handshake(result)), timeout)
+        except (TransportError, TimeoutError):
+            pass
+        await conn.aclose(result.code, result.reason[:120])
+        return None
+    return result
+
+
+@dataclass
+class _Resume:
+    """A connection that asks to take a held session over."""
+
+    conn: Connection
+    hello: Hello
+    codec: Codec
+    #: Set when the session lets go of ``conn``: whether it was resumed on it.
+    done: asyncio.Future[bool]
 
 
 class ProxyServer(_ProxyWorker):
     """The server side of a proxy: serves one accepted connection in its own runner.
 
     It starts serving when its runner starts. Events:
-    ``on_client_connected(proxy, connection)`` after a successful handshake, and
-    ``on_client_disconnected(proxy, connection)`` whenever that session ends,
-    however it ends. By default the runner is ended when the session ends.
+    ``on_client_connected(proxy, connection)`` after a successful handshake
+    (and again after a resume), ``on_client_disconnected(proxy, connection)``
+    whenever a connection ends, however it ends, and
+    ``on_session_expired(proxy, session_id)`` when a lost session was not
+    resumed in time. By default the runner is ended when the session ends.
+
+    With a :class:`SessionTable` (``serve_proxy`` gives one) and
+    ``resume_grace`` > 0, a connection lost without a BYE does not end the
+    session: its runner, workers and unacknowledged messages are kept for
+    ``resume_grace`` seconds, and a client that comes back with the session id
+    resumes it, both sides sending again what the other did not acknowledge.
 
     Args:
         name: this worker's name.
@@ -720,9 +1025,18 @@ class ProxyServer(_ProxyWorker):
         authenticate: ``authenticate(headers)`` run before the session exists.
         end_runner_on_disconnect: end the runner when the session ends.
         handshake_timeout: seconds the client has to send HELLO.
+        sessions: the table through which clients resume (``None``: no resume).
+        resume_grace: seconds a lost session is held for a resume.
+        hello: the client's HELLO and chosen codec, if already read with
+            :func:`accept_hello` (then it is not read again).
     """
 
-    EVENTS = (*BaseWorker.EVENTS, "on_client_connected", "on_client_disconnected")
+    EVENTS = (
+        *BaseWorker.EVENTS,
+        "on_client_connected",
+        "on_client_disconnected",
+        "on_session_expired",
+    )
 
     def __init__(
         self,
@@ -741,6 +1055,9 @@ class ProxyServer(_ProxyWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        sessions: SessionTable | None = None,
+        resume_grace: float = 30.0,
+        hello: tuple[Hello, Codec] | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -759,11 +1076,23 @@ class ProxyServer(_ProxyWorker):
                 f"connection must be a proxy_core Connection, got {type(connection).__qualname__}; "
                 "wrap library sockets with transport.adapt(...)"
             )
+        if resume_grace < 0:
+            raise ConfigurationError("resume_grace must not be negative")
         self.connection = connection
         self.codecs = _codec_list(codecs)
         self.authenticate = authenticate
         self.end_runner_on_disconnect = end_runner_on_disconnect
         self.handshake_timeout = handshake_timeout
+        self.sessions = sessions
+        self.resume_grace = resume_grace
+        self._hello = hello
+        self._features: tuple[str, ...] = ()
+        self._resumes: asyncio.Queue[_Resume] = asyncio.Queue()
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a lost session of this proxy is held for a resume."""
+        return self.sessions is not None and self.resume_grace > 0
 
     async def on_start(self) -> None:
         self._session_task = self.create_task(self._server_main(), name=f"{self.name}-session")
@@ -773,83 +1102,83 @@ class ProxyServer(_ProxyWorker):
 
     async def _server_main(self) -> None:
         conn = self.connection
+        session: Session | None = None
+        done: asyncio.Future[bool] | None = None
         try:
             self._opening = True
             try:
-                accepted = await self._accept(conn)
+                accepted = self._hello or await accept_hello(
+                    conn,
+                    codecs=self.codecs,
+                    authenticate=self.authenticate,
+                    worker_name=self.rules.local_worker,
+                    remote_worker_name=self.rules.remote_worker,
+                    timeout=self.handshake_timeout,
+                    log_name=self.name,
+                )
             finally:
                 self._opening = False
             if accepted is None:
                 return
-            session, welcome = accepted
+            session, first = self._new_session(*accepted)
+            replay: list[bytes] = []
+            if self.sessions is not None:
+                self.sessions._add(session.session_id, self)
+            while True:
 
-            async def announce() -> None:
-                await self._call_event("on_client_connected", conn)
+                async def announce(conn: Connection = conn) -> None:
+                    await self._call_event("on_client_connected", conn)
 
-            try:
-                await self._run_session(conn, session, first=welcome, on_open=announce)
-            finally:
-                await self._call_event("on_client_disconnected", conn)
+                try:
+                    kept = await self._run_session(
+                        conn,
+                        session,
+                        first=first,
+                        replay=replay,
+                        on_open=announce,
+                        # Only a client that speaks "resume" can come back for it.
+                        resumable="resume" in self._features,
+                    )
+                finally:
+                    await self._call_event("on_client_disconnected", conn)
+                    if done is not None and not done.done():
+                        done.set_result(True)
+                if not kept:
+                    return
+                resumed = await self._wait_for_resume(session)
+                if resumed is None:
+                    return
+                conn, first, replay, done = resumed
         finally:
+            if session is not None and self.sessions is not None:
+                self.sessions._remove(session.session_id, self)
+            if done is not None and not done.done():
+                done.set_result(True)
+            if self._session is session:
+                self._session = None
+            self._outbox_space.set()
+            while not self._resumes.empty():  # too late: they start new sessions
+                self._resumes.get_nowait().done.set_result(False)
             await conn.aclose()
             if self.end_runner_on_disconnect:
                 await self.runner.end("client disconnected")
 
-    async def _accept(self, conn: Connection) -> tuple[Session, bytes] | None:
-        """Read and check HELLO; return the session and the WELCOME to send, or refuse."""
-        result: tuple[Hello, Codec] | Reject
-        try:
-            first: bytes | ProtocolError = await asyncio.wait_for(
-                conn.receive(), self.handshake_timeout
-            )
-        except ProtocolError as exc:
-            first = exc  # a text frame: refused below like any malformed HELLO
-        except (TransportError, MessageTooLarge, TimeoutError) as exc:
-            logger.info("proxy %r: no valid HELLO from %s: %r", self.name, conn.remote_address, exc)
-            await conn.aclose(CloseCode.PROTOCOL_ERROR, "no HELLO")
-            return None
-        # Authenticate first: the reason of any other refusal would tell an
-        # unauthenticated peer our worker names or codecs.
-        try:
-            refusal = await asyncio.wait_for(
-                check_authentication(self.authenticate, conn.request_headers),
-                self.handshake_timeout,
-            )
-        except TimeoutError:
-            logger.warning("proxy %r: the authenticate hook timed out; refusing", self.name)
-            refusal = "authentication timed out"
-        if refusal is not None:
-            result = Reject(RejectCode.UNAUTHORIZED, refusal)
-        elif isinstance(first, ProtocolError):
-            result = Reject(RejectCode.BAD_HELLO, f"HELLO must be a binary frame: {first}")
-        else:
-            result = server_negotiate(
-                first,
-                self.codecs,
-                worker_name=self.rules.local_worker,
-                remote_worker_name=self.rules.remote_worker,
-            )
-        if isinstance(result, Reject):
-            logger.info("proxy %r rejected %s: %s", self.name, conn.remote_address, result.reason)
-            try:
-                await asyncio.wait_for(conn.send(encode_handshake(result)), self.handshake_timeout)
-            except (TransportError, TimeoutError):
-                pass
-            await conn.aclose(result.code, result.reason[:120])
-            return None
-        hello, codec = result
+    def _new_session(self, hello: Hello, codec: Codec) -> tuple[Session, bytes]:
+        """Open a new session for an accepted HELLO; return it and the WELCOME to send."""
         # Announce our worker in WELCOME if it is ready already; READY follows otherwise.
         self._ready_sent = self.registry.is_ready(self.rules.local_worker)
-        now = asyncio.get_running_loop().time()
         features = common_features(hello.features, codec)
+        if not self.resumable:
+            features = tuple(f for f in features if f != "resume")
         session = Session(
             codec,
             session_id=new_session_id(),
             peer_max_message_bytes=min(hello.max_message_bytes, self.max_message_bytes),
             max_unacked=self.max_unacked,
             batch="batch" in features,
-            now=now,
+            now=asyncio.get_running_loop().time(),
         )
+        self._features = features
         welcome = Welcome(
             codec=codec.name,
             session_id=session.session_id,
@@ -858,3 +1187,91 @@ class ProxyServer(_ProxyWorker):
             features=features,
         )
         return session, encode_handshake(welcome)
+
+    async def _wait_for_resume(
+        self, session: Session
+    ) -> tuple[Connection, bytes, list[bytes], asyncio.Future[bool]] | None:
+        """Hold the lost ``session`` for ``resume_grace`` seconds; return the resume, if any."""
+        self._opening = True  # no live connection: closing abandons the wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.resume_grace
+        try:
+            while True:
+                try:
+                    request = await asyncio.wait_for(
+                        self._resumes.get(), max(0.0, deadline - loop.time())
+                    )
+                except TimeoutError:
+                    lost = session.unacked
+                    logger.info(
+                        "proxy %r: session %s not resumed within %.1fs; ending it "
+                        "(%d unacknowledged message(s) lost)",
+                        self.name,
+                        session.session_id,
+                        self.resume_grace,
+                        lost,
+                    )
+                    if lost:
+                        self.stats.dropped_out[DropReason.SESSION_LOST.value] += lost
+                    await self._call_event("on_session_expired", session.session_id)
+                    return None
+                accepted = self._resume(session, request)
+                if accepted is not None:
+                    return accepted
+        finally:
+            self._opening = False
+
+    def _resume(
+        self, session: Session, request: _Resume
+    ) -> tuple[Connection, bytes, list[bytes], asyncio.Future[bool]] | None:
+        hello = request.hello
+        try:
+            if request.codec.name != session.codec.name:
+                raise ProtocolError(
+                    f"the session uses codec {session.codec.name!r}, the client now offers "
+                    f"{list(hello.codecs)}"
+                )
+            replay = session.resume(hello.resume_received, asyncio.get_running_loop().time())
+        except ProtocolError as exc:
+            logger.warning("proxy %r: refused to resume %s: %s", self.name, session.session_id, exc)
+            # The connection will start a new session instead.
+            request.done.set_result(False)
+            return None
+        self.stats.resumes += 1
+        self.stats.reconnects += 1
+        self._ready_sent = self.registry.is_ready(self.rules.local_worker)
+        welcome = Welcome(
+            codec=session.codec.name,
+            session_id=session.session_id,
+            ready=(self.rules.local_worker,) if self._ready_sent else (),
+            max_message_bytes=self.max_message_bytes,
+            features=self._features,
+            resumed=True,
+            received=session.last_received_seq,
+        )
+        logger.info(
+            "proxy %r: session %s resumed from %s (%d frame(s) to send again)",
+            self.name,
+            session.session_id,
+            request.conn.remote_address,
+            len(replay),
+        )
+        return request.conn, encode_handshake(welcome), replay, request.done
+
+    async def _take_over(self, conn: Connection, hello: Hello, codec: Codec) -> bool:
+        """Queue ``conn`` to resume this proxy's session; wait until it is done with it.
+
+        Returns ``False`` if the session was not resumed after all (the caller
+        then starts a new session on ``conn``).
+        """
+        task = self._session_task
+        if task is None or task.done():
+            return False
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._resumes.put_nowait(_Resume(conn, hello, codec, done))
+        live = self._conn
+        if live is not None and live is not conn:
+            # The client saw the link die before we did (a half-open link):
+            # drop the stale connection, which holds the session for the resume.
+            await live.aclose(CloseCode.GOING_AWAY, "replaced by a resumed connection")
+        return await done

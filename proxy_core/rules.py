@@ -42,6 +42,8 @@ class DropReason(StrEnum):
     """Outbound message with a value the codec cannot encode."""
     DUPLICATE = "duplicate"
     """Inbound message whose sequence number was already delivered."""
+    SESSION_LOST = "session_lost"
+    """Outbound message sent but never acknowledged by a session that was lost."""
 
 
 @dataclass(frozen=True, slots=True)

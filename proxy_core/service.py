@@ -14,7 +14,7 @@ from .errors import ConnectionClosed
 from .messages import BusMessage
 from .plugins import resolve_transport
 from .protocol import CloseCode
-from .proxy import CodecSpec, ProxyServer, _codec_list
+from .proxy import CodecSpec, ProxyServer, SessionTable, _codec_list, accept_hello
 from .runner import WorkerRunner
 from .tls import ServerTLS
 from .transport import DEFAULT_MAX_MESSAGE_BYTES, Authenticator, Connection, Transport
@@ -50,6 +50,7 @@ class ProxyService:
         runners: the runners of the sessions open now.
         proxies: the server proxies of the sessions open now.
         sessions_served: how many connections were handed a runner so far.
+        sessions: the sessions held for a resume (see ``resume_grace``).
     """
 
     def __init__(self) -> None:
@@ -57,6 +58,7 @@ class ProxyService:
         self.runners: set[WorkerRunner] = set()
         self.proxies: set[ProxyServer] = set()
         self.sessions_served = 0
+        self.sessions = SessionTable()
 
 
 @asynccontextmanager
@@ -114,8 +116,25 @@ async def serve_proxy(
     )
     service = ProxyService()
     counter = itertools.count(1)
+    table = service.sessions
+    handshake_timeout = proxy_options.get("handshake_timeout", 10.0)
 
     async def handle(conn: Connection) -> None:
+        # HELLO first (before any session exists): it may ask
+        # to resume a session this server holds, which then takes ``conn`` over.
+        accepted = await accept_hello(
+            conn,
+            codecs=codecs,
+            authenticate=None,  # the transport ran it before accepting the connection
+            worker_name=worker_name,
+            remote_worker_name=remote_worker_name,
+            timeout=handshake_timeout,
+            log_name=proxy_name,
+        )
+        if accepted is None:
+            return
+        if accepted[0].resume_session_id is not None and await table.route(conn, accepted):
+            return
         number = next(counter)
         runner = WorkerRunner(name=f"session-{number}", handle_sigint=False)
         proxy = ProxyServer(
@@ -126,6 +145,8 @@ async def serve_proxy(
             forward_messages=forward_messages,
             codecs=codecs,
             max_message_bytes=max_message_bytes,
+            sessions=table,
+            hello=accepted,
             **proxy_options,
         )
         try:

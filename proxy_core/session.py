@@ -74,8 +74,13 @@ def client_hello(
     server_worker: str,
     max_message_bytes: int,
     features: Sequence[str] = FEATURES,
+    resume: tuple[str, int] | None = None,
 ) -> bytes:
-    """Return the HELLO frame a client sends first."""
+    """Return the HELLO frame a client sends first.
+
+    ``resume``: the id of a session to resume and the last message number
+    received in it.
+    """
     return encode_handshake(
         Hello(
             codecs=tuple(c.name for c in codecs),
@@ -83,6 +88,8 @@ def client_hello(
             server_worker=server_worker,
             max_message_bytes=max_message_bytes,
             features=tuple(features),
+            resume_session_id=resume[0] if resume is not None else None,
+            resume_received=resume[1] if resume is not None else 0,
         )
     )
 
@@ -315,6 +322,40 @@ class Session:
     def unacked(self) -> int:
         """How many sent messages the peer has not acknowledged yet."""
         return len(self._outbox)
+
+    # -------------------------------------------------------- resuming
+
+    def resume(self, peer_received: int, now: float) -> list[bytes]:
+        """Take the session over to a new connection; return the frames to send again.
+
+        ``peer_received`` is the last message number the peer received (from
+        the resume handshake): everything up to it is acknowledged, and the
+        rest of the outbox is returned, in order, to be written first on the
+        new connection. The peer discards any it already has by number. The
+        handshake also told the peer what we received, so no ACK is owed.
+
+        Raises:
+            ProtocolError: the peer claims messages we never sent, or claims
+                fewer than it had already acknowledged (they are gone).
+        """
+        if peer_received > self.last_sent_seq:
+            raise ProtocolError(
+                f"the peer received message {peer_received}, but only "
+                f"{self.last_sent_seq} were sent"
+            )
+        first_kept = self._outbox[0][0] if self._outbox else self.last_sent_seq + 1
+        if peer_received < first_kept - 1:
+            raise ProtocolError(
+                f"the peer received up to message {peer_received}, but had "
+                f"acknowledged up to {first_kept - 1}"
+            )
+        self._on_ack(peer_received)
+        self._last_acked_by_us = self.last_received_seq
+        self._first_unacked_at = None
+        self._pending.clear()
+        self._pings.clear()
+        self.last_received_at = now
+        return [data for _, data in self._outbox]
 
     def batch_frame(self, frames: Sequence[bytes]) -> bytes:
         """Return one BATCH frame carrying ``frames`` (two or more, from this session).

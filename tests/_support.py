@@ -344,6 +344,8 @@ class ClientSide:
 async def run_client(url: str, **options: Any) -> AsyncIterator[ClientSide]:
     """Run the seed scenario's client runner; the proxy is not activated yet."""
     options.setdefault("forward_messages", (BusFrameMessage,))
+    # One attempt, as these tests expect, unless a test asks for retries.
+    options.setdefault("reconnect", None)
     runner = WorkerRunner(handle_sigint=False)
     proxy = WebSocketProxyClient(
         "proxy",

@@ -36,6 +36,7 @@ from proxy_core.messages import (
     register_type,
 )
 from proxy_core.protocol import (
+    FEATURES,
     PROTOCOL_NAME,
     PROTOCOL_VERSION,
     Ack,
@@ -236,7 +237,7 @@ def test_client_hello_lists_codecs_in_order() -> None:
         )
     )
     assert frame == Hello(
-        ("msgpack", "json"), CLIENT_WORKER, SERVER_WORKER, 123, 1, features=("batch",)
+        ("msgpack", "json"), CLIENT_WORKER, SERVER_WORKER, 123, 1, features=FEATURES
     )
 
 

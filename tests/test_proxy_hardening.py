@@ -58,6 +58,7 @@ async def start_client(url: str) -> tuple[WorkerRunner, ProxyClient, asyncio.Tas
         local_worker_name="acme",
         remote_worker_name="assistant",
         forward_messages=(BusFrameMessage,),
+        reconnect=None,  # one attempt: these tests follow one connection
     )
     await runner.add_workers(BaseWorker("acme"), proxy)
     task = asyncio.create_task(runner.run())

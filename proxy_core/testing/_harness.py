@@ -381,7 +381,11 @@ async def running_client(
     forward_messages: Sequence[type[BusMessage]] = (BusFrameMessage,),
     **options: Any,
 ) -> AsyncIterator[ClientSide]:
-    """Run a client runner; its proxy is not activated yet."""
+    """Run a client runner; its proxy is not activated yet.
+
+    The proxy makes one attempt (``reconnect=None``) unless ``options`` say otherwise.
+    """
+    options.setdefault("reconnect", None)
     runner = WorkerRunner(handle_sigint=False)
     proxy = ProxyClient(
         "proxy",

@@ -607,11 +607,10 @@ class TransportContract(TLSContract, _Parametrized):
                     await client.proxy.wait_connected(TIMEOUT)
                 assert caught.value.code == 4003
                 assert not isinstance(caught.value, AuthenticationError)
-                assert client.events == ["connect_error"]
+                assert client.events == ["connect_error"]  # refusals are never retried
                 assert not client.proxy.connected
-                side = await server.next_session()
-                await wait(side.ended.wait())
-                assert side.events == []
+                # Refused at HELLO: no runner, no worker was ever started for it.
+                assert server.sessions == []
 
     @pytest.mark.parametrize(
         "first", [b"\x00\xffnot a hello\x81", b'{"protocol": "proxy-core"}', b"[1, 1, {}]"]
@@ -629,9 +628,7 @@ class TransportContract(TLSContract, _Parametrized):
                 with pytest.raises(ConnectionClosed) as caught:
                     await wait(conn.receive())
                 _assert_close_code(caught.value, 4000)
-            side = await server.next_session()
-            await wait(side.ended.wait())
-            assert side.events == []
+            assert server.sessions == []  # refused before any runner or worker started
             await self._assert_still_serves(transport, server, proxy_core_codec)
 
     # ================================================================ ordering
