@@ -34,7 +34,15 @@ from .errors import (
 )
 from .messages import BusMessage
 from .plugins import resolve_codec, resolve_transport
-from .protocol import CloseCode, Hello, Reject, RejectCode, Welcome, encode_handshake
+from .protocol import (
+    FEATURES,
+    CloseCode,
+    Hello,
+    Reject,
+    RejectCode,
+    Welcome,
+    encode_handshake,
+)
 from .registry import Watch, WorkerReadyData
 from .rules import Drop, DropReason, FilterRules
 from .session import (
@@ -70,6 +78,8 @@ logger = logging.getLogger(__name__)
 
 #: How long a closing session waits for its queued frames (its BYE) to be written.
 _CLOSE_DRAIN_SECONDS = 2.0
+
+_NO_RESUME = tuple(f for f in FEATURES if f != "resume")
 
 #: The reconnect policy of a client that names none.
 _DEFAULT_BACKOFF = Backoff()
@@ -681,8 +691,12 @@ class ProxyClient(_ProxyWorker):
             SessionRejected: the server refused the session for another reason.
             HandshakeError: the server closed the connection or answered nonsense.
             ConnectError: the server could not be reached.
+            SessionLost: the session could not be resumed and
+                ``on_session_expired`` is ``"error"``.
             TimeoutError: no outcome within ``timeout`` seconds.
         """
+        if self.connected:
+            return
         await asyncio.wait_for(asyncio.shield(self._get_outcome()), timeout)
 
     def _get_outcome(self) -> asyncio.Future[None]:
@@ -700,8 +714,11 @@ class ProxyClient(_ProxyWorker):
         self._session_task = self.create_task(self._client_main(), name=f"{self.name}-session")
 
     def _settle(self, error: ProxyError | None = None) -> None:
-        """Resolve what ``wait_connected`` waits for: connected, or why not."""
-        outcome = self._outcome
+        """Resolve what ``wait_connected`` waits for: connected, or why not.
+
+        A failure stays there for later waiters, until the next activation.
+        """
+        outcome = self._outcome if error is None else self._get_outcome()
         if outcome is None or outcome.done():
             return
         if error is None:
@@ -864,6 +881,8 @@ class ProxyClient(_ProxyWorker):
             client_worker=self.rules.local_worker,
             server_worker=self.rules.remote_worker,
             max_message_bytes=self.max_message_bytes,
+            # Only a client that comes back after a lost link can resume.
+            features=FEATURES if self.reconnect is not None else _NO_RESUME,
             resume=(held.session_id, held.last_received_seq) if held is not None else None,
         )
         try:

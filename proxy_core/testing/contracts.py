@@ -101,6 +101,7 @@ from ._harness import (
     wait,
     wait_counts,
 )
+from .contracts_resume import ResumeContract
 from .contracts_tls import TLSContract
 from .memory import MemoryTransport
 from .relay import FaultRelay
@@ -298,11 +299,13 @@ class CodecContract(_Parametrized):
 # =========================================================================== transports
 
 
-class TransportContract(TLSContract, _Parametrized):
+class TransportContract(TLSContract, ResumeContract, _Parametrized):
     """The live contracts of a transport, with each codec of ``codecs``.
 
     The TLS contracts (:class:`~proxy_core.testing.contracts_tls.TLSContract`,
-    ``test_tls_*``) are included; they run once, with the first codec.
+    ``test_tls_*``) and the resume contracts
+    (:class:`~proxy_core.testing.contracts_resume.ResumeContract`) are
+    included; they run once, with the first codec.
 
     Attributes:
         transport: the transport under test, by registered name or instance.
