@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-import proxy_core.proxy
+import proxy_core.server
 from proxy_core import (
     AudioRawFrame,
     AuthenticationError,
@@ -720,7 +720,7 @@ def _count_session_ids(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return session_id
 
     # The proxy module calls the name it imported: replace that one.
-    monkeypatch.setattr(proxy_core.proxy, "new_session_id", spy)
+    monkeypatch.setattr(proxy_core.server, "new_session_id", spy)
     return allocated
 
 

@@ -45,7 +45,7 @@ __all__ = ["FAST_RECONNECT", "ResumeContract"]
 FAST_RECONNECT = Backoff(initial_delay=0.01, max_delay=0.2, max_elapsed=TIMEOUT)
 
 #: Heartbeats quick enough to find a half-open link within a contract's time.
-QUICK_HEARTBEAT: Mapping[str, float] = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.5}
+QUICK_HEARTBEAT: dict[str, Any] = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.5}
 
 
 class _Events:

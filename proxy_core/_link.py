@@ -1,0 +1,546 @@
+"""What both proxy workers share: the session loop, the writer, the stats.
+
+The proxy is the only part of the core that awaits I/O. A proxy is a worker
+that claims the remote worker's name on its local bus. Messages it sees go
+through the outbound filter rules and, if they pass, are numbered by the
+sans-I/O :class:`~proxy_core.session.Session` and written to the connection;
+frames it receives are decoded by the session, checked by the inbound rules
+and put on the local bus. :class:`~proxy_core.client.ProxyClient` connects
+when it is activated; :class:`~proxy_core.server.ProxyServer` serves one
+accepted connection (and takes over a resumed one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from .backoff import Backoff
+from .codecs.base import Codec, batch_size_bound
+from .errors import (
+    CodecError,
+    ConfigurationError,
+    ConnectionClosed,
+    MessageTooLarge,
+    ProtocolError,
+    TransportError,
+)
+from .messages import BusMessage
+from .plugins import resolve_codec
+from .protocol import (
+    FEATURES,
+    CloseCode,
+)
+from .registry import Watch, WorkerReadyData
+from .rules import Drop, DropReason, FilterRules
+from .session import (
+    MIN_MESSAGE_BYTES,
+    BatchReceived,
+    ByeReceived,
+    DuplicateDiscarded,
+    FrameEvent,
+    MessageReceived,
+    MessageUndecodable,
+    PongReceived,
+    RemoteReady,
+    Session,
+)
+from .transport import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Connection,
+)
+from .worker import BaseWorker
+
+__all__ = ["CodecSpec", "ProxyStats"]
+
+# One logger for the proxies, whichever module: ``proxy_core.proxy``.
+logger = logging.getLogger("proxy_core.proxy")
+
+#: How long a closing session waits for its queued frames (its BYE) to be written.
+_CLOSE_DRAIN_SECONDS = 2.0
+
+_NO_RESUME = tuple(f for f in FEATURES if f != "resume")
+
+#: The reconnect policy of a client that names none.
+_DEFAULT_BACKOFF = Backoff()
+
+#: The most bytes of frames the writer puts in one BATCH (within the peer's limit).
+_BATCH_MAX_BYTES = 256 * 1024
+
+CodecSpec: TypeAlias = str | Codec | Sequence[str | Codec]
+
+
+@dataclass
+class ProxyStats:
+    """Counters of one proxy, across all its sessions.
+
+    Attributes:
+        messages_out / messages_in: messages that crossed, each way.
+        bytes_out / bytes_in: frame bytes written and read (control frames included).
+        dropped_out / dropped_in: dropped messages by :class:`~proxy_core.rules.DropReason` value.
+        duplicates: received messages discarded as already delivered.
+        replayed: frames sent again on a resumed session.
+        reconnects: connections opened after the first (clients), or
+            connections that took a lost session over (servers).
+        resumes: sessions resumed on a new connection.
+        batches_out / batches_in: BATCH frames (several frames in one
+            transport message) written and read.
+        sessions: sessions opened.
+        heartbeat_rtt: the last PING round trip, in seconds.
+    """
+
+    messages_out: int = 0
+    messages_in: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+    dropped_out: Counter[str] = field(default_factory=Counter)
+    dropped_in: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    replayed: int = 0
+    reconnects: int = 0
+    resumes: int = 0
+    batches_out: int = 0
+    batches_in: int = 0
+    sessions: int = 0
+    heartbeat_rtt: float | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the counters as a plain dict (for logs and exporters)."""
+        return {
+            "messages_out": self.messages_out,
+            "messages_in": self.messages_in,
+            "bytes_out": self.bytes_out,
+            "bytes_in": self.bytes_in,
+            "dropped_out": dict(self.dropped_out),
+            "dropped_in": dict(self.dropped_in),
+            "duplicates": self.duplicates,
+            "replayed": self.replayed,
+            "reconnects": self.reconnects,
+            "resumes": self.resumes,
+            "batches_out": self.batches_out,
+            "batches_in": self.batches_in,
+            "sessions": self.sessions,
+            "heartbeat_rtt": self.heartbeat_rtt,
+        }
+
+
+def _codec_list(spec: CodecSpec) -> list[Codec]:
+    items: Sequence[str | Codec] = [spec] if isinstance(spec, str | Codec) else spec
+    codecs = [resolve_codec(item) for item in items]
+    if not codecs:
+        raise ConfigurationError("at least one codec is needed")
+    return codecs
+
+
+class _ProxyWorker(BaseWorker):
+    """What the client and the server proxy share: rules, session loop, stats."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        local_worker_name: str,
+        remote_worker_name: str,
+        forward_messages: Sequence[type[BusMessage]] = (),
+        forward_broadcasts: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 30.0,
+        max_unacked: int = 4096,
+        active: bool,
+    ) -> None:
+        super().__init__(name, active=active)
+        for label, value in (("local", local_worker_name), ("remote", remote_worker_name)):
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"the {label} worker name must be a non-empty string")
+        if len({name, local_worker_name, remote_worker_name}) != 3:
+            raise ConfigurationError(
+                f"proxy {name!r}, local worker {local_worker_name!r} and remote worker "
+                f"{remote_worker_name!r} must have three different names"
+            )
+        for kind in forward_messages:
+            if not (isinstance(kind, type) and issubclass(kind, BusMessage)):
+                raise ConfigurationError(
+                    f"forward_messages must hold BusMessage subclasses, got {kind!r}"
+                )
+        if max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ConfigurationError(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}")
+        if max_unacked < 1:
+            raise ConfigurationError("max_unacked must be at least 1")
+        if heartbeat_interval <= 0 or heartbeat_timeout <= heartbeat_interval:
+            raise ConfigurationError("need 0 < heartbeat_interval < heartbeat_timeout")
+        self.rules = FilterRules(
+            local_worker_name, remote_worker_name, tuple(forward_messages), forward_broadcasts
+        )
+        self.stats = ProxyStats()
+        self.max_message_bytes = max_message_bytes
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_unacked = max_unacked
+        self._conn: Connection | None = None
+        self._session: Session | None = None
+        self._session_task: asyncio.Task[None] | None = None
+        # Every frame of a session goes through one writer task, so that the
+        # receive loop never waits on a write: with both directions saturated,
+        # a receive loop blocked writing an ACK would stop reading, and the two
+        # peers would deadlock. The queue is bounded by max_unacked MSG frames
+        # plus the few control frames the receive loop owes.
+        self._out: deque[bytes] = deque()
+        self._out_wakeup = asyncio.Event()
+        self._out_drained = asyncio.Event()
+        self._outbox_space = asyncio.Event()
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ready_sent = False
+        self._remote_ready_warned = False
+        # No live connection: connecting, in the handshake, waiting to retry,
+        # or holding a lost session for a resume. Closing then abandons the wait.
+        self._opening = False
+        self._closing = False  # we are closing on purpose: not a lost link
+        self._link_lost = False  # the last connection ended without a BYE either way
+
+    def routed_names(self) -> tuple[str, ...]:
+        return (self.name, self.rules.remote_worker)
+
+    @property
+    def connected(self) -> bool:
+        """Whether a session is open now, on a live connection."""
+        return self._session is not None and self._conn is not None
+
+    @property
+    def codec(self) -> str | None:
+        """The name of the codec negotiated for the open session, if any."""
+        return self._session.codec.name if self._session is not None else None
+
+    @property
+    def session_id(self) -> str | None:
+        """The id of the open session, if any."""
+        return self._session.session_id if self._session is not None else None
+
+    # ------------------------------------------------------------ outbound
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        decision = self.rules.outbound(message)
+        if isinstance(decision, Drop):
+            self._count_drop(self.stats.dropped_out, decision.reason, message)
+            return
+        await self._send(message)
+
+    async def _send(self, message: BusMessage) -> None:
+        session = self._session
+        while session is not None and session.outbox_full:
+            # Backpressure: wait for the peer to acknowledge. A live peer acks
+            # within ack_delay; one that does not for heartbeat_timeout is stuck.
+            # While a lost session waits for its resume, the resume (or the end
+            # of the grace period) sets the event.
+            self._outbox_space.clear()
+            try:
+                await asyncio.wait_for(self._outbox_space.wait(), self.heartbeat_timeout)
+            except TimeoutError:
+                conn = self._conn
+                if conn is not None and self._session is session:
+                    logger.warning(
+                        "proxy %r: peer acknowledged nothing for %.1fs; closing the link",
+                        self.name,
+                        self.heartbeat_timeout,
+                    )
+                    await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "no acknowledgements")
+            session = self._session
+        if session is None:
+            self._count_drop(self.stats.dropped_out, DropReason.NOT_CONNECTED, message)
+            return
+        try:
+            data = session.send_message(message)
+        except MessageTooLarge as exc:
+            logger.warning("proxy %r dropped %s: %s", self.name, type(message).__name__, exc)
+            self._count_drop(self.stats.dropped_out, DropReason.TOO_LARGE, message)
+            return
+        except CodecError as exc:
+            logger.warning("proxy %r cannot encode %s: %s", self.name, type(message).__name__, exc)
+            self._count_drop(self.stats.dropped_out, DropReason.ENCODE_FAILED, message)
+            return
+        self.stats.messages_out += 1
+        if self._conn is not None:
+            self._enqueue(data)
+        # else the link is lost: the frame waits in the outbox for the resume.
+
+    def _enqueue(self, data: bytes) -> None:
+        """Queue a frame for the session's writer task; never blocks."""
+        self._out.append(data)
+        self._out_drained.clear()
+        self._out_wakeup.set()
+
+    async def _writer(self, conn: Connection, session: Session, first: bytes | None) -> None:
+        """Write the session's frames in order; coalesce them when the sender is ahead.
+
+        Whatever is queued when the writer gets to run goes out together, in
+        one BATCH (if the session has them) up to the peer's limit: a lone
+        frame leaves at once, alone, and no timer ever holds one back.
+        """
+        out, wakeup, stats = self._out, self._out_wakeup, self.stats
+        limit = min(session.peer_max_message_bytes, _BATCH_MAX_BYTES) if session.batch else 0
+        if first is not None and not await self._write(conn, first):
+            return
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            while out:
+                data = out.popleft()
+                if out and batch_size_bound(len(data) + len(out[0]), 2) <= limit:
+                    frames = [data]
+                    total = len(data)
+                    while out and batch_size_bound(total + len(out[0]), len(frames) + 1) <= limit:
+                        frame = out.popleft()
+                        frames.append(frame)
+                        total += len(frame)
+                    data = session.batch_frame(frames)
+                    stats.batches_out += 1
+                if not await self._write(conn, data):
+                    return
+            self._out_drained.set()
+
+    async def _write(self, conn: Connection, data: bytes) -> bool:
+        """Send one transport message; ``False`` when the connection is done for."""
+        try:
+            await conn.send(data)
+        except MessageTooLarge as exc:  # refused locally; the connection is fine
+            logger.warning("proxy %r: frame not sent: %s", self.name, exc)
+            return True
+        except TransportError:
+            # The receive loop sees the same closed connection and ends the session.
+            self._out.clear()
+            self._out_drained.set()
+            return False
+        except Exception:
+            logger.exception("proxy %r: writing a frame failed; closing", self.name)
+            self._out.clear()
+            self._out_drained.set()
+            await conn.aclose(CloseCode.INTERNAL_ERROR, "write failed")
+            return False
+        self.stats.bytes_out += len(data)
+        return True
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait (bounded) until the writer has sent everything queued, e.g. a BYE."""
+        if not self._out_drained.is_set():
+            try:
+                await asyncio.wait_for(self._out_drained.wait(), timeout)
+            except TimeoutError:
+                logger.debug("proxy %r: %d frames unsent at close", self.name, len(self._out))
+
+    def _count_drop(self, counter: Counter[str], reason: DropReason, what: object) -> None:
+        counter[reason.value] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            direction = "outbound" if counter is self.stats.dropped_out else "inbound"
+            logger.debug("proxy %r dropped %s %r: %s", self.name, direction, what, reason.value)
+
+    # ------------------------------------------------------------ session loop
+
+    async def _run_session(
+        self,
+        conn: Connection,
+        session: Session,
+        *,
+        first: bytes | None = None,
+        replay: Sequence[bytes] = (),
+        on_open: Callable[[], Awaitable[None]] | None = None,
+        resumable: bool = False,
+    ) -> bool:
+        """Serve an open session on ``conn`` until it ends; always closes ``conn``.
+
+        The session is in place before anything else happens: ``first`` (the
+        server's WELCOME) is the first frame written, then ``replay`` (the
+        frames a resumed session sends again), and ``on_open`` (the connected
+        events) runs with the session already visible.
+
+        Returns:
+            Whether the link was lost (no BYE, not closed by us) and the session
+            is kept, with its outbox, for a resume: only when ``resumable``.
+        """
+        self._conn, self._session = conn, session
+        self._closing = self._link_lost = False
+        self._outbox_space.set()
+        self._out.clear()
+        self._out.extend(replay)
+        self._out_drained.set()
+        if replay:
+            self._out_drained.clear()
+            self._out_wakeup.set()
+            self.stats.replayed += len(replay)
+        self.stats.sessions += 1
+        writer = self.create_task(self._writer(conn, session, first), name=f"{self.name}-writer")
+        heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
+        watch: Watch = self.registry.watch(self.rules.local_worker, self._announce_ready)
+        code: int = CloseCode.INTERNAL_ERROR
+        reason = "internal error"
+        try:
+            if on_open is not None:
+                await on_open()
+            code, reason = await self._receive_loop(conn, session)
+        except asyncio.CancelledError:
+            code, reason = CloseCode.GOING_AWAY, "cancelled"
+            raise
+        except Exception:
+            logger.exception("proxy %r: the receive loop failed", self.name)
+        finally:
+            # Everything synchronous first, so that a cancellation arriving
+            # during the awaits below cannot leave stale state behind.
+            watch.cancel()
+            heartbeat.cancel()
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
+            keep = resumable and self._link_lost and not self._closing
+            self._conn = None
+            if not keep:
+                self._session = None
+                self._outbox_space.set()  # wake senders waiting for room: they now drop
+            self.registry.set_gone(self.rules.remote_worker)
+            self._remote_ready_warned = False
+            try:
+                if code == CloseCode.PROTOCOL_ERROR:
+                    await self._drain(_CLOSE_DRAIN_SECONDS)  # let our BYE out first
+            finally:
+                writer.cancel()
+                self._out.clear()
+                await conn.aclose(code, reason)
+                if keep:
+                    logger.info(
+                        "proxy %r: link lost (%d %s); session %s kept for a resume",
+                        self.name,
+                        code,
+                        reason,
+                        session.session_id,
+                    )
+                else:
+                    logger.info("proxy %r: session closed (%d %s)", self.name, code, reason)
+        return keep
+
+    async def _receive_loop(self, conn: Connection, session: Session) -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        limit = self.max_message_bytes
+        while True:
+            try:
+                data = await conn.receive()
+            except ConnectionClosed as exc:
+                self._link_lost = not self._closing
+                return (exc.code or CloseCode.GOING_AWAY), "connection closed"
+            except MessageTooLarge as exc:
+                logger.warning("proxy %r: peer sent an oversized frame: %s", self.name, exc)
+                return CloseCode.TOO_LARGE, "frame too large"
+            except ProtocolError as exc:
+                self._count_drop(self.stats.dropped_in, DropReason.MALFORMED, exc)
+                continue
+            self.stats.bytes_in += len(data)
+            if len(data) > limit:  # backends enforce this too; never decode past the limit
+                logger.warning("proxy %r: peer sent %d bytes > %d", self.name, len(data), limit)
+                return CloseCode.TOO_LARGE, "frame too large"
+            try:
+                event = session.receive(data, loop.time())
+            except ProtocolError as exc:
+                logger.warning("proxy %r: protocol error from peer: %s", self.name, exc)
+                self._enqueue(session.bye_frame(CloseCode.PROTOCOL_ERROR, str(exc)))
+                return CloseCode.PROTOCOL_ERROR, "protocol error"
+            if isinstance(event, BatchReceived):
+                self.stats.batches_in += 1
+                for item in event.events:
+                    if isinstance(item, ByeReceived):
+                        return self._bye(item)
+                    await self._on_event(item)
+            elif event is not None:
+                if isinstance(event, ByeReceived):
+                    return self._bye(event)
+                await self._on_event(event)
+            for frame in session.data_to_send():
+                self._enqueue(frame)
+            if not session.outbox_full:
+                self._outbox_space.set()
+            if self._ack_timer is None and session.last_received_seq:
+                self._ack_timer = loop.call_later(session.ack_delay, self._flush_ack, session)
+
+    def _bye(self, event: ByeReceived) -> tuple[int, str]:
+        logger.info("proxy %r: peer said bye (%d %s)", self.name, event.code, event.reason)
+        return CloseCode.NORMAL, "bye"
+
+    async def _on_event(self, event: FrameEvent) -> None:
+        if isinstance(event, MessageReceived):
+            message = event.message
+            decision = self.rules.inbound(message)
+            if isinstance(decision, Drop):
+                self._count_drop(self.stats.dropped_in, decision.reason, message)
+                return
+            self.stats.messages_in += 1
+            if message.target is None:
+                # An allow-listed broadcast (forward_broadcasts): it is for the
+                # served worker only, never for every worker on this bus.
+                self.bus.deliver_to(self.rules.local_worker, message)
+            else:
+                await self.bus.send(message)
+        elif isinstance(event, MessageUndecodable):
+            self._count_drop(self.stats.dropped_in, event.reason, event.error)
+        elif isinstance(event, DuplicateDiscarded):
+            self.stats.duplicates += 1
+        elif isinstance(event, RemoteReady):
+            self._remote_ready(event.worker)
+        elif isinstance(event, PongReceived):
+            self.stats.heartbeat_rtt = event.rtt
+
+    def _remote_ready(self, worker: str) -> None:
+        if worker != self.rules.remote_worker:
+            if not self._remote_ready_warned:  # a hostile peer must not flood the log
+                self._remote_ready_warned = True
+                logger.warning(
+                    "proxy %r: peer announced worker %r, but only %r is configured; ignored",
+                    self.name,
+                    worker,
+                    self.rules.remote_worker,
+                )
+            self._count_drop(self.stats.dropped_in, DropReason.WRONG_SOURCE, f"READY {worker}")
+            return
+        self.registry.set_ready(worker, remote=True, via=self.name)
+
+    def _flush_ack(self, session: Session) -> None:
+        self._ack_timer = None
+        if self._session is session:
+            frame = session.ack_frame()
+            if frame is not None:
+                self._enqueue(frame)
+
+    async def _announce_ready(self, data: WorkerReadyData) -> None:
+        session = self._session
+        if session is not None and not self._ready_sent:
+            self._ready_sent = True
+            self._enqueue(session.ready_frame(data.name))
+
+    async def _heartbeat(self, conn: Connection, session: Session) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            now = loop.time()
+            if session.is_dead(now, self.heartbeat_timeout):
+                logger.warning(
+                    "proxy %r: nothing heard for %.1fs; closing the link",
+                    self.name,
+                    self.heartbeat_timeout,
+                )
+                await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                return
+            self._enqueue(session.ping_frame(now))
+
+    async def _close_session(self, code: int, reason: str) -> None:
+        """Say BYE, close the connection, and wait (bounded) for the session to wind down."""
+        session, conn, task = self._session, self._conn, self._session_task
+        self._closing = True
+        if session is not None and conn is not None:
+            self._enqueue(session.bye_frame(code, reason))
+            await self._drain(_CLOSE_DRAIN_SECONDS)
+            await conn.aclose(code, reason)
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            if self._opening:
+                # No live session to close: abandon the attempt (or the wait
+                # to retry, or for a resume) rather than wait for its timeout.
+                task.cancel()
+            await asyncio.wait({task}, timeout=self.heartbeat_timeout)
