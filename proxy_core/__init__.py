@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .backoff import Backoff
 from .bus import Bus
 from .codecs.base import Codec
 from .errors import (
@@ -21,6 +22,8 @@ from .errors import (
     PluginError,
     ProtocolError,
     ProxyError,
+    QueueFull,
+    SessionLost,
     SessionRejected,
     TLSError,
     TransportError,
@@ -50,7 +53,8 @@ from .tls import ClientTLS, ServerTLS
 from .transport import DEFAULT_MAX_MESSAGE_BYTES, Connection, Listener, Transport
 
 if TYPE_CHECKING:
-    from .proxy import ProxyClient, ProxyServer, ProxyStats
+    from .inbox import OverflowPolicy, QueueStats
+    from .proxy import ProxyClient, ProxyServer, ProxyStats, SessionTable
     from .runner import WorkerRunner
     from .service import ProxyService, serve_proxy
     from .worker import BaseWorker
@@ -59,10 +63,13 @@ if TYPE_CHECKING:
 # (rules, messages, codecs, session) can be imported without an event loop library.
 _LAZY = {
     "BaseWorker": "worker",
+    "OverflowPolicy": "inbox",
+    "QueueStats": "inbox",
     "ProxyClient": "proxy",
     "ProxyServer": "proxy",
     "ProxyService": "service",
     "ProxyStats": "proxy",
+    "SessionTable": "proxy",
     "WorkerRunner": "runner",
     "serve_proxy": "service",
 }
@@ -84,6 +91,7 @@ __all__ = [
     "LIFECYCLE_MESSAGES",
     "AudioRawFrame",
     "AuthenticationError",
+    "Backoff",
     "BaseWorker",
     "Bus",
     "BusActivateWorkerMessage",
@@ -111,6 +119,7 @@ __all__ = [
     "HandshakeError",
     "Listener",
     "MessageTooLarge",
+    "OverflowPolicy",
     "PluginError",
     "ProtocolError",
     "ProxyClient",
@@ -118,8 +127,12 @@ __all__ = [
     "ProxyServer",
     "ProxyService",
     "ProxyStats",
+    "QueueFull",
+    "QueueStats",
     "ServerTLS",
+    "SessionLost",
     "SessionRejected",
+    "SessionTable",
     "TLSError",
     "TextFrame",
     "Transport",

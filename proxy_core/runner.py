@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .bus import Bus
-from .errors import ConfigurationError
+from .errors import ConfigurationError, QueueFull
 from .messages import BusCancelMessage, BusEndMessage, BusMessage, BusWorkerReadyMessage
 from .registry import WorkerRegistry
 from .worker import BaseWorker
@@ -121,6 +121,15 @@ class WorkerRunner:
         elif isinstance(message, BusCancelMessage):
             self._request_stop(message.reason, graceful=False)
 
+    def offer(self, message: BusMessage) -> bool:
+        """Receive a broadcast; the runner has no queue, so this never waits."""
+        self.deliver(message)
+        return True
+
+    async def put(self, message: BusMessage) -> None:
+        """Receive a broadcast (the bus only calls it if :meth:`offer` declined)."""
+        self.deliver(message)
+
     # ------------------------------------------------------------ internals
 
     def _request_stop(self, reason: str | None, *, graceful: bool) -> None:
@@ -138,7 +147,13 @@ class WorkerRunner:
 
     def _worker_ready(self, worker: BaseWorker) -> None:
         self.registry.set_ready(worker.name)
-        self._spawn(self.bus.send(BusWorkerReadyMessage(worker.name, None, worker.name)))
+        self._spawn(self._announce_ready(worker.name))
+
+    async def _announce_ready(self, name: str) -> None:
+        try:
+            await self.bus.send(BusWorkerReadyMessage(name, None, name))
+        except QueueFull as exc:  # counted by that worker; the others got it
+            logger.debug("runner %r: readiness of %r not queued: %s", self.name, name, exc)
 
     async def _end_worker(self, worker: BaseWorker, reason: str | None) -> None:
         await worker._stop(reason, graceful=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .bus import Bus
 from .errors import ConfigurationError
+from .inbox import DEFAULT_MAX_QUEUE, DEFAULT_PUT_TIMEOUT, Inbox, OverflowPolicy, QueueStats
 from .messages import (
     BusActivateWorkerMessage,
     BusDeactivateWorkerMessage,
@@ -25,6 +26,8 @@ __all__ = ["BaseWorker"]
 
 logger = logging.getLogger(__name__)
 
+_CONTROL = (BusActivateWorkerMessage, BusDeactivateWorkerMessage, BusEndWorkerMessage)
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 
@@ -38,21 +41,47 @@ class BaseWorker:
     targeted at this worker (activate, deactivate, end) are handled here and
     call the hooks :meth:`on_activated`, :meth:`on_deactivated`, :meth:`on_end`.
 
+    Messages wait for the worker in a bounded inbox (see ``docs/concepts.md``,
+    "Queues and backpressure"): when it holds ``max_queue`` messages, the
+    ``overflow`` policy decides what happens to the next one. Activate,
+    deactivate and end messages for this worker are never refused: they go in
+    over the bound.
+
     Args:
         name: the worker's name, unique on its bus.
         active: whether the worker starts active.
+        max_queue: the most messages the inbox holds (at least 1).
+        overflow: ``"wait"`` (the sender waits for room, the default),
+            ``"drop_oldest"``, ``"drop_newest"`` or ``"error"`` (the sender gets
+            :class:`~proxy_core.errors.QueueFull`); an :class:`OverflowPolicy`.
+        put_timeout: under ``"wait"``, seconds a sender waits for room before
+            the message is dropped (counted as ``timeout``, logged as a warning).
+
+    Raises:
+        ConfigurationError: an argument is out of range (the message says which
+            values are allowed).
     """
 
     #: The events a subclass offers to ``event_handler``; extended by subclasses.
     EVENTS: tuple[str, ...] = ("on_activated", "on_deactivated")
 
-    def __init__(self, name: str, *, active: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        active: bool = True,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
+        put_timeout: float = DEFAULT_PUT_TIMEOUT,
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"a worker name must be a non-empty string, got {name!r}")
         self._name = name
         self._active = active
         self._runner: WorkerRunner | None = None
-        self._queue: asyncio.Queue[BusMessage] = asyncio.Queue()
+        self._inbox: Inbox[BusMessage] = Inbox(
+            max_queue, overflow, put_timeout=put_timeout, name=name, over_bound=self._is_control
+        )
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[str, list[Callable[..., Any]]] = {e: [] for e in self.EVENTS}
@@ -92,6 +121,11 @@ class BaseWorker:
     def registry(self) -> WorkerRegistry:
         """The registry of this worker's runner."""
         return self.runner.registry
+
+    @property
+    def queue_stats(self) -> QueueStats:
+        """The inbox's counters now: depth, high-water mark, drops by reason."""
+        return self._inbox.stats
 
     def routed_names(self) -> tuple[str, ...]:
         """Return the names whose messages the bus delivers to this worker."""
@@ -180,8 +214,47 @@ class BaseWorker:
         self._runner = runner
 
     def deliver(self, message: BusMessage) -> None:
-        """Queue ``message`` for this worker (called by the bus)."""
-        self._queue.put_nowait(message)
+        """Queue ``message`` without waiting (called by the bus).
+
+        A full inbox applies its policy; under ``"wait"`` it drops the message
+        (counted as ``full``), since this caller cannot wait: prefer :meth:`put`.
+
+        Raises:
+            QueueFull: the inbox is full and the policy is ``"error"``.
+        """
+        self._inbox.put_nowait(message)
+
+    def offer(self, message: BusMessage) -> bool:
+        """Queue ``message`` if it needs no wait (called by the bus).
+
+        Returns ``False`` when the policy is ``"wait"`` and the inbox is full:
+        then ``await`` :meth:`put`.
+
+        Raises:
+            QueueFull: the inbox is full and the policy is ``"error"``.
+        """
+        return self._inbox.offer(message)
+
+    async def put(self, message: BusMessage) -> None:
+        """Queue ``message``, waiting for room under ``"wait"`` (called by the bus).
+
+        The worker's own message loop never waits for its own inbox, which
+        only it empties: a message it sends itself goes in over the bound.
+
+        Raises:
+            QueueFull: the inbox is full and the policy is ``"error"``.
+        """
+        inbox = self._inbox
+        if self._task is not None and asyncio.current_task() is self._task:
+            if not inbox.offer(message):
+                inbox.put_over_bound(message)
+            return
+        await inbox.put(message)
+
+    def _is_control(self, message: BusMessage) -> bool:
+        # Lifecycle messages for this worker pass a full inbox: they are rare,
+        # and a flooded worker must still be deactivated or ended.
+        return message.target == self._name and isinstance(message, _CONTROL)
 
     def _start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -198,9 +271,9 @@ class BaseWorker:
             self.runner.bus.detach(self)
             return
         self.runner._worker_ready(self)
-        queue = self._queue
+        inbox = self._inbox
         while True:
-            message = await queue.get()
+            message = inbox.get_nowait() if inbox else await inbox.get()
             try:
                 await self._dispatch(message)
             except Exception:
@@ -243,3 +316,5 @@ class BaseWorker:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+        # Nobody will empty the inbox again: release the senders waiting for room.
+        self._inbox.close()

@@ -117,6 +117,13 @@ class Endpoint:
     def deliver(self, message: BusMessage) -> None:
         self.got.append(message)
 
+    def offer(self, message: BusMessage) -> bool:
+        self.got.append(message)
+        return True
+
+    async def put(self, message: BusMessage) -> None:  # offer never declines
+        raise AssertionError("not reached")
+
 
 async def test_bus_routes_by_target_not_fan_out() -> None:
     bus = Bus()

@@ -17,6 +17,8 @@ CORE = {
     "MessageTooLarge", "ProtocolError", "HandshakeError", "SessionRejected",
     "AuthenticationError", "TransportError", "ConnectError", "ConnectionClosed",
     "TLSError", "ClientTLS", "ServerTLS", "__version__",
+    "OverflowPolicy", "QueueFull", "QueueStats",
+    "Backoff", "SessionLost", "SessionTable",
 }  # fmt: skip
 
 
