@@ -17,7 +17,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from .backoff import Backoff
 from .codecs.base import Codec, batch_size_bound
@@ -30,6 +30,7 @@ from .errors import (
     TransportError,
 )
 from .messages import BusMessage
+from .observe import ProxySide, ProxySnapshot, _emit
 from .plugins import resolve_codec
 from .protocol import (
     FEATURES,
@@ -139,6 +140,9 @@ def _codec_list(spec: CodecSpec) -> list[Codec]:
 class _ProxyWorker(BaseWorker):
     """What the client and the server proxy share: rules, session loop, stats."""
 
+    #: Which end of a link this proxy is (set by each subclass).
+    side: ClassVar[ProxySide]
+
     def __init__(
         self,
         name: str,
@@ -201,6 +205,7 @@ class _ProxyWorker(BaseWorker):
         self._opening = False
         self._closing = False  # we are closing on purpose: not a lost link
         self._link_lost = False  # the last connection ended without a BYE either way
+        self._observed = False  # "started" was emitted, "stopped" not yet
 
     def routed_names(self) -> tuple[str, ...]:
         return (self.name, self.rules.remote_worker)
@@ -219,6 +224,42 @@ class _ProxyWorker(BaseWorker):
     def session_id(self) -> str | None:
         """The id of the open session, if any."""
         return self._session.session_id if self._session is not None else None
+
+    def stats_snapshot(self) -> ProxySnapshot:
+        """Return the counters of :attr:`stats` and the gauges now, as one snapshot.
+
+        Cheap, and safe to call from another thread (an exporter's): it only reads.
+        """
+        session, inbox = self._session, self.queue_stats
+        return ProxySnapshot(
+            name=self.name,
+            side=self.side,
+            session_id=session.session_id if session is not None else None,
+            codec=session.codec.name if session is not None else None,
+            connected=self.connected,
+            **self.stats.snapshot(),
+            inbox_depth=inbox.depth,
+            inbox_max=inbox.maxsize,
+            inbox_dropped=inbox.dropped,
+            outbox_unacked=session.unacked if session is not None else 0,
+            outbox_max=self.max_unacked,
+            write_queue=len(self._out),
+        )
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _start(self) -> None:
+        super()._start()
+        self._observed = True
+        _emit("started", self)
+
+    async def _stop(self, reason: str | None, *, graceful: bool) -> None:
+        try:
+            await super()._stop(reason, graceful=graceful)
+        finally:
+            if self._observed:  # once, and only for a proxy that started
+                self._observed = False
+                _emit("stopped", self)
 
     # ------------------------------------------------------------ outbound
 
@@ -303,9 +344,24 @@ class _ProxyWorker(BaseWorker):
             self._out_drained.set()
 
     async def _write(self, conn: Connection, data: bytes) -> bool:
-        """Send one transport message; ``False`` when the connection is done for."""
+        """Send one transport message; ``False`` when the connection is done for.
+
+        A write that makes no progress for ``heartbeat_timeout`` (a peer that
+        stopped reading) closes the link with 4008, like a silent peer.
+        """
         try:
-            await conn.send(data)
+            async with asyncio.timeout(self.heartbeat_timeout):
+                await conn.send(data)
+        except TimeoutError:
+            logger.warning(
+                "proxy %r: a write made no progress for %.1fs; closing the link",
+                self.name,
+                self.heartbeat_timeout,
+            )
+            self._out.clear()
+            self._out_drained.set()
+            await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "write stalled")
+            return False
         except MessageTooLarge as exc:  # refused locally; the connection is fine
             logger.warning("proxy %r: frame not sent: %s", self.name, exc)
             return True
@@ -371,6 +427,7 @@ class _ProxyWorker(BaseWorker):
             self._out_wakeup.set()
             self.stats.replayed += len(replay)
         self.stats.sessions += 1
+        _emit("connected", self)
         writer = self.create_task(self._writer(conn, session, first), name=f"{self.name}-writer")
         heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
         watch: Watch = self.registry.watch(self.rules.local_worker, self._announce_ready)
@@ -400,6 +457,7 @@ class _ProxyWorker(BaseWorker):
                 self._outbox_space.set()  # wake senders waiting for room: they now drop
             self.registry.set_gone(self.rules.remote_worker)
             self._remote_ready_warned = False
+            _emit("disconnected", self)
             try:
                 if code == CloseCode.PROTOCOL_ERROR:
                     await self._drain(_CLOSE_DRAIN_SECONDS)  # let our BYE out first

@@ -210,3 +210,51 @@ async def test_an_authenticate_hook_that_hangs_is_a_refusal() -> None:
         await asyncio.wait_for(done.wait(), TIMEOUT)
         await runner.end()
         await asyncio.wait_for(task, TIMEOUT)
+
+
+async def test_a_write_that_makes_no_progress_closes_the_link(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer that stays alive (it keeps sending) but never reads: once the transport's
+    buffer is full the write blocks, and after ``heartbeat_timeout`` the link is closed
+    (4008) instead of the writer waiting forever."""
+    caplog.set_level(logging.WARNING, logger="proxy_core.proxy")
+    transport = MemoryTransport(buffer_frames=4)
+    codec = JsonCodec()
+
+    async def handler(conn: Connection) -> None:
+        decode_handshake(await conn.receive())
+        await conn.send(encode_handshake(Welcome("json", "s-1", ("assistant",), 1 << 20)))
+        for nonce in range(1, 600):  # alive, never reading; bounded (60 s at most)
+            await conn.send(codec.encode(Ready("assistant")))
+            await asyncio.sleep(0.1)
+            if conn.closed:
+                return
+
+    async with transport.serve("memory://127.0.0.1:0/ws", handler) as listener:
+        runner = WorkerRunner(handle_sigint=False)
+        acme = BaseWorker("acme")
+        proxy = ProxyClient(
+            "proxy",
+            url=listener.url,
+            transport=transport,
+            codec="json",
+            local_worker_name="acme",
+            remote_worker_name="assistant",
+            forward_messages=(BusFrameMessage,),
+            reconnect=None,
+            heartbeat_interval=0.5,
+            heartbeat_timeout=1.0,
+        )
+        disconnected = asyncio.Event()
+        proxy.event_handler("on_disconnected")(lambda *_: disconnected.set())
+        await runner.add_workers(acme, proxy)
+        task = asyncio.create_task(runner.run())
+        await acme.activate_worker("proxy")
+        await proxy.wait_connected(TIMEOUT)
+        for n in range(20):  # more than the buffer holds
+            await acme.send_bus_message(BusFrameMessage("acme", "assistant", TextFrame(str(n))))
+        await asyncio.wait_for(disconnected.wait(), TIMEOUT)
+        assert any("write made no progress" in r.getMessage() for r in caplog.records)
+        await runner.end()
+        await asyncio.wait_for(task, TIMEOUT)
