@@ -225,7 +225,7 @@ async def test_a_write_that_makes_no_progress_closes_the_link(
     async def handler(conn: Connection) -> None:
         decode_handshake(await conn.receive())
         await conn.send(encode_handshake(Welcome("json", "s-1", ("assistant",), 1 << 20)))
-        for nonce in range(1, 600):  # alive, never reading; bounded (60 s at most)
+        for _ in range(600):  # alive, never reading; bounded (60 s at most)
             await conn.send(codec.encode(Ready("assistant")))
             await asyncio.sleep(0.1)
             if conn.closed:
