@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 SetupHook = Callable[[WorkerRunner], Awaitable[None]]
 
+#: How long leaving ``serve_proxy`` waits for the cancelled sessions to shut down.
+_SHUTDOWN_SECONDS = 10.0
+
 
 class _NoConnection(Connection):
     """Stands in for a connection when ``serve_proxy`` checks its options on entry."""
@@ -59,6 +62,8 @@ class ProxyService:
         self.proxies: set[ProxyServer] = set()
         self.sessions_served = 0
         self.sessions = SessionTable()
+        self._idle = asyncio.Event()  # set while no runner is running
+        self._idle.set()
 
 
 @asynccontextmanager
@@ -159,11 +164,14 @@ async def serve_proxy(
         service.sessions_served += 1
         service.runners.add(runner)
         service.proxies.add(proxy)
+        service._idle.clear()
         try:
             await runner.run()
         finally:
             service.runners.discard(runner)
             service.proxies.discard(proxy)
+            if not service.runners:
+                service._idle.set()
 
     async with backend.serve(
         url, handle, authenticate=authenticate, ssl=ssl, max_message_bytes=max_message_bytes
@@ -176,7 +184,11 @@ async def serve_proxy(
             for runner in runners:
                 await runner.cancel("server closing")
             # Each session's handler returns once its runner has shut down.
-            for _ in range(1000):
-                if not service.runners:
-                    break
-                await asyncio.sleep(0.01)
+            try:
+                await asyncio.wait_for(service._idle.wait(), _SHUTDOWN_SECONDS)
+            except TimeoutError:
+                logger.warning(
+                    "%d session(s) still running %.0fs after the server closed",
+                    len(service.runners),
+                    _SHUTDOWN_SECONDS,
+                )
