@@ -47,6 +47,7 @@ from .messages import (
     TypeRegistry,
     register_type,
 )
+from .observe import ProxySnapshot, live_proxies, observe
 from .registry import WorkerReadyData, WorkerRegistry
 from .rules import Drop, DropReason, FilterRules, Forward
 from .tls import ClientTLS, ServerTLS
@@ -126,6 +127,7 @@ __all__ = [
     "ProxyError",
     "ProxyServer",
     "ProxyService",
+    "ProxySnapshot",
     "ProxyStats",
     "QueueFull",
     "QueueStats",
@@ -143,6 +145,8 @@ __all__ = [
     "WorkerRegistry",
     "WorkerRunner",
     "__version__",
+    "live_proxies",
+    "observe",
     "register_type",
     "serve_proxy",
 ]

@@ -19,6 +19,7 @@ CORE = {
     "TLSError", "ClientTLS", "ServerTLS", "__version__",
     "OverflowPolicy", "QueueFull", "QueueStats",
     "Backoff", "SessionLost", "SessionTable",
+    "ProxySnapshot", "observe", "live_proxies",
 }  # fmt: skip
 
 
