@@ -102,6 +102,8 @@ class ProxyClient(_ProxyWorker):
         "on_connect_error",
     )
 
+    side = "client"
+
     def __init__(
         self,
         name: str,

@@ -186,6 +186,8 @@ class ProxyServer(_ProxyWorker):
         "on_session_expired",
     )
 
+    side = "server"
+
     def __init__(
         self,
         name: str,
