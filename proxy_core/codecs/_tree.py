@@ -6,22 +6,61 @@ a map with a ``"$type"`` key holding its wire tag beside its fields. Maps whose
 keys start with ``$`` are escaped as ``{"$dict": [[key, value], ...]}``, tuples
 as ``{"$tuple": [...]}``, and, in codecs without a binary type, bytes as
 ``{"$bytes": "<base64>"}``.
+
+The built-in messages and frames that cross (the tags of section 4.4 that the
+protobuf codec also has dedicated messages for) have fast paths: each is
+written and read field by field, as a literal map, instead of by the generic
+walk. They apply only where the registry holds the built-in class itself, and
+only to values of the shape they were written for (scalars where the protocol
+has scalars); anything else takes the generic walk, which remains the
+reference: both produce the same tree, so the same bytes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 from ..errors import CodecError, UnknownMessageType
-from ..messages import BusMessage, TypeRegistry
+from ..messages import (
+    AudioRawFrame,
+    BusActivateWorkerMessage,
+    BusDataMessage,
+    BusDeactivateWorkerMessage,
+    BusEndWorkerMessage,
+    BusFrameMessage,
+    BusMessage,
+    TextFrame,
+    TypeRegistry,
+)
 from ..protocol import Ack, Batch, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
 from .base import MAX_BATCH_FRAMES
 
 __all__ = ["TreeConverter"]
 
-_SCALARS = frozenset((str, int, float, bool, type(None)))
+_SCALARS: Final[frozenset[type[Any]]] = frozenset((str, int, float, bool, type(None)))
+#: Values a decoded tree holds as they are (both codecs pass bytes through).
+_LEAVES_IN: Final = _SCALARS | {bytes}
+
+# The kinds as plain ints: reading an IntEnum member costs a class attribute
+# lookup (~70 ns) on every frame.
+_MSG: Final = int(Kind.MSG)
+_ACK: Final = int(Kind.ACK)
+_READY: Final = int(Kind.READY)
+_PING: Final = int(Kind.PING)
+_PONG: Final = int(Kind.PONG)
+_BYE: Final = int(Kind.BYE)
+_BATCH: Final = int(Kind.BATCH)
+
+_MISSING: Final[Any] = object()  # a field absent from a map (not a leaf: fails every fast check)
+
+#: Writes a registered object of one built-in class as its ``$type`` map, given its
+#: tag; ``None`` when a value is not of the shape the fast path was written for.
+FastOut = Callable[["TreeConverter", str, Any], "dict[str, Any] | None"]
+#: Builds one built-in class from its ``$type`` map; ``None`` as above.
+FastIn = Callable[["TreeConverter", type[Any], "dict[str, Any]"], Any]
 
 
 class TreeConverter:
@@ -31,24 +70,51 @@ class TreeConverter:
         registry: the wire types that may be encoded and decoded.
         native_bytes: the target format has a binary type (msgpack); when false
             (JSON) bytes travel as base64 in a ``$bytes`` map.
+        fast_paths: use the fast paths of the built-in types (tests turn them
+            off to compare them with the generic walk).
     """
 
-    def __init__(self, registry: TypeRegistry, *, native_bytes: bool) -> None:
+    def __init__(
+        self, registry: TypeRegistry, *, native_bytes: bool, fast_paths: bool = True
+    ) -> None:
         self.registry = registry
         self.native_bytes = native_bytes
-        # (tag, constructor field names) per registered class: one dict lookup per
-        # object on the hot path instead of two registry calls.
-        self._specs: dict[type[Any], tuple[str, tuple[str, ...]]] = {}
+        self.fast_paths = fast_paths
+        # Values the tree holds as they are when encoding.
+        self._leaves_out = _SCALARS | {bytes} if native_bytes else _SCALARS
+        # Per registered class: (tag, constructor field names, fast path or None);
+        # one dict lookup per object on the hot path instead of two registry calls.
+        self._specs: dict[type[Any], tuple[str, tuple[str, ...], FastOut | None]] = {}
+        # Per tag seen on the wire: (class, fast path or None). Only tags that are
+        # registered are kept: one registered later must still be found.
+        self._classes: dict[str, tuple[type[Any], FastIn | None]] = {}
 
-    def _spec(self, cls: type[Any]) -> tuple[str, tuple[str, ...]]:
+    def _spec(self, cls: type[Any]) -> tuple[str, tuple[str, ...], FastOut | None]:
         tag = self.registry.tag_of(cls)
         if tag is None:
             raise CodecError(
                 f"{cls.__module__}.{cls.__qualname__} is not a registered wire type; "
                 "register it with proxy_core.register_type(tag)"
             )
-        spec = self._specs[cls] = (tag, self.registry.fields_of(cls))
+        names = self.registry.fields_of(cls)
+        fast = self._fast_path(cls, names)
+        spec = self._specs[cls] = (tag, names, fast[0] if fast else None)
         return spec
+
+    def _class_in(self, tag: str) -> tuple[type[Any], FastIn | None]:
+        cls = self.registry.type_of(tag)
+        if cls is None:
+            raise UnknownMessageType(tag)
+        fast = self._fast_path(cls, self.registry.fields_of(cls))
+        entry = self._classes[tag] = (cls, fast[1] if fast else None)
+        return entry
+
+    def _fast_path(self, cls: type[Any], names: tuple[str, ...]) -> _FastPath | None:
+        # Keyed by the exact class: a subclass, or another class registered under
+        # a built-in tag, takes the generic walk. The field names are checked so
+        # that a field added to a built-in type cannot be silently left out.
+        fast = _FAST_PATHS.get(cls) if self.fast_paths else None
+        return fast if fast is not None and fast[2] == names else None
 
     # ------------------------------------------------------------ encoding
 
@@ -59,28 +125,44 @@ class TreeConverter:
             CodecError: a value cannot be encoded.
         """
         if isinstance(envelope, Msg):
-            return [Kind.MSG.value, envelope.seq, self._object_out(envelope.message)]
+            return [_MSG, envelope.seq, self._object_out(envelope.message)]
         if isinstance(envelope, Ack):
-            return [Kind.ACK.value, envelope.seq]
+            return [_ACK, envelope.seq]
         if isinstance(envelope, Ready):
-            return [Kind.READY.value, envelope.worker]
+            return [_READY, envelope.worker]
         if isinstance(envelope, Ping):
-            return [Kind.PING.value, envelope.nonce]
+            return [_PING, envelope.nonce]
         if isinstance(envelope, Pong):
-            return [Kind.PONG.value, envelope.nonce]
+            return [_PONG, envelope.nonce]
         if isinstance(envelope, Bye):
-            return [Kind.BYE.value, envelope.code, envelope.reason]
+            return [_BYE, envelope.code, envelope.reason]
         raise CodecError(f"not an envelope: {type(envelope).__qualname__}")
 
     def _object_out(self, obj: Any) -> dict[str, Any]:
         cls = type(obj)
-        tag, names = self._specs.get(cls) or self._spec(cls)
+        tag, names, fast = self._specs.get(cls) or self._spec(cls)
+        if fast is not None:
+            tree = fast(self, tag, obj)
+            if tree is not None:
+                return tree
         out: dict[str, Any] = {"$type": tag}
         for name in names:
             value = getattr(obj, name)
             # Most fields are scalars: keep them off the general path.
             out[name] = value if type(value) in _SCALARS else self._value_out(value, cls, name)
         return out
+
+    def _field_out(self, value: Any, owner: type[Any], field: str) -> Any:
+        # _value_out, with the common cases first: a leaf, a registered object,
+        # a map of leaves under plain keys (copied whole instead of walked).
+        kind = type(value)
+        if kind in self._leaves_out:
+            return value
+        if kind in self._specs:
+            return self._object_out(value)
+        if kind is dict and _is_plain_map(value, self._leaves_out):
+            return dict(value)
+        return self._value_out(value, owner, field)
 
     def _value_out(self, value: Any, owner: type[Any], field: str) -> Any:
         kind = type(value)
@@ -116,7 +198,7 @@ class TreeConverter:
             UnknownMessageType: a type tag is not registered (not in a BATCH).
             CodecError: the tree is not a valid frame (not in a BATCH).
         """
-        if type(tree) is list and tree and type(tree[0]) is int and tree[0] == Kind.BATCH:
+        if type(tree) is list and tree and type(tree[0]) is int and tree[0] == _BATCH:
             if len(tree) - 1 > MAX_BATCH_FRAMES:
                 raise CodecError(f"BATCH of {len(tree) - 1} frames; at most {MAX_BATCH_FRAMES}")
             items: list[Envelope | CodecError] = []
@@ -143,7 +225,7 @@ class TreeConverter:
         if type(kind) is not int:  # `true` and `1.0` compare equal to 1: refuse them
             raise CodecError(f"frame kind must be an integer, got {type(kind).__qualname__}")
         size = len(tree)
-        if kind == Kind.MSG and size == 3:
+        if kind == _MSG and size == 3:
             seq = _int(tree[1], "seq")
             try:
                 message = self._object_in(tree[2])
@@ -161,17 +243,17 @@ class TreeConverter:
             ):
                 raise CodecError("message source must be str and target str or null", seq=seq)
             return Msg(seq, message)
-        if kind == Kind.ACK and size == 2:
+        if kind == _ACK and size == 2:
             return Ack(_int(tree[1], "seq"))
-        if kind == Kind.READY and size == 2 and type(tree[1]) is str:
+        if kind == _READY and size == 2 and type(tree[1]) is str:
             return Ready(tree[1])
-        if kind == Kind.PING and size == 2:
+        if kind == _PING and size == 2:
             return Ping(_int(tree[1], "nonce"))
-        if kind == Kind.PONG and size == 2:
+        if kind == _PONG and size == 2:
             return Pong(_int(tree[1], "nonce"))
-        if kind == Kind.BYE and size == 3 and type(tree[2]) is str:
+        if kind == _BYE and size == 3 and type(tree[2]) is str:
             return Bye(_int(tree[1], "code"), tree[2])
-        if kind == Kind.BATCH:
+        if kind == _BATCH:
             raise CodecError("a BATCH cannot hold another BATCH")
         raise CodecError(f"malformed frame of kind {kind!r} with {size} elements")
 
@@ -179,9 +261,13 @@ class TreeConverter:
         if type(node) is not dict or "$type" not in node:
             raise CodecError("a message must be a map with a $type")
         tag = node["$type"]
-        cls = self.registry.type_of(tag) if type(tag) is str else None
-        if cls is None:
+        if type(tag) is not str:
             raise UnknownMessageType(tag)
+        cls, fast = self._classes.get(tag) or self._class_in(tag)
+        if fast is not None:
+            obj = fast(self, cls, node)
+            if obj is not None:
+                return obj
         fields = {
             k: v if type(v) in _SCALARS else self._value_in(v)
             for k, v in node.items()
@@ -191,6 +277,18 @@ class TreeConverter:
             return cls(**fields)
         except Exception as exc:  # wrong fields, or a __post_init__ that refuses the values
             raise CodecError(f"fields do not fit {tag!r}: {exc}") from None
+
+    def _field_in(self, node: Any) -> Any:
+        # _value_in, with the common cases first (see _field_out).
+        kind = type(node)
+        if kind in _LEAVES_IN:
+            return node
+        if kind is dict:
+            if "$type" in node:
+                return self._object_in(node)
+            if _is_plain_map(node, _LEAVES_IN):
+                return dict(node)
+        return self._value_in(node)
 
     def _value_in(self, node: Any) -> Any:
         kind = type(node)
@@ -235,3 +333,107 @@ def _b64(value: Any) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise CodecError("$bytes is not valid base64") from None
+
+
+def _is_plain_map(value: dict[Any, Any], leaves: frozenset[type[Any]]) -> bool:
+    """Whether every key is a str not starting with ``$`` and every value a leaf."""
+    for key, item in value.items():
+        if type(key) is not str or key.startswith("$") or type(item) not in leaves:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- fast paths
+#
+# One writer and one reader per shape of built-in type. Each handles exactly the
+# values the generic walk would pass through unchanged in the scalar fields (and
+# any value in the one body field, through _field_out / _field_in); otherwise it
+# returns None and the generic walk takes over. tests/test_codec_fastpath.py
+# checks that both give the same bytes and the same objects.
+
+
+def _header_out(conv: TreeConverter, tag: str, msg: Any) -> dict[str, Any] | None:
+    """``bus.message``, ``bus.deactivate``: source and target only."""
+    source, target = msg.source, msg.target
+    if type(source) in conv._leaves_out and type(target) in conv._leaves_out:
+        return {"$type": tag, "source": source, "target": target}
+    return None
+
+
+def _header_in(conv: TreeConverter, cls: type[Any], node: dict[str, Any]) -> Any:
+    source = node.get("source", _MISSING)
+    target = node.get("target", _MISSING)
+    if len(node) == 3 and type(source) in _LEAVES_IN and type(target) in _LEAVES_IN:
+        return cls(source, target)
+    return None
+
+
+def _with_body(body: str) -> tuple[FastOut, FastIn]:
+    """``bus.frame``, ``bus.data``, ``bus.activate``, ``bus.end_worker``: a header and ``body``."""
+
+    def write(conv: TreeConverter, tag: str, msg: Any) -> dict[str, Any] | None:
+        source, target = msg.source, msg.target
+        if type(source) in conv._leaves_out and type(target) in conv._leaves_out:
+            value = conv._field_out(getattr(msg, body), type(msg), body)
+            return {"$type": tag, "source": source, "target": target, body: value}
+        return None
+
+    def read(conv: TreeConverter, cls: type[Any], node: dict[str, Any]) -> Any:
+        source = node.get("source", _MISSING)
+        target = node.get("target", _MISSING)
+        value = node.get(body, _MISSING)
+        if (
+            len(node) == 4
+            and value is not _MISSING
+            and type(source) in _LEAVES_IN
+            and type(target) in _LEAVES_IN
+        ):
+            return cls(source, target, conv._field_in(value))
+        return None
+
+    return write, read
+
+
+def _text_out(conv: TreeConverter, tag: str, frame: Any) -> dict[str, Any] | None:
+    text = frame.text
+    return {"$type": tag, "text": text} if type(text) in conv._leaves_out else None
+
+
+def _text_in(conv: TreeConverter, cls: type[Any], node: dict[str, Any]) -> Any:
+    text = node.get("text", _MISSING)
+    return cls(text) if len(node) == 2 and type(text) in _LEAVES_IN else None
+
+
+def _audio_out(conv: TreeConverter, tag: str, frame: Any) -> dict[str, Any] | None:
+    rate, channels = frame.sample_rate, frame.num_channels
+    if type(rate) in conv._leaves_out and type(channels) in conv._leaves_out:
+        audio = conv._field_out(frame.audio, AudioRawFrame, "audio")  # base64 in JSON
+        return {"$type": tag, "audio": audio, "sample_rate": rate, "num_channels": channels}
+    return None
+
+
+def _audio_in(conv: TreeConverter, cls: type[Any], node: dict[str, Any]) -> Any:
+    audio = node.get("audio", _MISSING)
+    rate = node.get("sample_rate", _MISSING)
+    channels = node.get("num_channels", _MISSING)
+    if len(node) == 4 and type(rate) in _LEAVES_IN and type(channels) in _LEAVES_IN:
+        if type(audio) is bytes:
+            return cls(audio, rate, channels)
+        if audio is not _MISSING:
+            return cls(conv._field_in(audio), rate, channels)  # a $bytes map (JSON)
+    return None
+
+
+#: (writer, reader, the constructor fields they were written for) per built-in
+#: class; the readers construct positionally, in that order.
+_FastPath = tuple[FastOut, FastIn, tuple[str, ...]]
+_FAST_PATHS: Final[dict[type[Any], _FastPath]] = {
+    BusMessage: (_header_out, _header_in, ("source", "target")),
+    BusDeactivateWorkerMessage: (_header_out, _header_in, ("source", "target")),
+    BusFrameMessage: (*_with_body("frame"), ("source", "target", "frame")),
+    BusDataMessage: (*_with_body("data"), ("source", "target", "data")),
+    BusActivateWorkerMessage: (*_with_body("args"), ("source", "target", "args")),
+    BusEndWorkerMessage: (*_with_body("reason"), ("source", "target", "reason")),
+    TextFrame: (_text_out, _text_in, ("text",)),
+    AudioRawFrame: (_audio_out, _audio_in, ("audio", "sample_rate", "num_channels")),
+}

@@ -44,6 +44,9 @@ class JsonCodec(Codec):
     def __init__(self, registry: TypeRegistry | None = None) -> None:
         self._tree = TreeConverter(registry or DEFAULT_TYPES, native_bytes=False)
         self._encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        # json.loads(data, parse_...=...) builds a new JSONDecoder on every call
+        # (about 1 µs); decode() does what it does, with this one built once.
+        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
     def encode(self, envelope: Envelope) -> bytes:
         try:
@@ -61,7 +64,8 @@ class JsonCodec(Codec):
 
     def decode(self, data: bytes) -> Envelope | Batch:
         try:
-            tree = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+            text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads
+            tree = self._decoder.decode(text)
         except (ValueError, RecursionError) as exc:
             raise CodecError(f"not valid JSON: {exc}") from None
         try:
