@@ -27,8 +27,10 @@ from .errors import (
     ConnectionClosed,
     MessageTooLarge,
     ProtocolError,
+    QueueFull,
     TransportError,
 )
+from .inbox import DEFAULT_MAX_QUEUE, DEFAULT_PUT_TIMEOUT, OverflowPolicy
 from .messages import BusMessage
 from .observe import ProxySide, ProxySnapshot, _emit
 from .plugins import resolve_codec
@@ -155,9 +157,14 @@ class _ProxyWorker(BaseWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
+        put_timeout: float = DEFAULT_PUT_TIMEOUT,
         active: bool,
     ) -> None:
-        super().__init__(name, active=active)
+        super().__init__(
+            name, active=active, max_queue=max_queue, overflow=overflow, put_timeout=put_timeout
+        )
         for label, value in (("local", local_worker_name), ("remote", remote_worker_name)):
             if not isinstance(value, str) or not value:
                 raise ConfigurationError(f"the {label} worker name must be a non-empty string")
@@ -200,6 +207,12 @@ class _ProxyWorker(BaseWorker):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
         self._remote_ready_warned = False
+        # Messages received but not yet taken by the local worker's inbox (it
+        # was full), in order, with the session that numbered them. They are
+        # left unacknowledged, so the peer's outbox (its window) bounds them.
+        self._inbound: deque[tuple[Session, int, BusMessage]] = deque()
+        self._inbound_space = asyncio.Event()
+        self._deliverer: asyncio.Task[None] | None = None
         # No live connection: connecting, in the handshake, waiting to retry,
         # or holding a lost session for a resume. Closing then abandons the wait.
         self._opening = False
@@ -279,7 +292,8 @@ class _ProxyWorker(BaseWorker):
             # of the grace period) sets the event.
             self._outbox_space.clear()
             try:
-                await asyncio.wait_for(self._outbox_space.wait(), self.heartbeat_timeout)
+                async with asyncio.timeout(self.heartbeat_timeout):
+                    await self._outbox_space.wait()
             except TimeoutError:
                 conn = self._conn
                 if conn is not None and self._session is session:
@@ -383,7 +397,8 @@ class _ProxyWorker(BaseWorker):
         """Wait (bounded) until the writer has sent everything queued, e.g. a BYE."""
         if not self._out_drained.is_set():
             try:
-                await asyncio.wait_for(self._out_drained.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._out_drained.wait()
             except TimeoutError:
                 logger.debug("proxy %r: %d frames unsent at close", self.name, len(self._out))
 
@@ -481,6 +496,8 @@ class _ProxyWorker(BaseWorker):
         loop = asyncio.get_running_loop()
         limit = self.max_message_bytes
         while True:
+            if len(self._inbound) >= self.max_unacked:
+                await self._wait_for_inbound_space()
             try:
                 data = await conn.receive()
             except ConnectionClosed as exc:
@@ -531,12 +548,18 @@ class _ProxyWorker(BaseWorker):
                 self._count_drop(self.stats.dropped_in, decision.reason, message)
                 return
             self.stats.messages_in += 1
-            if message.target is None:
-                # An allow-listed broadcast (forward_broadcasts): it is for the
-                # served worker only, never for every worker on this bus.
-                self.bus.deliver_to(self.rules.local_worker, message)
-            else:
-                await self.bus.send(message)
+            # A targeted message is for the served worker (the rules checked);
+            # an allow-listed broadcast (forward_broadcasts) too, never for
+            # every worker on this bus.
+            if self._inbound or not self._offer_local(message):
+                session = self._session
+                assert session is not None
+                self._inbound.append((session, event.seq, message))
+                self._set_ack_ceiling()
+                if self._deliverer is None or self._deliverer.done():
+                    self._deliverer = self.create_task(
+                        self._deliver_inbound(), name=f"{self.name}-deliver"
+                    )
         elif isinstance(event, MessageUndecodable):
             self._count_drop(self.stats.dropped_in, event.reason, event.error)
         elif isinstance(event, DuplicateDiscarded):
@@ -545,6 +568,65 @@ class _ProxyWorker(BaseWorker):
             self._remote_ready(event.worker)
         elif isinstance(event, PongReceived):
             self.stats.heartbeat_rtt = event.rtt
+
+    def _offer_local(self, message: BusMessage) -> bool:
+        """Hand ``message`` to the served worker's inbox; ``False`` if it is full (``wait``)."""
+        try:
+            return self.bus.offer_to(self.rules.local_worker, message)
+        except QueueFull:
+            self._count_drop(self.stats.dropped_in, DropReason.QUEUE_FULL, message)
+            return True
+
+    def _set_ack_ceiling(self) -> None:
+        """Acknowledge the open session only up to its first message not yet delivered."""
+        session = self._session
+        if session is None:
+            return
+        ceiling = None
+        for owner, seq, _ in self._inbound:
+            if owner is session:
+                ceiling = seq - 1
+                break
+        session.ack_ceiling = ceiling
+
+    async def _deliver_inbound(self) -> None:
+        """Deliver what the served worker's full inbox could not take, in order, waiting for room.
+
+        Each wait is bounded by that worker's ``put_timeout``: a worker stalled
+        longer has the message dropped and counted by its inbox's policy.
+        """
+        inbound = self._inbound
+        delivered = 0
+        while inbound:
+            _, _, message = inbound[0]
+            try:
+                await self.bus.send_to(self.rules.local_worker, message)
+            except QueueFull:
+                self._count_drop(self.stats.dropped_in, DropReason.QUEUE_FULL, message)
+            inbound.popleft()
+            delivered += 1
+            self._inbound_space.set()
+            self._set_ack_ceiling()
+            session = self._session
+            # Acknowledge what was delivered: in steps, and once all of it is.
+            if session is not None and self._conn is not None:
+                if not inbound or delivered % session.ack_every == 0:
+                    self._flush_ack(session)
+
+    async def _wait_for_inbound_space(self) -> None:
+        """The peer sent more than our window without acknowledgements: stop reading a while."""
+        while len(self._inbound) >= self.max_unacked:
+            self._inbound_space.clear()
+            try:
+                async with asyncio.timeout(self.heartbeat_timeout):
+                    await self._inbound_space.wait()
+            except TimeoutError:
+                logger.warning(
+                    "proxy %r: the served worker took nothing for %.1fs; %d message(s) wait",
+                    self.name,
+                    self.heartbeat_timeout,
+                    len(self._inbound),
+                )
 
     def _remote_ready(self, worker: str) -> None:
         if worker != self.rules.remote_worker:

@@ -94,6 +94,22 @@ class Bus:
             return
         endpoint.deliver(message)
 
+    def offer_to(self, name: str, message: BusMessage) -> bool:
+        """Queue ``message`` for the endpoint routed as ``name`` only, without waiting.
+
+        Returns ``False`` only when that inbox is full and its policy is
+        ``"wait"`` (nothing was queued or dropped: try again, or :meth:`send_to`).
+        A name nobody claims counts as undeliverable and returns ``True``.
+
+        Raises:
+            QueueFull: the inbox is full and its policy is ``"error"``.
+        """
+        endpoint = self._routes.get(name)
+        if endpoint is None:
+            self.undeliverable += 1
+            return True
+        return endpoint.offer(message)
+
     async def send_to(self, name: str, message: BusMessage) -> None:
         """Deliver ``message`` to the endpoint routed as ``name`` only, waiting for room.
 

@@ -20,6 +20,7 @@ from .errors import (
     SessionLost,
     TransportError,
 )
+from .inbox import DEFAULT_MAX_QUEUE, DEFAULT_PUT_TIMEOUT, OverflowPolicy
 from .messages import BusMessage
 from .plugins import resolve_transport
 from .protocol import (
@@ -124,6 +125,9 @@ class ProxyClient(_ProxyWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
+        put_timeout: float = DEFAULT_PUT_TIMEOUT,
         active: bool = False,
     ) -> None:
         super().__init__(
@@ -136,6 +140,9 @@ class ProxyClient(_ProxyWorker):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             max_unacked=max_unacked,
+            max_queue=max_queue,
+            overflow=overflow,
+            put_timeout=put_timeout,
             active=active,
         )
         self.url = url
@@ -352,7 +359,8 @@ class ProxyClient(_ProxyWorker):
         except ProxyError as exc:
             return exc
         try:
-            return await asyncio.wait_for(self._handshake(conn, held), self.open_timeout)
+            async with asyncio.timeout(self.open_timeout):
+                return await self._handshake(conn, held)
         except (ProxyError, TimeoutError) as exc:
             await conn.aclose(CloseCode.PROTOCOL_ERROR, "handshake failed")
             return exc if isinstance(exc, ProxyError) else HandshakeError("handshake timed out")

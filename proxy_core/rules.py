@@ -44,6 +44,8 @@ class DropReason(StrEnum):
     """Inbound message whose sequence number was already delivered."""
     SESSION_LOST = "session_lost"
     """Outbound message sent but never acknowledged by a session that was lost."""
+    QUEUE_FULL = "queue_full"
+    """Inbound message refused by the served worker's full inbox (its policy is ``error``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from .errors import (
     ProtocolError,
     TransportError,
 )
+from .inbox import DEFAULT_MAX_QUEUE, DEFAULT_PUT_TIMEOUT, OverflowPolicy
 from .messages import BusMessage
 from .protocol import (
     CloseCode,
@@ -100,7 +101,8 @@ async def accept_hello(
     """
     result: tuple[Hello, Codec] | Reject
     try:
-        first: bytes | ProtocolError = await asyncio.wait_for(conn.receive(), timeout)
+        async with asyncio.timeout(timeout):
+            first: bytes | ProtocolError = await conn.receive()
     except ProtocolError as exc:
         first = exc  # a text frame: refused below like any malformed HELLO
     except (TransportError, MessageTooLarge, TimeoutError) as exc:
@@ -110,9 +112,8 @@ async def accept_hello(
     # Authenticate first: the reason of any other refusal would tell an
     # unauthenticated peer our worker names or codecs.
     try:
-        refusal = await asyncio.wait_for(
-            check_authentication(authenticate, conn.request_headers), timeout
-        )
+        async with asyncio.timeout(timeout):
+            refusal = await check_authentication(authenticate, conn.request_headers)
     except TimeoutError:
         logger.warning("proxy %r: the authenticate hook timed out; refusing", log_name)
         refusal = "authentication timed out"
@@ -127,7 +128,8 @@ async def accept_hello(
     if isinstance(result, Reject):
         logger.info("proxy %r rejected %s: %s", log_name, conn.remote_address, result.reason)
         try:
-            await asyncio.wait_for(conn.send(encode_handshake(result)), timeout)
+            async with asyncio.timeout(timeout):
+                await conn.send(encode_handshake(result))
         except (TransportError, TimeoutError):
             pass
         await conn.aclose(result.code, result.reason[:120])
@@ -205,6 +207,9 @@ class ProxyServer(_ProxyWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
+        put_timeout: float = DEFAULT_PUT_TIMEOUT,
         sessions: SessionTable | None = None,
         resume_grace: float = 30.0,
         hello: tuple[Hello, Codec] | None = None,
@@ -219,6 +224,9 @@ class ProxyServer(_ProxyWorker):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             max_unacked=max_unacked,
+            max_queue=max_queue,
+            overflow=overflow,
+            put_timeout=put_timeout,
             active=True,
         )
         if not isinstance(connection, Connection):
@@ -348,9 +356,8 @@ class ProxyServer(_ProxyWorker):
         try:
             while True:
                 try:
-                    request = await asyncio.wait_for(
-                        self._resumes.get(), max(0.0, deadline - loop.time())
-                    )
+                    async with asyncio.timeout_at(deadline):
+                        request = await self._resumes.get()
                 except TimeoutError:
                     lost = session.unacked
                     logger.info(

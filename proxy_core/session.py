@@ -292,6 +292,9 @@ class Session:
         self._pings: dict[int, float] = {}
         self._next_nonce = 1
         self._in_batch = False
+        #: Acknowledge no further than this (messages received but not yet
+        #: delivered locally stay unacknowledged, so the peer's window holds).
+        self.ack_ceiling: int | None = None
         self.last_received_at = now
 
     # -------------------------------------------------------- sending
@@ -387,12 +390,18 @@ class Session:
         return self._first_unacked_at is not None and now - self._first_unacked_at >= self.ack_delay
 
     def ack_frame(self) -> bytes | None:
-        """Return an ACK for everything received so far, or ``None`` if nothing is owed."""
-        if self.last_received_seq == self._last_acked_by_us:
+        """Return an ACK for everything received so far (up to :attr:`ack_ceiling`).
+
+        ``None`` if nothing is owed.
+        """
+        upto = self.last_received_seq
+        if self.ack_ceiling is not None and self.ack_ceiling < upto:
+            upto = self.ack_ceiling
+        if upto <= self._last_acked_by_us:
             return None
-        self._last_acked_by_us = self.last_received_seq
-        self._first_unacked_at = None
-        return self.codec.encode(Ack(self.last_received_seq))
+        self._last_acked_by_us = upto
+        self._first_unacked_at = None if upto == self.last_received_seq else self._first_unacked_at
+        return self.codec.encode(Ack(upto))
 
     def data_to_send(self) -> list[bytes]:
         """Return (and forget) the control frames the session wants sent (ACK, PONG)."""
