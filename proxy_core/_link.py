@@ -203,6 +203,7 @@ class _ProxyWorker(BaseWorker):
         self._out: deque[bytes] = deque()
         self._out_wakeup = asyncio.Event()
         self._out_drained = asyncio.Event()
+        self._writing = False  # a frame is being written (by the writer or inline)
         self._outbox_space = asyncio.Event()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
@@ -318,9 +319,21 @@ class _ProxyWorker(BaseWorker):
             self._count_drop(self.stats.dropped_out, DropReason.ENCODE_FAILED, message)
             return
         self.stats.messages_out += 1
-        if self._conn is not None:
-            self._enqueue(data)
-        # else the link is lost: the frame waits in the outbox for the resume.
+        conn = self._conn
+        if conn is None:
+            return  # the link is lost: the frame waits in the outbox for the resume
+        if self._out or self._writing or len(self._inbox):
+            self._enqueue(data)  # the writer sends it, coalesced with what is queued
+            return
+        # A lone message (nothing queued, nothing behind it in our inbox): write
+        # it from this task, sparing a wake-up of the writer's on the latency path.
+        self._writing = True
+        try:
+            await self._write(conn, data)
+        finally:
+            self._writing = False
+            if self._out:
+                self._out_wakeup.set()  # what was queued meanwhile
 
     def _enqueue(self, data: bytes) -> None:
         """Queue a frame for the session's writer task; never blocks."""
@@ -337,11 +350,19 @@ class _ProxyWorker(BaseWorker):
         """
         out, wakeup, stats = self._out, self._out_wakeup, self.stats
         limit = min(session.peer_max_message_bytes, _BATCH_MAX_BYTES) if session.batch else 0
-        if first is not None and not await self._write(conn, first):
-            return
+        if first is not None:
+            try:  # _run_session set _writing: nothing may go out before WELCOME
+                if not await self._write(conn, first):
+                    return
+            finally:
+                self._writing = False
+            if out:
+                wakeup.set()
         while True:
             await wakeup.wait()
             wakeup.clear()
+            if self._writing:
+                continue  # a lone message is being written inline; it wakes us after
             while out:
                 data = out.popleft()
                 if out and batch_size_bound(len(data) + len(out[0]), 2) <= limit:
@@ -353,8 +374,12 @@ class _ProxyWorker(BaseWorker):
                         total += len(frame)
                     data = session.batch_frame(frames)
                     stats.batches_out += 1
-                if not await self._write(conn, data):
-                    return
+                self._writing = True
+                try:
+                    if not await self._write(conn, data):
+                        return
+                finally:
+                    self._writing = False
             self._out_drained.set()
 
     async def _write(self, conn: Connection, data: bytes) -> bool:
@@ -443,6 +468,7 @@ class _ProxyWorker(BaseWorker):
             self.stats.replayed += len(replay)
         self.stats.sessions += 1
         _emit("connected", self)
+        self._writing = first is not None  # the writer sends WELCOME before anything else
         writer = self.create_task(self._writer(conn, session, first), name=f"{self.name}-writer")
         heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
         watch: Watch = self.registry.watch(self.rules.local_worker, self._announce_ready)
