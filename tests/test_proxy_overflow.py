@@ -45,30 +45,43 @@ async def deaf_peer_client(**options: Any) -> AsyncIterator[tuple[BaseWorker, Pr
         reader.cancel()
 
     async with transport.serve("memory://127.0.0.1:0/ws", handler) as listener:
-        runner = WorkerRunner(handle_sigint=False)
-        acme = BaseWorker("acme")
-        proxy = ProxyClient(
-            "proxy",
-            url=listener.url,
-            transport=transport,
-            codec="json",
-            local_worker_name="acme",
-            remote_worker_name="assistant",
-            forward_messages=(BusFrameMessage,),
-            reconnect=None,
-            max_unacked=4,
-            **options,
-        )
-        await runner.add_workers(acme, proxy)
-        task = asyncio.create_task(runner.run())
-        try:
-            await acme.activate_worker("proxy")
-            await proxy.wait_connected(TIMEOUT)
-            yield acme, proxy
-        finally:
-            stop.set()
-            await runner.cancel()
-            await asyncio.wait_for(task, TIMEOUT)
+        async with connected_client(transport, listener.url, max_unacked=4, **options) as (
+            acme,
+            proxy,
+        ):
+            try:
+                yield acme, proxy
+            finally:
+                stop.set()
+
+
+@asynccontextmanager
+async def connected_client(
+    transport: MemoryTransport, url: str, **options: Any
+) -> AsyncIterator[tuple[BaseWorker, ProxyClient]]:
+    """``acme`` and a connected json client proxy (one attempt) in a running runner."""
+    runner = WorkerRunner(handle_sigint=False)
+    acme = BaseWorker("acme")
+    proxy = ProxyClient(
+        "proxy",
+        url=url,
+        transport=transport,
+        codec="json",
+        local_worker_name="acme",
+        remote_worker_name="assistant",
+        forward_messages=(BusFrameMessage,),
+        reconnect=None,
+        **options,
+    )
+    await runner.add_workers(acme, proxy)
+    task = asyncio.create_task(runner.run())
+    try:
+        await acme.activate_worker("proxy")
+        await proxy.wait_connected(TIMEOUT)
+        yield acme, proxy
+    finally:
+        await runner.cancel()
+        await asyncio.wait_for(task, TIMEOUT)
 
 
 async def _drain(conn: Connection) -> None:
@@ -180,41 +193,24 @@ async def test_a_stalled_served_worker_holds_the_senders_window_not_the_link() -
         codecs=["json"],
         **quick,
     ) as service:
-        runner = WorkerRunner(handle_sigint=False)
-        acme = BaseWorker("acme")
-        proxy = ProxyClient(
-            "proxy",
-            url=service.url,
-            transport=transport,
-            codec="json",
-            local_worker_name="acme",
-            remote_worker_name="assistant",
-            forward_messages=(BusFrameMessage,),
-            reconnect=None,
-            max_unacked=32,
-            max_queue=16,
-            **quick,
-        )
-        disconnects: list[object] = []
-        proxy.event_handler("on_disconnected")(lambda *a: disconnects.append(a))
-        await runner.add_workers(acme, proxy)
-        task = asyncio.create_task(runner.run())
-        await acme.activate_worker("proxy")
-        await proxy.wait_connected(TIMEOUT)
-        (worker,) = workers
-        count = 200
-        worker.expected = count
-        sending = asyncio.ensure_future(_send_many(acme, count))
-        # The client fills its window and waits; nothing is acknowledged meanwhile.
-        await until(lambda: proxy._session is not None and proxy._session.outbox_full)
-        pings = proxy.stats.heartbeat_rtt
-        await until(lambda: proxy.stats.heartbeat_rtt != pings)  # PONGs still come back
-        assert proxy.connected and not sending.done()
-        assert proxy._session is not None and proxy._session.unacked == 32
-        worker.go.set()
-        await asyncio.wait_for(worker.all_in.wait(), TIMEOUT)
-        await asyncio.wait_for(sending, TIMEOUT)
-        assert worker.got == [str(n) for n in range(count)]
-        assert disconnects == [] and set(proxy.stats.dropped_out) <= {"local"}  # ready broadcasts
-        await runner.end()
-        await asyncio.wait_for(task, TIMEOUT)
+        async with connected_client(
+            transport, service.url, max_unacked=32, max_queue=16, **quick
+        ) as (acme, proxy):
+            disconnects: list[object] = []
+            proxy.event_handler("on_disconnected")(lambda *a: disconnects.append(a))
+            (worker,) = workers
+            count = 200
+            worker.expected = count
+            sending = asyncio.ensure_future(_send_many(acme, count))
+            # The client fills its window and waits; nothing is acknowledged meanwhile.
+            await until(lambda: proxy._session is not None and proxy._session.outbox_full)
+            pings = proxy.stats.heartbeat_rtt
+            await until(lambda: proxy.stats.heartbeat_rtt != pings)  # PONGs still come back
+            assert proxy.connected and not sending.done()
+            assert proxy._session is not None and proxy._session.unacked == 32
+            worker.go.set()
+            await asyncio.wait_for(worker.all_in.wait(), TIMEOUT)
+            await asyncio.wait_for(sending, TIMEOUT)
+            assert worker.got == [str(n) for n in range(count)]
+            assert disconnects == []
+            assert set(proxy.stats.dropped_out) <= {"local"}  # the runner's ready broadcasts
