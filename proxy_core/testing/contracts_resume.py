@@ -221,6 +221,60 @@ class ResumeContract:
                 await again.worker.wait_text("fresh start")
                 assert again.worker.texts() == ["fresh start"]
 
+    async def test_stalled_peer_keeps_memory_bounded_and_loses_nothing(
+        self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str
+    ) -> None:
+        """A link that carries nothing while a producer offers 20,000 messages (4 MB): the
+        producer is held back, every queue on the way stays within its bound, and when the
+        link flows again all of them arrive, once each and in order."""
+        transport, codec = proxy_core_transport, proxy_core_codec
+        self._require_relay(transport)
+        count, window, inbox = 20_000, 64, 32
+        payload = "x" * 190
+        async with running_server(transport, serve_url, codecs=[codec]) as server:
+            async with (
+                FaultRelay.for_url(server.url) as relay,
+                running_client(
+                    transport,
+                    relay.url_for(server.url),
+                    codec=codec,
+                    max_unacked=window,
+                    max_queue=inbox,
+                ) as client,
+            ):
+                side, _ = await self._open(client, server)
+                relay.stall()
+                sent = 0
+
+                async def produce() -> None:
+                    nonlocal sent
+                    for n in range(count):
+                        await client.acme.send_bus_message(
+                            text(CLIENT_WORKER, SERVER_WORKER, f"{n} {payload}")
+                        )
+                        sent = n + 1
+
+                producing = asyncio.ensure_future(produce())
+                proxy = client.proxy
+                # The producer has no event to say "I am blocked": poll, bounded (30 s).
+                for _ in range(3000):
+                    if proxy.queue_stats.waiting and proxy._session is not None:
+                        if proxy._session.outbox_full:
+                            break
+                    await asyncio.sleep(0.01)
+                assert proxy.queue_stats.waiting == 1 and not producing.done()
+                held = sent
+                assert held <= window + inbox + 2  # outbox + inbox + one in hand + one waiting
+                assert proxy.queue_stats.high_water <= inbox
+                assert proxy._session is not None and proxy._session.unacked <= window
+                relay.resume()
+                await wait(producing)
+                last = f"{count - 1} {payload}"
+                await side.worker.wait_text(last)
+                texts = side.worker.texts()
+                assert len(texts) == count and texts == [f"{n} {payload}" for n in range(count)]
+                assert proxy.queue_stats.dropped == {}
+
     async def test_authentication_refusal_is_never_retried(
         self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str
     ) -> None:
