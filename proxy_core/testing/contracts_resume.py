@@ -14,6 +14,7 @@ contracts need a TCP transport; they run once per transport, with the first code
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -21,7 +22,8 @@ import pytest
 
 from ..backoff import Backoff
 from ..codecs.base import Codec
-from ..errors import AuthenticationError, SessionLost
+from ..errors import AuthenticationError, SessionLost, TransportError
+from ..protocol import Ack, Msg, Ping, Ready
 from ..proxy import ProxyClient
 from ..transport import Transport
 from ._harness import (
@@ -31,6 +33,7 @@ from ._harness import (
     ClientSide,
     Server,
     ServerSide,
+    raw_client,
     running_client,
     running_server,
     text,
@@ -46,6 +49,28 @@ FAST_RECONNECT = Backoff(initial_delay=0.01, max_delay=0.2, max_elapsed=TIMEOUT)
 
 #: Heartbeats quick enough to find a half-open link within a contract's time.
 QUICK_HEARTBEAT: dict[str, Any] = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.5}
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    """Flip, set, insert, delete or cut a few bytes of ``data``."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        choice = rng.randrange(4)
+        at = rng.randrange(len(out) + 1)
+        if choice == 0 and out:
+            out[at % len(out)] ^= 1 << rng.randrange(8)
+        elif choice == 1:
+            out.insert(at, rng.randrange(256))
+        elif choice == 2 and out:
+            del out[at % len(out)]
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+async def _crosses_once(client: ClientSide, side: ServerSide, body: str) -> None:
+    await client.say(body)
+    await side.worker.wait_text(body)
 
 
 class _Events:
@@ -274,6 +299,49 @@ class ResumeContract:
                 texts = side.worker.texts()
                 assert len(texts) == count and texts == [f"{n} {payload}" for n in range(count)]
                 assert proxy.queue_stats.dropped == {}
+
+    async def test_random_and_mutated_frames_never_stop_the_server(
+        self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str
+    ) -> None:
+        """A peer completes the handshake, then sends 400 frames of seeded garbage: random
+        bytes, and real frames (MSG, ACK, PING, BATCH) with bytes flipped, cut or inserted.
+        The server drops or closes (1002, 1009), never crashes or hangs, and a
+        well-behaved client is served meanwhile and after."""
+        transport, codec = proxy_core_transport, proxy_core_codec
+        rng = random.Random(20261125)
+        seeds = [
+            codec.encode(Msg(1, text(CLIENT_WORKER, SERVER_WORKER, "seed"))),
+            codec.encode(Ack(0)),
+            codec.encode(Ping(7)),
+            codec.encode(Ready(CLIENT_WORKER)),
+        ]
+        if codec.supports_batch:
+            seeds.append(codec.encode_batch(seeds[:3]))
+        frames: list[bytes] = []
+        for _ in range(400):
+            if rng.random() < 0.25:
+                frames.append(rng.randbytes(rng.randint(0, 64)))
+            else:
+                frames.append(_mutate(rng.choice(seeds), rng))
+        async with running_server(transport, serve_url, codecs=[codec]) as server:
+            async with running_client(transport, server.url, codec=codec) as client:
+                await client.activate()
+                good = await server.of(client)
+                sent = reconnects = 0
+                while sent < len(frames) and reconnects < 100:
+                    async with raw_client(transport, server.url, codec) as (peer, _):
+                        try:
+                            while sent < len(frames):
+                                await peer.conn.send(frames[sent])
+                                sent += 1
+                                if sent % 50 == 0:  # the good client goes on meanwhile
+                                    await _crosses_once(client, good, f"during {sent}")
+                        except TransportError:
+                            reconnects += 1  # the server closed the hostile session: again
+                    reconnects += 1
+                assert sent == len(frames)
+                await _crosses_once(client, good, "after")
+                assert client.events == ["connected"]
 
     async def test_authentication_refusal_is_never_retried(
         self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str
