@@ -470,7 +470,8 @@ class _ProxyWorker(BaseWorker):
         _emit("connected", self)
         self._writing = first is not None  # the writer sends WELCOME before anything else
         writer = self.create_task(self._writer(conn, session, first), name=f"{self.name}-writer")
-        heartbeat = self.create_task(self._heartbeat(conn, session), name=f"{self.name}-heartbeat")
+        # The heartbeat is a timer, not a task: an idle session costs one task less.
+        heartbeat = _Heartbeat(self, conn, session)
         watch: Watch = self.registry.watch(self.rules.local_worker, self._announce_ready)
         code: int = CloseCode.INTERNAL_ERROR
         reason = "internal error"
@@ -681,20 +682,21 @@ class _ProxyWorker(BaseWorker):
             self._ready_sent = True
             self._enqueue(session.ready_frame(data.name))
 
-    async def _heartbeat(self, conn: Connection, session: Session) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            now = loop.time()
-            if session.is_dead(now, self.heartbeat_timeout):
-                logger.warning(
-                    "proxy %r: nothing heard for %.1fs; closing the link",
-                    self.name,
-                    self.heartbeat_timeout,
-                )
-                await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-                return
-            self._enqueue(session.ping_frame(now))
+    def _beat(self, conn: Connection, session: Session, now: float) -> bool:
+        """One heartbeat: PING, or close a link that has been silent; ``False`` when closing."""
+        if session.is_dead(now, self.heartbeat_timeout):
+            logger.warning(
+                "proxy %r: nothing heard for %.1fs; closing the link",
+                self.name,
+                self.heartbeat_timeout,
+            )
+            self.create_task(
+                conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout"),
+                name=f"{self.name}-heartbeat-close",
+            )
+            return False
+        self._enqueue(session.ping_frame(now))
+        return True
 
     async def _close_session(self, code: int, reason: str) -> None:
         """Say BYE, close the connection, and wait (bounded) for the session to wind down."""
@@ -710,3 +712,26 @@ class _ProxyWorker(BaseWorker):
                 # to retry, or for a resume) rather than wait for its timeout.
                 task.cancel()
             await asyncio.wait({task}, timeout=self.heartbeat_timeout)
+
+
+class _Heartbeat:
+    """Every ``heartbeat_interval``: a PING, or the end of a silent link (a timer chain)."""
+
+    __slots__ = ("_conn", "_handle", "_loop", "_proxy", "_session")
+
+    def __init__(self, proxy: _ProxyWorker, conn: Connection, session: Session) -> None:
+        self._proxy, self._conn, self._session = proxy, conn, session
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(
+            proxy.heartbeat_interval, self._fire
+        )
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._proxy._beat(self._conn, self._session, self._loop.time()):
+            self._handle = self._loop.call_later(self._proxy.heartbeat_interval, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
