@@ -45,6 +45,8 @@ class Bus:
     goes at the pace of a slow receiver. See ``docs/concepts.md``.
     """
 
+    __slots__ = ("_endpoints", "_routes", "undeliverable")
+
     def __init__(self) -> None:
         self._routes: dict[str, Endpoint] = {}
         self._endpoints: list[Endpoint] = []

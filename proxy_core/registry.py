@@ -33,6 +33,8 @@ WatchCallback = Callable[[WorkerReadyData], Awaitable[None]]
 class Watch:
     """A registered watch; :meth:`cancel` stops it. Awaiting it is allowed and returns at once."""
 
+    __slots__ = ("_registry", "callback", "name")
+
     def __init__(self, registry: WorkerRegistry, name: str, callback: WatchCallback) -> None:
         self._registry = registry
         self.name = name
@@ -55,6 +57,8 @@ class WorkerRegistry:
         spawn: starts a callback coroutine as a task the owner tracks and
             cancels on shutdown (the runner passes its own).
     """
+
+    __slots__ = ("_ready", "_spawn", "_watches")
 
     def __init__(self, spawn: Callable[[Coroutine[Any, Any, None]], object]) -> None:
         self._spawn = spawn

@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 _counter = itertools.count(1)
 
 
+def _nothing() -> None:
+    """What removing a SIGINT handler that was never installed does."""
+
+
 class WorkerRunner:
     """Runs workers on one in-process bus.
 
@@ -44,10 +48,14 @@ class WorkerRunner:
         self.bus = Bus()
         self.registry = WorkerRegistry(self._spawn)
         self._workers: dict[str, BaseWorker] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # The runner's short-lived tasks (readiness announcements, watch
+        # callbacks); the set exists only while some are running.
+        self._tasks: set[asyncio.Task[Any]] | None = None
         self._running = False
         self._finished = False
-        self._done: asyncio.Event | None = None
+        # A bare future, not an asyncio.Event: run() is its only waiter, and an
+        # Event carries a deque (~860 bytes against ~150) for each session.
+        self._done: asyncio.Future[None] | None = None
         self._stop_reason: str | None = None
         self._graceful = True
         self._sigints = 0
@@ -92,14 +100,15 @@ class WorkerRunner:
         if self._running or self._finished:
             raise ConfigurationError(f"runner {self.name!r} can only run once")
         self._running = True
-        self._done = asyncio.Event()
+        done = self._done = asyncio.get_running_loop().create_future()
         if self._stop_reason is not None:  # end() or cancel() came before run()
-            self._done.set()
+            done.set_result(None)
         remove_sigint = self._install_sigint()
         try:
             for worker in list(self._workers.values()):
                 worker._start()
-            await self._done.wait()
+            # Cancelling run() cancels the future too; _request_stop skips a done one.
+            await done
         finally:
             remove_sigint()
             await self._shutdown()
@@ -136,14 +145,24 @@ class WorkerRunner:
         if self._stop_reason is None:
             self._stop_reason = reason or "ended"
         self._graceful = self._graceful and graceful
-        if self._done is not None:
-            self._done.set()
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._forget_task)
         return task
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        tasks = self._tasks
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                self._tasks = None
 
     def _worker_ready(self, worker: BaseWorker) -> None:
         self.registry.set_ready(worker.name)
@@ -170,7 +189,7 @@ class WorkerRunner:
             return_exceptions=True,
         )
         current = asyncio.current_task()
-        pending = [t for t in self._tasks if t is not current and not t.done()]
+        pending = [t for t in (self._tasks or ()) if t is not current and not t.done()]
         for task in pending:
             task.cancel()
         if pending:
@@ -180,7 +199,7 @@ class WorkerRunner:
 
     def _install_sigint(self) -> Any:
         if not self.handle_sigint or threading.current_thread() is not threading.main_thread():
-            return lambda: None
+            return _nothing
         loop = asyncio.get_running_loop()
 
         def on_sigint() -> None:
@@ -190,5 +209,5 @@ class WorkerRunner:
         try:
             loop.add_signal_handler(signal.SIGINT, on_sigint)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows
-            return lambda: None
+            return _nothing
         return lambda: loop.remove_signal_handler(signal.SIGINT)

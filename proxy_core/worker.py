@@ -83,8 +83,10 @@ class BaseWorker:
             max_queue, overflow, put_timeout=put_timeout, name=name, over_bound=self._is_control
         )
         self._task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._handlers: dict[str, list[Callable[..., Any]]] = {e: [] for e in self.EVENTS}
+        # Both made on first use: most workers never register a handler, and
+        # many never start a task (an idle session holds thousands of workers).
+        self._tasks: set[asyncio.Task[Any]] | None = None
+        self._handlers: dict[str, list[Callable[..., Any]]] | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -139,19 +141,23 @@ class BaseWorker:
         Raises:
             ConfigurationError: this worker has no such event (the message lists them).
         """
-        if event not in self._handlers:
+        if event not in self.EVENTS:
             raise ConfigurationError(
                 f"{type(self).__name__} has no event {event!r}; "
-                f"available: {', '.join(sorted(self._handlers))}"
+                f"available: {', '.join(sorted(set(self.EVENTS)))}"
             )
 
         def decorate(func: _F) -> _F:
-            self._handlers[event].append(func)
+            if self._handlers is None:
+                self._handlers = {}
+            self._handlers.setdefault(event, []).append(func)
             return func
 
         return decorate
 
     async def _call_event(self, event: str, *args: Any) -> None:
+        if self._handlers is None:
+            return
         for handler in list(self._handlers.get(event, ())):
             try:
                 result = handler(self, *args)
@@ -202,6 +208,8 @@ class BaseWorker:
     ) -> asyncio.Task[_T]:
         """Start ``coro`` as a task owned by this worker, cancelled when the worker stops."""
         task = asyncio.get_running_loop().create_task(coro, name=name or f"{self._name}-task")
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -273,7 +281,10 @@ class BaseWorker:
         self.runner._worker_ready(self)
         inbox = self._inbox
         while True:
-            message = inbox.get_nowait() if inbox else await inbox.get()
+            if not inbox:
+                await inbox._new_getter()
+                continue
+            message = inbox.get_nowait()
             try:
                 await self._dispatch(message)
             except Exception:
@@ -308,7 +319,7 @@ class BaseWorker:
                 await self.on_end(reason)
             except Exception:
                 logger.exception("on_end of worker %r failed", self._name)
-        tasks = [t for t in (self._task, *self._tasks) if t is not None and not t.done()]
+        tasks = [t for t in (self._task, *(self._tasks or ())) if t is not None and not t.done()]
         current = asyncio.current_task()
         tasks = [t for t in tasks if t is not current]
         for task in tasks:

@@ -62,7 +62,6 @@ class AiohttpConnection(Connection):
     __slots__ = (
         "_aclosed",
         "_close",
-        "_headers",
         "_limit",
         "_receiving",
         "_remote",
@@ -87,9 +86,6 @@ class AiohttpConnection(Connection):
         self._close: tuple[int, str] | None = None
         self._aclosed = False
         self._receiving = False
-        self._headers: dict[str, str] = (
-            {} if request is None else _lower_headers(request.headers.items())
-        )
         # Kept from the start: the address is still worth logging once the socket is gone.
         self._remote = _format_address(_peer_name(ws, request))
 
@@ -119,31 +115,29 @@ class AiohttpConnection(Connection):
         if self._receiving:
             raise ConfigurationError("receive() called while another receive() waits")
         self._receiving = True
+        # One coroutine, not two: an idle session always has a receive() waiting.
         try:
-            return await self._receive()
+            while True:
+                if self._close is not None:
+                    raise ConnectionClosed(*self._close)
+                try:
+                    msg = await self._ws.receive()
+                except RuntimeError as exc:  # aiohttp's word for a socket that is closed
+                    raise self._closed_error() from exc
+                kind = msg.type
+                if kind is WSMsgType.BINARY:
+                    data: bytes = msg.data
+                    if len(data) > self._limit:
+                        await self._refuse(len(data))
+                    return data
+                if kind is WSMsgType.TEXT:
+                    await self._reject_text(msg.data)
+                elif kind is WSMsgType.PING:  # only with a socket prepared with autoping=False
+                    await self._ws.pong(msg.data)
+                elif kind is not WSMsgType.PONG:
+                    self._record_end(msg)
         finally:
             self._receiving = False
-
-    async def _receive(self) -> bytes:
-        while True:
-            if self._close is not None:
-                raise ConnectionClosed(*self._close)
-            try:
-                msg = await self._ws.receive()
-            except RuntimeError as exc:  # aiohttp's word for a socket that is closed
-                raise self._closed_error() from exc
-            kind = msg.type
-            if kind is WSMsgType.BINARY:
-                data: bytes = msg.data
-                if len(data) > self._limit:
-                    await self._refuse(len(data))
-                return data
-            if kind is WSMsgType.TEXT:
-                await self._reject_text(msg.data)
-            elif kind is WSMsgType.PING:  # only when the socket was prepared with autoping=False
-                await self._ws.pong(msg.data)
-            elif kind is not WSMsgType.PONG:
-                self._record_end(msg)
 
     async def _reject_text(self, text: str | bytes) -> NoReturn:
         size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
@@ -223,7 +217,10 @@ class AiohttpConnection(Connection):
     @property
     def request_headers(self) -> Mapping[str, str]:
         """The handshake request headers, names lower-cased; empty on a client."""
-        return self._headers
+        # Built on each call, not kept: it is read once or twice per session
+        # (the HELLO check), and a copy kept for the session's life costs ~1 KiB.
+        request = self._request
+        return {} if request is None else _lower_headers(request.headers.items())
 
     @property
     def remote_address(self) -> str | None:

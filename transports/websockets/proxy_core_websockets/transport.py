@@ -90,7 +90,7 @@ class WebSocketsConnection(Connection):
             (see :meth:`WebSocketsTransport.adapt` for adopted connections).
     """
 
-    __slots__ = ("_headers", "_limit", "_too_large_reported", "_ws")
+    __slots__ = ("_limit", "_too_large_reported", "_ws")
 
     def __init__(
         self,
@@ -100,7 +100,6 @@ class WebSocketsConnection(Connection):
     ) -> None:
         self._ws = ws
         self._limit = max_message_bytes
-        self._headers: dict[str, str] | None = None
         self._too_large_reported = False
 
     async def send(self, data: bytes) -> None:
@@ -147,13 +146,12 @@ class WebSocketsConnection(Connection):
     @property
     def request_headers(self) -> Mapping[str, str]:
         """The handshake request headers, names lower-cased; empty on a client."""
-        if self._headers is None:
-            request = getattr(self._ws, "request", None)
-            if isinstance(self._ws, ClientConnection) or request is None:
-                self._headers = {}
-            else:
-                self._headers = _lower_headers(request.headers.raw_items())
-        return self._headers
+        # Built on each call, not kept: it is read once or twice per session
+        # (the HELLO check), and a copy kept for the session's life costs ~1 KiB.
+        request = getattr(self._ws, "request", None)
+        if isinstance(self._ws, ClientConnection) or request is None:
+            return {}
+        return _lower_headers(request.headers.raw_items())
 
     @property
     def remote_address(self) -> str | None:
