@@ -30,6 +30,7 @@ from .errors import (
     QueueFull,
     TransportError,
 )
+from .flag import Flag
 from .inbox import DEFAULT_MAX_QUEUE, DEFAULT_PUT_TIMEOUT, OverflowPolicy
 from .messages import BusMessage
 from .observe import ProxySide, ProxySnapshot, _emit
@@ -201,18 +202,18 @@ class _ProxyWorker(BaseWorker):
         # peers would deadlock. The queue is bounded by max_unacked MSG frames
         # plus the few control frames the receive loop owes.
         self._out: deque[bytes] = deque()
-        self._out_wakeup = asyncio.Event()
-        self._out_drained = asyncio.Event()
+        self._out_wakeup = Flag()
+        self._out_drained = Flag()
         self._writing = False  # a frame is being written (by the writer or inline)
-        self._outbox_space = asyncio.Event()
+        self._outbox_space = Flag()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
         self._remote_ready_warned = False
         # Messages received but not yet taken by the local worker's inbox (it
         # was full), in order, with the session that numbered them. They are
         # left unacknowledged, so the peer's outbox (its window) bounds them.
-        self._inbound: deque[tuple[Session, int, BusMessage]] = deque()
-        self._inbound_space = asyncio.Event()
+        self._inbound: deque[tuple[Session, int, BusMessage]] | None = None  # made when needed
+        self._inbound_space = Flag()
         self._deliverer: asyncio.Task[None] | None = None
         # No live connection: connecting, in the handshake, waiting to retry,
         # or holding a lost session for a resume. Closing then abandons the wait.
@@ -523,7 +524,7 @@ class _ProxyWorker(BaseWorker):
         loop = asyncio.get_running_loop()
         limit = self.max_message_bytes
         while True:
-            if len(self._inbound) >= self.max_unacked:
+            if self._inbound is not None and len(self._inbound) >= self.max_unacked:
                 await self._wait_for_inbound_space()
             try:
                 data = await conn.receive()
@@ -581,6 +582,8 @@ class _ProxyWorker(BaseWorker):
             if self._inbound or not self._offer_local(message):
                 session = self._session
                 assert session is not None
+                if self._inbound is None:
+                    self._inbound = deque()
                 self._inbound.append((session, event.seq, message))
                 self._set_ack_ceiling()
                 if self._deliverer is None or self._deliverer.done():
@@ -610,7 +613,7 @@ class _ProxyWorker(BaseWorker):
         if session is None:
             return
         ceiling = None
-        for owner, seq, _ in self._inbound:
+        for owner, seq, _ in self._inbound or ():
             if owner is session:
                 ceiling = seq - 1
                 break
@@ -623,6 +626,7 @@ class _ProxyWorker(BaseWorker):
         longer has the message dropped and counted by its inbox's policy.
         """
         inbound = self._inbound
+        assert inbound is not None
         delivered = 0
         while inbound:
             _, _, message = inbound[0]
@@ -642,7 +646,7 @@ class _ProxyWorker(BaseWorker):
 
     async def _wait_for_inbound_space(self) -> None:
         """The peer sent more than our window without acknowledgements: stop reading a while."""
-        while len(self._inbound) >= self.max_unacked:
+        while self._inbound is not None and len(self._inbound) >= self.max_unacked:
             self._inbound_space.clear()
             try:
                 async with asyncio.timeout(self.heartbeat_timeout):
@@ -652,7 +656,7 @@ class _ProxyWorker(BaseWorker):
                     "proxy %r: the served worker took nothing for %.1fs; %d message(s) wait",
                     self.name,
                     self.heartbeat_timeout,
-                    len(self._inbound),
+                    len(self._inbound or ()),
                 )
 
     def _remote_ready(self, worker: str) -> None:

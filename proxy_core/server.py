@@ -245,7 +245,7 @@ class ProxyServer(_ProxyWorker):
         self.resume_grace = resume_grace
         self._hello = hello
         self._features: tuple[str, ...] = ()
-        self._resumes: asyncio.Queue[_Resume] = asyncio.Queue()
+        self._resumes: asyncio.Queue[_Resume] | None = None  # made on the first resume
 
     @property
     def resumable(self) -> bool:
@@ -315,8 +315,8 @@ class ProxyServer(_ProxyWorker):
             if self._session is session:
                 self._session = None
             self._outbox_space.set()
-            while not self._resumes.empty():  # too late: they start new sessions
-                self._resumes.get_nowait().done.set_result(False)
+            while self._resumes is not None and not self._resumes.empty():
+                self._resumes.get_nowait().done.set_result(False)  # too late: a new session
             await conn.aclose()
             if self.end_runner_on_disconnect:
                 await self.runner.end("client disconnected")
@@ -357,7 +357,7 @@ class ProxyServer(_ProxyWorker):
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        request = await self._resumes.get()
+                        request = await self._resume_queue().get()
                 except TimeoutError:
                     lost = session.unacked
                     logger.info(
@@ -415,6 +415,11 @@ class ProxyServer(_ProxyWorker):
         )
         return request.conn, encode_handshake(welcome), replay, request.done
 
+    def _resume_queue(self) -> asyncio.Queue[_Resume]:
+        if self._resumes is None:
+            self._resumes = asyncio.Queue()
+        return self._resumes
+
     async def _take_over(self, conn: Connection, hello: Hello, codec: Codec) -> bool:
         """Queue ``conn`` to resume this proxy's session; wait until it is done with it.
 
@@ -425,7 +430,7 @@ class ProxyServer(_ProxyWorker):
         if task is None or task.done():
             return False
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._resumes.put_nowait(_Resume(conn, hello, codec, done))
+        self._resume_queue().put_nowait(_Resume(conn, hello, codec, done))
         live = self._conn
         if live is not None and live is not conn:
             # The client saw the link die before we did (a half-open link):

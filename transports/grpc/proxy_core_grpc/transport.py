@@ -48,6 +48,7 @@ from proxy_core.errors import (
     ProxyError,
     TLSError,
 )
+from proxy_core.flag import Flag
 from proxy_core.tls import ClientTLS, ServerTLS
 from proxy_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -114,48 +115,6 @@ _WRITE_FAILED = "the call ended during a send (the server ended it, or the conne
 _PEER_TOO_BIG = "SERVER"  # the side gRPC names when the server refused our message
 
 
-class _Flag:
-    """A set/clear flag to wait on: :class:`asyncio.Event` without its deque.
-
-    An Event costs ~860 bytes, most of it an empty deque of waiters; every
-    open connection holds a few of these flags, and most are never waited
-    on. Here each waiter's future goes in a list made on the first wait.
-    """
-
-    __slots__ = ("_is_set", "_waiters")
-
-    def __init__(self) -> None:
-        self._is_set = False
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._is_set
-
-    def set(self) -> None:
-        if self._is_set:
-            return
-        self._is_set = True
-        for waiter in self._waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._is_set = False
-
-    async def wait(self) -> None:
-        if self._is_set:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        waiters = self._waiters
-        waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            waiters.remove(waiter)
-
-
 class GrpcConnection(Connection):
     """What both ends of a gRPC proxy-core connection share: the frame limit.
 
@@ -172,7 +131,7 @@ class GrpcConnection(Connection):
         # returns nonsense): sends queue up, a second receive is misuse.
         self._send_lock = asyncio.Lock()
         self._receiving = False
-        self._read_idle = _Flag()
+        self._read_idle = Flag()
         self._read_idle.set()
 
     @property
@@ -412,8 +371,8 @@ class GrpcServerConnection(GrpcConnection):
         self._close: tuple[int, str] | None = None  # what the call ends with (trailers)
         self._error: ConnectionClosed | None = None  # what send/receive raise from then on
         self._status: Any = grpc.StatusCode.OK
-        self._finish = _Flag()  # asks the RPC to end: the servicer returns
-        self._finished = _Flag()  # the servicer returned or was cancelled
+        self._finish = Flag()  # asks the RPC to end: the servicer returns
+        self._finished = Flag()  # the servicer returned or was cancelled
 
     async def send(self, data: bytes) -> None:
         """Send one binary frame.
