@@ -143,6 +143,35 @@ def _codec_list(spec: CodecSpec) -> list[Codec]:
 class _ProxyWorker(BaseWorker):
     """What the client and the server proxy share: rules, session loop, stats."""
 
+    # Slots: a server holds one proxy per session (idle memory).
+    __slots__ = (
+        "_ack_timer",
+        "_closing",
+        "_conn",
+        "_deliverer",
+        "_inbound",
+        "_inbound_space",
+        "_link_lost",
+        "_observed",
+        "_opening",
+        "_out",
+        "_out_drained",
+        "_outbox_space",
+        "_ready_sent",
+        "_remote_ready_warned",
+        "_session",
+        "_session_task",
+        "_writer_task",
+        "_writing",
+        "codecs",
+        "heartbeat_interval",
+        "heartbeat_timeout",
+        "max_message_bytes",
+        "max_unacked",
+        "rules",
+        "stats",
+    )
+
     #: Which end of a link this proxy is (set by each subclass).
     side: ClassVar[ProxySide]
 
@@ -202,9 +231,9 @@ class _ProxyWorker(BaseWorker):
         # peers would deadlock. The queue is bounded by max_unacked MSG frames
         # plus the few control frames the receive loop owes.
         self._out: deque[bytes] = deque()
-        self._out_wakeup = Flag()
         self._out_drained = Flag()
         self._writing = False  # a frame is being written (by the writer or inline)
+        self._writer_task: asyncio.Task[None] | None = None
         self._outbox_space = Flag()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
@@ -334,36 +363,42 @@ class _ProxyWorker(BaseWorker):
         finally:
             self._writing = False
             if self._out:
-                self._out_wakeup.set()  # what was queued meanwhile
+                self._start_writer()  # what was queued meanwhile
 
     def _enqueue(self, data: bytes) -> None:
         """Queue a frame for the session's writer task; never blocks."""
         self._out.append(data)
         self._out_drained.clear()
-        self._out_wakeup.set()
+        if not self._writing:  # else whoever is writing takes it next
+            self._start_writer()
+
+    def _start_writer(self, first: bytes | None = None) -> None:
+        """Start the writer task unless it runs; it ends when the queue is empty."""
+        conn, session, task = self._conn, self._session, self._writer_task
+        if conn is None or session is None or (task is not None and not task.done()):
+            return
+        self._writer_task = self.create_task(
+            self._writer(conn, session, first), name=f"{self.name}-writer"
+        )
 
     async def _writer(self, conn: Connection, session: Session, first: bytes | None) -> None:
-        """Write the session's frames in order; coalesce them when the sender is ahead.
+        """Write the queued frames in order, coalescing them; end when the queue is empty.
 
         Whatever is queued when the writer gets to run goes out together, in
         one BATCH (if the session has them) up to the peer's limit: a lone
-        frame leaves at once, alone, and no timer ever holds one back.
+        frame leaves at once, alone, and no timer ever holds one back. The task
+        exists only while there is something to write, so an idle session has
+        none.
         """
-        out, wakeup, stats = self._out, self._out_wakeup, self.stats
+        out, stats = self._out, self.stats
         limit = min(session.peer_max_message_bytes, _BATCH_MAX_BYTES) if session.batch else 0
-        if first is not None:
-            try:  # _run_session set _writing: nothing may go out before WELCOME
-                if not await self._write(conn, first):
-                    return
-            finally:
-                self._writing = False
-            if out:
-                wakeup.set()
-        while True:
-            await wakeup.wait()
-            wakeup.clear()
-            if self._writing:
-                continue  # a lone message is being written inline; it wakes us after
+        try:
+            if first is not None:
+                try:  # _run_session set _writing: nothing may go out before WELCOME
+                    if not await self._write(conn, first):
+                        return
+                finally:
+                    self._writing = False
             while out:
                 data = out.popleft()
                 if out and batch_size_bound(len(data) + len(out[0]), 2) <= limit:
@@ -381,7 +416,11 @@ class _ProxyWorker(BaseWorker):
                         return
                 finally:
                     self._writing = False
-            self._out_drained.set()
+        finally:
+            if self._writer_task is asyncio.current_task():
+                self._writer_task = None
+            if not out:
+                self._out_drained.set()
 
     async def _write(self, conn: Connection, data: bytes) -> bool:
         """Send one transport message; ``False`` when the connection is done for.
@@ -465,12 +504,13 @@ class _ProxyWorker(BaseWorker):
         self._out_drained.set()
         if replay:
             self._out_drained.clear()
-            self._out_wakeup.set()
             self.stats.replayed += len(replay)
         self.stats.sessions += 1
         _emit("connected", self)
         self._writing = first is not None  # the writer sends WELCOME before anything else
-        writer = self.create_task(self._writer(conn, session, first), name=f"{self.name}-writer")
+        self._writer_task = None
+        if first is not None or replay:
+            self._start_writer(first)
         # The heartbeat is a timer, not a task: an idle session costs one task less.
         heartbeat = _Heartbeat(self, conn, session)
         watch: Watch = self.registry.watch(self.rules.local_worker, self._announce_ready)
@@ -505,7 +545,9 @@ class _ProxyWorker(BaseWorker):
                 if code == CloseCode.PROTOCOL_ERROR:
                     await self._drain(_CLOSE_DRAIN_SECONDS)  # let our BYE out first
             finally:
-                writer.cancel()
+                if self._writer_task is not None:
+                    self._writer_task.cancel()
+                    self._writer_task = None
                 self._out.clear()
                 await conn.aclose(code, reason)
                 if keep:

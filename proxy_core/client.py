@@ -93,6 +93,19 @@ class ProxyClient(_ProxyWorker):
         active: connect as soon as the runner starts.
     """
 
+    # Slots, as for the server.
+    __slots__ = (
+        "_outcome",
+        "headers",
+        "last_error",
+        "on_session_expired",
+        "open_timeout",
+        "reconnect",
+        "ssl",
+        "transport",
+        "url",
+    )
+
     EVENTS = (
         *BaseWorker.EVENTS,
         "on_connected",

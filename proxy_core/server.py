@@ -181,6 +181,19 @@ class ProxyServer(_ProxyWorker):
             :func:`accept_hello` (then it is not read again).
     """
 
+    # Slots: one per session (idle memory).
+    __slots__ = (
+        "_features",
+        "_hello",
+        "_resumes",
+        "authenticate",
+        "connection",
+        "end_runner_on_disconnect",
+        "handshake_timeout",
+        "resume_grace",
+        "sessions",
+    )
+
     EVENTS = (
         *BaseWorker.EVENTS,
         "on_client_connected",
