@@ -14,8 +14,9 @@ contracts need a TCP transport; they run once per transport, with the first code
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -124,6 +125,25 @@ class ResumeContract:
             pytest.skip("transport 'memory' is not TCP: no relay can sit in the middle")
 
     @staticmethod
+    @contextlib.asynccontextmanager
+    async def _relayed(
+        transport: Transport,
+        serve_url: str,
+        codec: Codec,
+        server_options: Mapping[str, Any],
+        **client_options: Any,
+    ) -> AsyncIterator[tuple[Server, FaultRelay, ClientSide]]:
+        """A server, a fault relay in front of it, and a client that goes through the relay."""
+        async with running_server(transport, serve_url, codecs=[codec], **server_options) as server:
+            async with (
+                FaultRelay.for_url(server.url) as relay,
+                running_client(
+                    transport, relay.url_for(server.url), codec=codec, **client_options
+                ) as client,
+            ):
+                yield server, relay, client
+
+    @staticmethod
     async def _open(client: ClientSide, server: Server) -> tuple[ServerSide, _Events]:
         events = _Events(client.proxy)
         await client.activate()
@@ -140,33 +160,31 @@ class ResumeContract:
         self._require_relay(transport)
         count, cuts = 600, 5
         per_cut = count // cuts
-        async with running_server(transport, serve_url, codecs=[codec]) as server:
-            async with (
-                FaultRelay.for_url(server.url) as relay,
-                running_client(
-                    transport, relay.url_for(server.url), codec=codec, reconnect=FAST_RECONNECT
-                ) as client,
-            ):
-                side, events = await self._open(client, server)
-                session_id = client.proxy.session_id
-                for cut in range(cuts):
-                    for n in range(cut * per_cut, (cut + 1) * per_cut):
-                        await client.say(f"up {n}")
-                        await side.worker.send_bus_message(
-                            text(SERVER_WORKER, CLIENT_WORKER, f"down {n}")
-                        )
-                    relay.cut()  # whatever was in flight is lost on the wire
-                    await events.until(lambda cut=cut: events.reconnected == cut + 1)
-                await side.worker.wait_text(f"up {count - 1}")
-                await client.acme.wait_text(f"down {count - 1}")
-                assert side.worker.texts() == [f"up {n}" for n in range(count)]
-                assert client.acme.texts() == [f"down {n}" for n in range(count)]
-                assert events.lost == []
-                assert client.proxy.session_id == session_id
-                assert len(server.sessions) == 1  # one session, one runner, resumed
-                assert client.proxy.stats.resumes == cuts
-                assert side.server_proxy.stats.resumes == cuts
-                assert relay.connections_accepted == cuts + 1
+        async with self._relayed(transport, serve_url, codec, {}, reconnect=FAST_RECONNECT) as (
+            server,
+            relay,
+            client,
+        ):
+            side, events = await self._open(client, server)
+            session_id = client.proxy.session_id
+            for cut in range(cuts):
+                for n in range(cut * per_cut, (cut + 1) * per_cut):
+                    await client.say(f"up {n}")
+                    await side.worker.send_bus_message(
+                        text(SERVER_WORKER, CLIENT_WORKER, f"down {n}")
+                    )
+                relay.cut()  # whatever was in flight is lost on the wire
+                await events.until(lambda cut=cut: events.reconnected == cut + 1)
+            await side.worker.wait_text(f"up {count - 1}")
+            await client.acme.wait_text(f"down {count - 1}")
+            assert side.worker.texts() == [f"up {n}" for n in range(count)]
+            assert client.acme.texts() == [f"down {n}" for n in range(count)]
+            assert events.lost == []
+            assert client.proxy.session_id == session_id
+            assert len(server.sessions) == 1  # one session, one runner, resumed
+            assert client.proxy.stats.resumes == cuts
+            assert side.server_proxy.stats.resumes == cuts
+            assert relay.connections_accepted == cuts + 1
 
     async def test_half_open_link_is_detected_and_resumed(
         self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str
@@ -176,36 +194,31 @@ class ResumeContract:
         arrives exactly once, both ways."""
         transport, codec = proxy_core_transport, proxy_core_codec
         self._require_relay(transport)
-        async with running_server(
-            transport, serve_url, codecs=[codec], **QUICK_HEARTBEAT
-        ) as server:
-            async with (
-                FaultRelay.for_url(server.url) as relay,
-                running_client(
-                    transport,
-                    relay.url_for(server.url),
-                    codec=codec,
-                    reconnect=FAST_RECONNECT,
-                    open_timeout=2.0,
-                    **QUICK_HEARTBEAT,
-                ) as client,
-            ):
-                side, events = await self._open(client, server)
-                await client.say("before")
-                await side.worker.wait_text("before")
-                relay.stall()
-                await client.say("during")
-                await side.worker.send_bus_message(text(SERVER_WORKER, CLIENT_WORKER, "back"))
-                await wait(client.disconnected.wait())  # the client's heartbeat noticed
-                relay.resume()
-                await events.until(lambda: events.reconnected == 1)
-                await client.say("after")
-                await side.worker.wait_text("after")
-                await client.acme.wait_text("back")
-                assert side.worker.texts() == ["before", "during", "after"]
-                assert client.acme.texts() == ["back"]
-                assert events.lost == []
-                assert len(server.sessions) == 1
+        async with self._relayed(
+            transport,
+            serve_url,
+            codec,
+            QUICK_HEARTBEAT,
+            reconnect=FAST_RECONNECT,
+            open_timeout=2.0,
+            **QUICK_HEARTBEAT,
+        ) as (server, relay, client):
+            side, events = await self._open(client, server)
+            await client.say("before")
+            await side.worker.wait_text("before")
+            relay.stall()
+            await client.say("during")
+            await side.worker.send_bus_message(text(SERVER_WORKER, CLIENT_WORKER, "back"))
+            await wait(client.disconnected.wait())  # the client's heartbeat noticed
+            relay.resume()
+            await events.until(lambda: events.reconnected == 1)
+            await client.say("after")
+            await side.worker.wait_text("after")
+            await client.acme.wait_text("back")
+            assert side.worker.texts() == ["before", "during", "after"]
+            assert client.acme.texts() == ["back"]
+            assert events.lost == []
+            assert len(server.sessions) == 1
 
     async def test_expired_session_is_reported_never_silent(
         self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str
@@ -215,36 +228,31 @@ class ResumeContract:
         acknowledged), counts them, and goes on with a new session."""
         transport, codec = proxy_core_transport, proxy_core_codec
         self._require_relay(transport)
-        async with running_server(
-            transport, serve_url, codecs=[codec], resume_grace=0.2, **QUICK_HEARTBEAT
-        ) as server:
-            async with (
-                FaultRelay.for_url(server.url) as relay,
-                running_client(
-                    transport,
-                    relay.url_for(server.url),
-                    codec=codec,
-                    reconnect=FAST_RECONNECT,
-                    open_timeout=1.0,
-                    **QUICK_HEARTBEAT,
-                ) as client,
-            ):
-                side, events = await self._open(client, server)
-                old_session = client.proxy.session_id
-                relay.stall()
-                await client.say("into the void")
-                await wait(side.ended.wait())  # lost, held for 0.2 s, ended
-                relay.resume()
-                await events.until(lambda: len(events.lost) == 1)
-                (lost,) = events.lost
-                assert lost.session_id == old_session and lost.unacked >= 1
-                assert client.proxy.stats.dropped_out["session_lost"] == lost.unacked
-                await client.proxy.wait_connected(TIMEOUT)
-                again = await server.of(client)
-                assert again is not side and client.proxy.session_id != old_session
-                await client.say("fresh start")
-                await again.worker.wait_text("fresh start")
-                assert again.worker.texts() == ["fresh start"]
+        async with self._relayed(
+            transport,
+            serve_url,
+            codec,
+            {"resume_grace": 0.2, **QUICK_HEARTBEAT},
+            reconnect=FAST_RECONNECT,
+            open_timeout=1.0,
+            **QUICK_HEARTBEAT,
+        ) as (server, relay, client):
+            side, events = await self._open(client, server)
+            old_session = client.proxy.session_id
+            relay.stall()
+            await client.say("into the void")
+            await wait(side.ended.wait())  # lost, held for 0.2 s, ended
+            relay.resume()
+            await events.until(lambda: len(events.lost) == 1)
+            (lost,) = events.lost
+            assert lost.session_id == old_session and lost.unacked >= 1
+            assert client.proxy.stats.dropped_out["session_lost"] == lost.unacked
+            await client.proxy.wait_connected(TIMEOUT)
+            again = await server.of(client)
+            assert again is not side and client.proxy.session_id != old_session
+            await client.say("fresh start")
+            await again.worker.wait_text("fresh start")
+            assert again.worker.texts() == ["fresh start"]
 
     async def test_stalled_peer_keeps_memory_bounded_and_loses_nothing(
         self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str
@@ -256,49 +264,41 @@ class ResumeContract:
         self._require_relay(transport)
         count, window, inbox = 20_000, 64, 32
         payload = "x" * 190
-        async with running_server(transport, serve_url, codecs=[codec]) as server:
-            async with (
-                FaultRelay.for_url(server.url) as relay,
-                running_client(
-                    transport,
-                    relay.url_for(server.url),
-                    codec=codec,
-                    max_unacked=window,
-                    max_queue=inbox,
-                ) as client,
-            ):
-                side, _ = await self._open(client, server)
-                relay.stall()
-                sent = 0
+        async with self._relayed(
+            transport, serve_url, codec, {}, max_unacked=window, max_queue=inbox
+        ) as (server, relay, client):
+            side, _ = await self._open(client, server)
+            relay.stall()
+            sent = 0
 
-                async def produce() -> None:
-                    nonlocal sent
-                    for n in range(count):
-                        await client.acme.send_bus_message(
-                            text(CLIENT_WORKER, SERVER_WORKER, f"{n} {payload}")
-                        )
-                        sent = n + 1
+            async def produce() -> None:
+                nonlocal sent
+                for n in range(count):
+                    await client.acme.send_bus_message(
+                        text(CLIENT_WORKER, SERVER_WORKER, f"{n} {payload}")
+                    )
+                    sent = n + 1
 
-                producing = asyncio.ensure_future(produce())
-                proxy = client.proxy
-                # The producer has no event to say "I am blocked": poll, bounded (30 s).
-                for _ in range(3000):
-                    if proxy.queue_stats.waiting and proxy._session is not None:
-                        if proxy._session.outbox_full:
-                            break
-                    await asyncio.sleep(0.01)
-                assert proxy.queue_stats.waiting == 1 and not producing.done()
-                held = sent
-                assert held <= window + inbox + 2  # outbox + inbox + one in hand + one waiting
-                assert proxy.queue_stats.high_water <= inbox
-                assert proxy._session is not None and proxy._session.unacked <= window
-                relay.resume()
-                await wait(producing)
-                last = f"{count - 1} {payload}"
-                await side.worker.wait_text(last)
-                texts = side.worker.texts()
-                assert len(texts) == count and texts == [f"{n} {payload}" for n in range(count)]
-                assert proxy.queue_stats.dropped == {}
+            producing = asyncio.ensure_future(produce())
+            proxy = client.proxy
+            # The producer has no event to say "I am blocked": poll, bounded (30 s).
+            for _ in range(3000):
+                if proxy.queue_stats.waiting and proxy._session is not None:
+                    if proxy._session.outbox_full:
+                        break
+                await asyncio.sleep(0.01)
+            assert proxy.queue_stats.waiting == 1 and not producing.done()
+            held = sent
+            assert held <= window + inbox + 2  # outbox + inbox + one in hand + one waiting
+            assert proxy.queue_stats.high_water <= inbox
+            assert proxy._session is not None and proxy._session.unacked <= window
+            relay.resume()
+            await wait(producing)
+            last = f"{count - 1} {payload}"
+            await side.worker.wait_text(last)
+            texts = side.worker.texts()
+            assert len(texts) == count and texts == [f"{n} {payload}" for n in range(count)]
+            assert proxy.queue_stats.dropped == {}
 
     async def test_random_and_mutated_frames_never_stop_the_server(
         self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str
