@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import json
 import os
@@ -28,8 +27,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from .child import Child, ChildDied, StepFailed
 from .orchestrate import machine_info
 
 __all__ = ["LoadOptions", "LoadResult", "add_arguments", "format_table", "main", "run_load"]
@@ -108,84 +108,8 @@ class LoadResult:
         return asdict(self)
 
 
-class _Failed(Exception):
-    """A phase failed or a child missed its deadline; the run stops there."""
-
-
-class _Child:
-    """A ``python -m proxy_core.bench.load_side`` process spoken to in JSON lines."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path) -> None:
-        self.name, self.proc, self.log = name, proc, log
-
-    @classmethod
-    async def spawn(cls, role: str, spec: dict[str, Any], log_dir: Path) -> _Child:
-        log = log_dir / f"{role}.log"
-        with _open_log(log) as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "proxy_core.bench.load_side",
-                role,
-                json.dumps(spec),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                limit=1 << 20,
-            )
-        return cls(role, proc, log)
-
-    def _tail(self) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(lines[-3:])[-400:]
-
-    async def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), max(timeout, 0.1))
-        except TimeoutError:
-            self.kill()
-            raise _Failed(f"{self.name}: no answer within {timeout:.0f} s") from None
-        if not line:
-            raise _Failed(f"{self.name} exited: {self._tail() or 'no output'}")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    async def ask(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write((json.dumps(command) + "\n").encode())
-            await self.proc.stdin.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            raise _Failed(f"{self.name} is gone: {self._tail() or exc}") from None
-        reply = await self.read(timeout)
-        if not reply.get("ok", False):
-            raise _Failed(f"{self.name}: {command['cmd']}: {reply.get('error', reply)}")
-        return reply
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-
-    async def stop(self, timeout: float) -> None:
-        if self.proc.returncode is None and self.proc.stdin is not None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                self.proc.stdin.write(b'{"cmd": "stop"}\n')
-                await self.proc.stdin.drain()
-                self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.kill()
-            await self.proc.wait()
-
-
-def _open_log(path: Path) -> IO[str]:
-    return open(path, "w")
+#: The module the load test's children run.
+_SIDE = "proxy_core.bench.load_side"
 
 
 class _Run:
@@ -193,18 +117,18 @@ class _Run:
         self.options = options
         self.result = result
         self.end = time.monotonic() + options.deadline
-        self.server: _Child | None = None
-        self.client: _Child | None = None
+        self.server: Child | None = None
+        self.client: Child | None = None
         self.url = ""
 
     def left(self) -> float:
         """The seconds left before the global deadline."""
         left = self.end - time.monotonic()
         if left <= 0:
-            raise _Failed(f"the global deadline of {self.options.deadline:.0f} s passed")
+            raise StepFailed(f"the global deadline of {self.options.deadline:.0f} s passed")
         return left
 
-    async def ask(self, child: _Child | None, cmd: str, **args: Any) -> dict[str, Any]:
+    async def ask(self, child: Child | None, cmd: str, **args: Any) -> dict[str, Any]:
         assert child is not None
         left = self.left()
         return await child.ask({"cmd": cmd, "deadline": left, **args}, left + _GRACE)
@@ -213,10 +137,14 @@ class _Run:
         opts = self.options
         cores = _cores() if opts.pin else None
         spec: dict[str, Any] = asdict(opts)
-        self.server = await _Child.spawn("server", {**spec, "core": cores and cores[0]}, log_dir)
+        self.server = await Child.spawn(
+            "server", "server", {**spec, "core": cores and cores[0]}, log_dir, module=_SIDE
+        )
         ready = await self.server.read(min(self.left(), 60))
         self.url = ready["url"]
-        self.client = await _Child.spawn("client", {**spec, "core": cores and cores[1]}, log_dir)
+        self.client = await Child.spawn(
+            "client", "client", {**spec, "core": cores and cores[1]}, log_dir, module=_SIDE
+        )
         client_ready = await self.client.read(min(self.left(), 60))
         self.result.nofile = {"server": ready["nofile"], "client": client_ready["nofile"]}
         if cores is None:
@@ -236,7 +164,7 @@ class _Run:
         if self.options.warmup:
             reply = await self.ask(self.client, "open", url=self.url, count=self.options.warmup)
             if reply["failed"]:
-                raise _Failed(f"warm-up sessions failed to open: {reply['errors']}")
+                raise StepFailed(f"warm-up sessions failed to open: {reply['errors']}")
             await self.ask(self.client, "traffic")
             await self.ask(self.client, "close")
         await self.ask(self.server, "wait_live", at_most=0, settle=True)
@@ -318,7 +246,7 @@ class _Run:
         closed = await self.ask(self.client, "close")
         try:
             gone = await self.ask(self.server, "wait_live", at_most=0, settle=True)
-        except _Failed as exc:
+        except (ChildDied, StepFailed) as exc:
             gone = await self.ask(self.server, "mem")
             self.result.failures.append(
                 f"the server did not wind its sessions down after they closed ({gone['live']} "
@@ -376,10 +304,10 @@ async def run_load(options: LoadOptions) -> LoadResult:
         await run.start(log_dir)
         await run.warm_up()
         await run.measure()
-    except (_Failed, OSError, KeyError) as exc:
-        result.failures.append(
-            f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Failed) else str(exc)
-        )
+    except (ChildDied, StepFailed) as exc:
+        result.failures.append(str(exc))
+    except (OSError, KeyError) as exc:
+        result.failures.append(f"{type(exc).__name__}: {exc}")
     finally:
         await run.stop()
     _judge(result)

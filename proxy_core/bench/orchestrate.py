@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import datetime
 import importlib.util
-import json
 import os
 import platform
 import sys
@@ -26,11 +25,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..errors import PluginError
 from ..plugins import available_codecs, available_transports, load_transport, resolve_codec
 from .bare_side import BARE_LABELS
+from .child import ROOT, Child, ChildDied, StepFailed
 from .spec import METRICS, BenchOptions, Counts, Metric, Record, order_records
 from .stats import median, ratio, spread
 
@@ -55,19 +55,12 @@ _LIBRARIES = (
     "pipecat-ai",
 )
 
-# The folder that holds the proxy_core package, for children run by another interpreter.
-_ROOT = str(Path(__file__).resolve().parents[2])
+
+#: The module the benchmark's children run.
+_WORKER = "proxy_core.bench.worker"
 
 Progress = Callable[[str, int], None]
 Key = tuple[str, str, str, str, str]  # impl, transport, codec, scenario, metric
-
-
-class ChildDied(Exception):
-    """A child process missed its deadline or exited: its group cannot go on."""
-
-
-class StepFailed(Exception):
-    """A child reported that one step failed; the others may still run."""
 
 
 @dataclass
@@ -114,93 +107,6 @@ class _Plan:
 
 
 # ---------------------------------------------------------------- child processes
-
-
-class _Child:
-    """A ``python -m proxy_core.bench.worker`` process spoken to in JSON lines."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.log = log
-        self.url = ""  # a server's address, from its ready event
-
-    @classmethod
-    async def spawn(
-        cls, name: str, role: str, spec: dict[str, Any], python: str, log_dir: Path
-    ) -> _Child:
-        env = dict(os.environ)
-        if python != sys.executable:
-            # Another interpreter (the pipecat peer's venv) still needs this package.
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
-        log = log_dir / f"{name}.log"
-        with _open_log(log) as stderr:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    python,
-                    "-m",
-                    "proxy_core.bench.worker",
-                    role,
-                    json.dumps(spec),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=stderr,
-                    env=env,
-                    limit=1 << 20,
-                )
-            except OSError as exc:
-                raise ChildDied(f"{name}: cannot start {python}: {exc}") from exc
-        return cls(name, proc, log)
-
-    def _tail(self) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(lines[-3:])[-400:]
-
-    async def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except TimeoutError:
-            self.kill()
-            raise ChildDied(f"{self.name}: no answer within {timeout:.0f} s") from None
-        if not line:
-            self.kill()
-            raise ChildDied(f"{self.name} exited: {self._tail() or 'no output'}")
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-    async def ask(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write((json.dumps(command) + "\n").encode())
-            await self.proc.stdin.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            self.kill()
-            raise ChildDied(f"{self.name} is gone: {self._tail() or exc}") from None
-        reply = await self.read(timeout)
-        if not reply.get("ok", False):
-            raise StepFailed(f"{self.name}: {reply.get('error', reply)}")
-        return reply
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-
-    async def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.returncode is None and self.proc.stdin is not None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                self.proc.stdin.write(b'{"cmd": "stop"}\n')
-                await self.proc.stdin.drain()
-                self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.kill()
-            await self.proc.wait()
 
 
 # ---------------------------------------------------------------- the run
@@ -310,8 +216,8 @@ class _Run:
 
     async def group(self, plan: _Plan, repeat: int) -> None:
         done: set[Key] = set()
-        servers: dict[str, _Child] = {}
-        clients: dict[str, _Child] = {}
+        servers: dict[str, Child] = {}
+        clients: dict[str, Child] = {}
         budget = plan.steps()
         try:
             await self._start(plan, repeat, servers, clients)
@@ -337,11 +243,11 @@ class _Run:
     def _timeout(self) -> float:
         return self.counts.deadline + _GRACE
 
-    def _connect(self, server: _Child, codec: str) -> dict[str, Any]:
+    def _connect(self, server: Child, codec: str) -> dict[str, Any]:
         return {"cmd": "connect", "url": server.url, "codec": codec, "deadline": 30}
 
     async def _start(
-        self, plan: _Plan, repeat: int, servers: dict[str, _Child], clients: dict[str, _Child]
+        self, plan: _Plan, repeat: int, servers: dict[str, Child], clients: dict[str, Child]
     ) -> None:
         server_core, client_core = self.cores if self.cores else (None, None)
         spawns = []
@@ -352,25 +258,31 @@ class _Run:
             base = {"impl": impl, "transport": plan.transport}
             tag = f"{plan.transport}-{impl}-r{repeat}"
             spawns.append(
-                _Child.spawn(
+                Child.spawn(
                     f"{tag}-server",
                     "server",
                     {**base, "codecs": [r.codec for r in plan.rows if r.impl == "proxy"]}
                     | {"core": server_core},
-                    python,
                     self.log_dir,
+                    module=_WORKER,
+                    python=python,
                 )
             )
             spawns.append(
-                _Child.spawn(
-                    f"{tag}-client", "client", base | {"core": client_core}, python, self.log_dir
+                Child.spawn(
+                    f"{tag}-client",
+                    "client",
+                    base | {"core": client_core},
+                    self.log_dir,
+                    module=_WORKER,
+                    python=python,
                 )
             )
         children = await asyncio.gather(*spawns, return_exceptions=True)
         for impl, server, client in zip(plan.impls, children[::2], children[1::2], strict=True):
-            if isinstance(server, _Child):
+            if isinstance(server, Child):
                 servers[impl] = server
-            if isinstance(client, _Child):
+            if isinstance(client, Child):
                 clients[impl] = client
         failed = [c for c in children if isinstance(c, BaseException)]
         if failed:
@@ -383,8 +295,8 @@ class _Run:
     async def _idle_all(
         self,
         plan: _Plan,
-        servers: dict[str, _Child],
-        clients: dict[str, _Child],
+        servers: dict[str, Child],
+        clients: dict[str, Child],
         done: set[Key],
     ) -> int:
         values: dict[str, float | None] = {}
@@ -406,7 +318,7 @@ class _Run:
             done.add(key)
         return len(plan.impls)
 
-    async def _idle(self, server: _Child, client: _Child, codec: str) -> float:
+    async def _idle(self, server: Child, client: Child, codec: str) -> float:
         t = self._timeout
         deadline = self.counts.deadline
         url = server.url
@@ -439,8 +351,8 @@ class _Run:
         plan: _Plan,
         row: _Row,
         repeat: int,
-        servers: dict[str, _Child],
-        clients: dict[str, _Child],
+        servers: dict[str, Child],
+        clients: dict[str, Child],
         done: set[Key],
     ) -> int:
         steps = 0
@@ -488,7 +400,7 @@ class _Run:
             ]
         return [m for m in METRICS if m.scenario == scenario and scenario in wanted]
 
-    async def _measure(self, client: _Child, scenario: str) -> dict[str, float]:
+    async def _measure(self, client: Child, scenario: str) -> dict[str, float]:
         c = self.counts
         deadline = {"deadline": c.deadline}
         if scenario == "rtt":
@@ -507,7 +419,7 @@ class _Run:
             "server": reply["server_cpu"] / count * 1e6,
         }
 
-    async def _profile(self, transport: str, row: _Row, server: _Child, client: _Child) -> None:
+    async def _profile(self, transport: str, row: _Row, server: Child, client: Child) -> None:
         """Run stream_200b once more under cProfile on both sides (not counted)."""
         out = _make_dir(self.options.profile_dir or ".")
         t = self._timeout
@@ -538,7 +450,7 @@ class _Run:
     async def codecs(self, codecs: list[str]) -> None:
         core = self.cores[1] if self.cores else None
         spec = {"codecs": codecs, "seconds": self.counts.codec_seconds, "core": core}
-        child = await _Child.spawn("codec", "codec", spec, sys.executable, self.log_dir)
+        child = await Child.spawn("codec", "codec", spec, self.log_dir, module=_WORKER)
         try:
             await child.read(self._timeout)
             reply = await child.read(self._timeout + 2 * len(codecs))
@@ -605,10 +517,6 @@ def _fill(record: Record, pairs: list[_Pair]) -> None:
         record.error = f"{len(errors)} of {len(pairs)} repeats failed: {errors[0]}"
 
 
-def _open_log(path: Path) -> IO[bytes]:
-    return open(path, "wb")
-
-
 def _make_dir(path: str) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -623,7 +531,7 @@ def _check_other_python(python: str) -> tuple[str | None, str | None]:
         "from proxy_core.bench.pipecat_side import missing, version; "
         "print(missing() or ''); print(version())"
     )
-    env = dict(os.environ, PYTHONPATH=_ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT)
     try:
         done = subprocess.run(
             [python, "-c", code], capture_output=True, text=True, timeout=120, env=env
@@ -671,7 +579,7 @@ def _git_commit() -> str | None:
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=_ROOT,
+            cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=10,
@@ -689,7 +597,7 @@ def _git_commit() -> str | None:
                 "transports",
                 ":!proxy_core/bench",  # the harness does not change what is measured
             ],
-            cwd=_ROOT,
+            cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=10,
