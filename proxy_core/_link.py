@@ -400,14 +400,14 @@ class _ProxyWorker(BaseWorker):
                 finally:
                     self._writing = False
             while out:
-                data = out.popleft()
-                if out and batch_size_bound(len(data) + len(out[0]), 2) <= limit:
-                    frames = [data]
-                    total = len(data)
-                    while out and batch_size_bound(total + len(out[0]), len(frames) + 1) <= limit:
-                        frame = out.popleft()
-                        frames.append(frame)
-                        total += len(frame)
+                frames = [out.popleft()]
+                total = len(frames[0])
+                while out and batch_size_bound(total + len(out[0]), len(frames) + 1) <= limit:
+                    frames.append(out.popleft())
+                    total += len(frames[-1])
+                if len(frames) == 1:
+                    data = frames[0]
+                else:
                     data = session.batch_frame(frames)
                     stats.batches_out += 1
                 self._writing = True
