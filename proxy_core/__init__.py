@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .backoff import Backoff
-from .bus import Bus
+from .bus import BaseBus, Bus, InProcessBus
 from .codecs.base import Codec
 from .errors import (
     AuthenticationError,
@@ -94,7 +94,9 @@ __all__ = [
     "AuthenticationError",
     "Backoff",
     "BaseWorker",
+    "BaseBus",
     "Bus",
+    "InProcessBus",
     "BusActivateWorkerMessage",
     "BusCancelMessage",
     "BusDataMessage",

@@ -1,15 +1,30 @@
-"""The in-process bus: delivers each message to its target, broadcasts to everyone else."""
+"""Buses: the interface a runner needs, and the in-process bus.
+
+A bus routes messages between the endpoints (workers, proxies, the runner)
+of one :class:`~proxy_core.runner.WorkerRunner`. :class:`BaseBus` is the
+interface, and holds the routing of the endpoints in this process, which
+every bus needs; :class:`InProcessBus` (plug-in name ``local``) is the
+default, one bus per runner in one process. A bus shared by several
+processes (``proxy-core-redis``'s ``RedisBus``) subclasses :class:`BaseBus`
+and sends on, through its engine, what is for names held elsewhere.
+
+Buses are plug-ins like transports and codecs: the entry-point group
+``proxy_core.buses`` (see :func:`proxy_core.plugins.load_bus`).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .errors import ConfigurationError, QueueFull
 from .messages import BusMessage
 
-__all__ = ["Bus", "Endpoint"]
+if TYPE_CHECKING:
+    from .runner import WorkerRunner
+
+__all__ = ["BaseBus", "Bus", "Endpoint", "InProcessBus"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,31 +47,88 @@ class Endpoint(Protocol):
     async def put(self, message: BusMessage) -> None: ...
 
 
-class Bus:
-    """An in-process bus that routes by target.
+class BaseBus:
+    """What a runner and its workers need from a bus.
 
     A targeted message goes to the one endpoint that claimed its target name
     (a worker claims its own name; a proxy also claims the remote worker's);
     a broadcast (target ``None``) goes to every endpoint except its source.
-    Delivery never fans a targeted message out to everyone.
+    Delivery never fans a targeted message out to everyone. Every worker's
+    inbox is bounded: sending waits while the target's inbox is full (if its
+    overflow policy is ``"wait"``), so a fast sender goes at the pace of a
+    slow receiver. See ``docs/concepts.md``.
 
-    Every worker's inbox is bounded: :meth:`send` waits while the target's
-    inbox is full (if its overflow policy is ``"wait"``), so a fast sender
-    goes at the pace of a slow receiver. See ``docs/concepts.md``.
+    This class routes between the endpoints of this process. A bus that spans
+    processes overrides :meth:`start`, :meth:`aclose`, :meth:`claim`,
+    :meth:`release` and the sending methods (calling these for the names
+    held here); ``proxy_core.testing.BusContract`` holds it to the same
+    semantics. One bus serves one runner (:meth:`bind`).
+
+    Attributes:
+        name: the plug-in name (entry-point group ``proxy_core.buses``).
+        undeliverable: messages for a name that no endpoint claims, dropped.
     """
 
-    __slots__ = ("_endpoints", "_routes", "undeliverable")
+    name: ClassVar[str] = ""
+
+    __slots__ = ("_endpoints", "_routes", "_runner", "undeliverable")
 
     def __init__(self) -> None:
         self._routes: dict[str, Endpoint] = {}
         self._endpoints: list[Endpoint] = []
+        self._runner: WorkerRunner | None = None
         self.undeliverable = 0
 
-    def attach(self, endpoint: Endpoint, names: Iterable[str]) -> None:
+    # ------------------------------------------------------------ lifecycle
+
+    def bind(self, runner: WorkerRunner) -> None:
+        """Become the bus of ``runner`` (called by the runner; once).
+
+        Raises:
+            ConfigurationError: the bus already serves another runner.
+        """
+        if self._runner is not None and self._runner is not runner:
+            raise ConfigurationError(
+                f"this {type(self).__name__} already serves runner {self._runner.name!r}; "
+                "create one bus per runner"
+            )
+        self._runner = runner
+
+    @property
+    def runner(self) -> WorkerRunner | None:
+        """The runner this bus serves, once bound."""
+        return self._runner
+
+    async def start(self) -> None:
+        """Get ready to carry messages (connect, ...); idempotent. The runner calls it."""
+
+    async def aclose(self) -> None:
+        """Release what the bus holds; idempotent. The runner calls it after its workers stop."""
+
+    def stats(self) -> dict[str, Any]:
+        """Return the bus's counters as a plain dict (for logs and exporters)."""
+        return {"bus": self.name, "undeliverable": self.undeliverable}
+
+    # ------------------------------------------------------------ routing
+
+    async def claim(self, endpoint: Endpoint, names: list[str]) -> None:
+        """Claim ``names`` for ``endpoint`` beyond this process (no-op in process).
+
+        Called by :meth:`attach` once the names are free here.
+
+        Raises:
+            ConfigurationError: another process holds one of the names.
+        """
+
+    async def release(self, endpoint: Endpoint, names: list[str]) -> None:
+        """Give up ``names`` beyond this process (no-op in process). Called by :meth:`detach`."""
+
+    async def attach(self, endpoint: Endpoint, names: Iterable[str]) -> None:
         """Attach ``endpoint`` and route the given names to it.
 
         Raises:
-            ConfigurationError: a name is already routed to another endpoint.
+            ConfigurationError: a name is already routed to another endpoint
+                (here, or, on a shared bus, in another process).
         """
         names = list(names)
         for name in names:
@@ -65,20 +137,36 @@ class Bus:
                 raise ConfigurationError(
                     f"the name {name!r} is already taken on this bus by {owner.name!r}"
                 )
+        fresh = [name for name in names if name not in self._routes]
+        if fresh:
+            await self.claim(endpoint, fresh)
+        self.listen(endpoint)
         for name in names:
             self._routes[name] = endpoint
+
+    def listen(self, endpoint: Endpoint) -> None:
+        """Attach ``endpoint`` for broadcasts only, in this process (the runner does)."""
         if endpoint not in self._endpoints:
             self._endpoints.append(endpoint)
 
-    def detach(self, endpoint: Endpoint) -> None:
+    async def detach(self, endpoint: Endpoint) -> None:
         """Remove ``endpoint`` and every name routed to it."""
+        names = [k for k, v in self._routes.items() if v is endpoint]
         self._routes = {k: v for k, v in self._routes.items() if v is not endpoint}
         if endpoint in self._endpoints:
             self._endpoints.remove(endpoint)
+        if names:
+            await self.release(endpoint, names)
 
     def names(self) -> list[str]:
-        """Return the routed names, sorted."""
+        """Return the names routed in this process, sorted."""
         return sorted(self._routes)
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        """Return the endpoint in this process that claims ``name``, or ``None``."""
+        return self._routes.get(name)
+
+    # ------------------------------------------------------------ delivery
 
     def deliver_to(self, name: str, message: BusMessage) -> None:
         """Deliver ``message`` to the endpoint routed as ``name`` only, whatever its target.
@@ -99,9 +187,11 @@ class Bus:
     def offer_to(self, name: str, message: BusMessage) -> bool:
         """Queue ``message`` for the endpoint routed as ``name`` only, without waiting.
 
-        Returns ``False`` only when that inbox is full and its policy is
-        ``"wait"`` (nothing was queued or dropped: try again, or :meth:`send_to`).
-        A name nobody claims counts as undeliverable and returns ``True``.
+        Returns ``False`` when it cannot be queued without a wait (that inbox
+        is full and its policy is ``"wait"``, or, on a shared bus, the name is
+        held in another process): nothing was queued or dropped; try again,
+        or :meth:`send_to`. A name nobody claims counts as undeliverable and
+        returns ``True``.
 
         Raises:
             QueueFull: the inbox is full and its policy is ``"error"``.
@@ -146,6 +236,15 @@ class Bus:
             if not endpoint.offer(message):  # the hot path queues without a wait
                 await endpoint.put(message)
             return
+        await self.broadcast_local(message)
+
+    async def broadcast_local(self, message: BusMessage) -> None:
+        """Deliver ``message`` to every endpoint in this process except its source.
+
+        Raises:
+            QueueFull: a receiving inbox is full and its policy is ``"error"``
+                (the others still get the broadcast).
+        """
         source = message.source
         refused: QueueFull | None = None
         # A copy: endpoints may come and go while we wait for one.
@@ -159,3 +258,15 @@ class Bus:
                 refused = refused or exc
         if refused is not None:
             raise refused
+
+
+class InProcessBus(BaseBus):
+    """The default bus: the endpoints of one runner, in one process (plug-in name ``local``)."""
+
+    name: ClassVar[str] = "local"
+
+    __slots__ = ()
+
+
+#: The name this class had before buses became plug-ins; the in-process bus.
+Bus = InProcessBus

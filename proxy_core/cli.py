@@ -9,10 +9,13 @@ from collections.abc import Sequence
 
 from .errors import ProxyError
 from .plugins import (
+    BUS_GROUP,
     CODEC_GROUP,
     TRANSPORT_GROUP,
+    available_buses,
     available_codecs,
     available_transports,
+    bus_class,
     load_codec,
     load_transport,
 )
@@ -30,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--transport", default="websockets", help="transport name")
     demo.add_argument("--codec", default="msgpack", help="codec name")
-    commands.add_parser("plugins", help="list the installed transports and codecs")
+    commands.add_parser("plugins", help="list the installed transports, codecs and buses")
     from .bench.command import add_arguments as add_bench_arguments
 
     bench = commands.add_parser(
@@ -57,6 +60,7 @@ def _plugins() -> int:
     for title, group, names, load in (
         ("transports", TRANSPORT_GROUP, available_transports(), load_transport),
         ("codecs", CODEC_GROUP, available_codecs(), load_codec),
+        ("buses", BUS_GROUP, available_buses(), bus_class),
     ):
         print(f"{title} (entry-point group {group}):")
         for name in names:

@@ -59,7 +59,7 @@ class PluginError(ProxyError, LookupError):
     """A transport or codec could not be found or loaded.
 
     Attributes:
-        kind: ``"transport"`` or ``"codec"``.
+        kind: ``"transport"``, ``"codec"`` or ``"bus"``.
         name: the name that was asked for.
         available: the names that are installed.
     """
@@ -69,9 +69,10 @@ class PluginError(ProxyError, LookupError):
         self.name = name
         self.available = available
         names = ", ".join(available) if available else "none"
-        message = f"unknown {kind} {name!r}; installed {kind}s: {names}"
+        kinds = "buses" if kind == "bus" else f"{kind}s"
+        message = f"unknown {kind} {name!r}; installed {kinds}: {names}"
         if detail:
-            message = f"{kind} {name!r} could not be loaded: {detail}; installed {kind}s: {names}"
+            message = f"{kind} {name!r} could not be loaded: {detail}; installed {kinds}: {names}"
         super().__init__(message)
 
 

@@ -132,6 +132,7 @@ class Inbox(Generic[T]):
         "_bypassed",
         "_closed",
         "_over_bound",
+        "on_drop",
     )
 
     def __init__(
@@ -174,6 +175,8 @@ class Inbox(Generic[T]):
         self._bypassed = 0
         self._closed = False
         self._over_bound = over_bound
+        #: Called with each item dropped (whatever the reason), if set.
+        self.on_drop: Callable[[T], None] | None = None
 
     # ------------------------------------------------------------ state
 
@@ -418,6 +421,8 @@ class Inbox(Generic[T]):
 
     def _drop(self, reason: str, item: T) -> None:
         count = self._count_drop(reason)
+        if self.on_drop is not None:
+            self.on_drop(item)
         if reason in ("timeout", "full") and _is_power_of_ten(count):
             # Lost messages under ``wait`` deserve a warning, but a flood must
             # not flood the log: warn at the 1st, 10th, 100th... such drop.

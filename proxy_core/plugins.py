@@ -1,8 +1,9 @@
-"""Find transports and codecs by name through Python entry points.
+"""Find transports, codecs and buses by name through Python entry points.
 
-Entry-point groups: ``proxy_core.transports`` and ``proxy_core.codecs``. The
-built-in codecs register through the same group as third-party ones, so
-there is one way to find a plugin. Nothing is loaded at import time; a name
+Entry-point groups: ``proxy_core.transports``, ``proxy_core.codecs`` and
+``proxy_core.buses``. The built-in codecs and the in-process bus register
+through the same groups as third-party ones, so there is one way to find a
+plugin. Nothing is loaded at import time; a name
 is resolved when asked for.
 
 A third-party package adds a codec with one line in its ``pyproject.toml``::
@@ -17,15 +18,20 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
+from .bus import BaseBus
 from .codecs.base import Codec
-from .errors import PluginError
+from .errors import ConfigurationError, PluginError
 from .transport import Transport
 
 __all__ = [
+    "BUS_GROUP",
     "CODEC_GROUP",
     "TRANSPORT_GROUP",
+    "available_buses",
     "available_codecs",
     "available_transports",
+    "bus_class",
+    "load_bus",
     "load_codec",
     "load_transport",
     "resolve_codec",
@@ -34,6 +40,7 @@ __all__ = [
 
 TRANSPORT_GROUP = "proxy_core.transports"
 CODEC_GROUP = "proxy_core.codecs"
+BUS_GROUP = "proxy_core.buses"
 
 _P = TypeVar("_P", Transport, Codec)
 _Base = type[Any]
@@ -73,6 +80,39 @@ def load_codec(name: str) -> type[Codec]:
     """
     cls: type[Codec] = _load("codec", CODEC_GROUP, name, Codec)
     return cls
+
+
+def available_buses() -> list[str]:
+    """Return the names of the installed buses, sorted (``local`` is the in-process bus)."""
+    return sorted(_entry_points(BUS_GROUP))
+
+
+def bus_class(name: str) -> type[BaseBus]:
+    """Return the bus class registered as ``name``.
+
+    Raises:
+        PluginError: no such bus is installed (the message lists those that
+            are), or it failed to load or is not a ``BaseBus``.
+    """
+    cls: type[BaseBus] = _load("bus", BUS_GROUP, name, BaseBus)
+    return cls
+
+
+def load_bus(name: str, **options: Any) -> BaseBus:
+    """Return a new bus of the kind registered as ``name``, built with ``options``.
+
+    ``load_bus("redis", url="redis://127.0.0.1:6379/0", channel="bots")`` is
+    ``RedisBus("redis://...", channel="bots")``. Each runner needs its own bus.
+
+    Raises:
+        PluginError: no such bus is installed (the message lists those that are).
+        ConfigurationError: the options do not suit that bus.
+    """
+    cls = bus_class(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigurationError(f"bus {name!r} does not take these options: {exc}") from exc
 
 
 @cache

@@ -20,11 +20,15 @@ class WorkerReadyData:
         name: the worker's name.
         remote: true when the worker lives on the other side of a proxy.
         via: for a remote worker, the name of the proxy that announced it.
+        node: on a bus shared by several processes, the name of the runner
+            in another process that holds the worker (or its proxy);
+            ``None`` when it is in this process.
     """
 
     name: str
     remote: bool = False
     via: str | None = None
+    node: str | None = None
 
 
 WatchCallback = Callable[[WorkerReadyData], Awaitable[None]]
@@ -58,12 +62,15 @@ class WorkerRegistry:
             cancels on shutdown (the runner passes its own).
     """
 
-    __slots__ = ("_ready", "_spawn", "_watches")
+    __slots__ = ("_publish", "_ready", "_spawn", "_watches")
 
     def __init__(self, spawn: Callable[[Coroutine[Any, Any, None]], object]) -> None:
         self._spawn = spawn
         self._ready: dict[str, WorkerReadyData] = {}
         self._watches: dict[str, list[Watch]] = {}
+        # Set by a shared bus: told of each change in this process (data, or
+        # None when gone) so that the other processes learn of it.
+        self._publish: Callable[[str, WorkerReadyData | None], None] | None = None
 
     def watch(self, name: str, callback: WatchCallback) -> Watch:
         """Call ``await callback(data)`` each time worker ``name`` becomes ready.
@@ -83,20 +90,41 @@ class WorkerRegistry:
         if watches and handle in watches:
             watches.remove(handle)
 
-    def set_ready(self, name: str, *, remote: bool = False, via: str | None = None) -> None:
-        """Record that ``name`` is ready and notify its watchers (once per transition)."""
-        if name in self._ready:
+    def set_ready(
+        self, name: str, *, remote: bool = False, via: str | None = None, node: str | None = None
+    ) -> None:
+        """Record that ``name`` is ready and notify its watchers (once per transition).
+
+        ``node`` names the runner of another process that holds it, on a
+        shared bus (which reports those); a change in this process
+        (``node=None``) is told to the other processes by a shared bus.
+        """
+        known = self._ready.get(name)
+        if known is not None and known.node == node:
             return
-        data = WorkerReadyData(name, remote, via)
+        data = WorkerReadyData(name, remote, via, node)
         self._ready[name] = data
-        logger.debug("worker %r is ready (remote=%s)", name, remote)
+        logger.debug("worker %r is ready (remote=%s, node=%s)", name, remote, node)
+        if node is None and self._publish is not None:
+            self._publish(name, data)
+        if known is not None:  # the same worker, now held elsewhere: not a new transition
+            return
         for handle in list(self._watches.get(name, ())):
             self._spawn(self._notify(handle, data))
 
-    def set_gone(self, name: str) -> None:
-        """Record that ``name`` is no longer available (a remote link closed, a worker ended)."""
-        if self._ready.pop(name, None) is not None:
-            logger.debug("worker %r is gone", name)
+    def set_gone(self, name: str, *, node: str | None = None) -> None:
+        """Record that ``name`` is no longer available (a remote link closed, a worker ended).
+
+        With ``node``, only if it was held by that runner of another process
+        (a shared bus reports those).
+        """
+        known = self._ready.get(name)
+        if known is None or known.node != node:
+            return
+        del self._ready[name]
+        logger.debug("worker %r is gone", name)
+        if node is None and self._publish is not None:
+            self._publish(name, None)
 
     def is_ready(self, name: str) -> bool:
         """Whether ``name`` is ready now."""

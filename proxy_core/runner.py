@@ -10,7 +10,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from .bus import Bus
+from .bus import BaseBus, InProcessBus
 from .errors import ConfigurationError, QueueFull
 from .messages import BusCancelMessage, BusEndMessage, BusMessage, BusWorkerReadyMessage
 from .registry import WorkerRegistry
@@ -28,24 +28,44 @@ def _nothing() -> None:
 
 
 class WorkerRunner:
-    """Runs workers on one in-process bus.
+    """Runs workers on a bus: by default its own in-process bus.
 
     ``await runner.add_workers(*workers)`` hands each worker the bus (before
     or during ``run``); ``await runner.run()`` starts them and returns once
     :meth:`end` or :meth:`cancel` is called (or a worker puts a
     :class:`~proxy_core.messages.BusEndMessage` or
-    :class:`~proxy_core.messages.BusCancelMessage` on the bus).
+    :class:`~proxy_core.messages.BusCancelMessage` on the bus: these are
+    local messages, so on a bus shared by several processes they end this
+    runner only).
 
     Args:
-        name: a name for logs; generated if omitted.
+        name: a name for logs (and, on a shared bus, for the other processes);
+            generated if omitted.
+        bus: the bus; ``None`` for a new :class:`~proxy_core.bus.InProcessBus`.
+            A bus serves one runner. A shared bus (``proxy_core_redis.RedisBus``)
+            spreads one bus over several processes: the runner starts it in
+            :meth:`run` (or in the first :meth:`add_workers`) and closes it
+            when it stops.
         handle_sigint: on SIGINT, end gracefully (a second SIGINT cancels).
             Only takes effect in the main thread.
+
+    Raises:
+        ConfigurationError: ``bus`` is not a bus, or already serves another runner.
     """
 
-    def __init__(self, name: str | None = None, *, handle_sigint: bool = True) -> None:
+    def __init__(
+        self, name: str | None = None, *, bus: BaseBus | None = None, handle_sigint: bool = True
+    ) -> None:
         self.name = name or f"runner-{next(_counter)}"
         self.handle_sigint = handle_sigint
-        self.bus = Bus()
+        if bus is None:
+            bus = InProcessBus()
+        elif not isinstance(bus, BaseBus):
+            raise ConfigurationError(
+                f"bus must be a proxy_core.bus.BaseBus (for example InProcessBus() or "
+                f"proxy_core_redis.RedisBus(...)), got {bus!r}"
+            )
+        self.bus: BaseBus = bus
         self.registry = WorkerRegistry(self._spawn)
         self._workers: dict[str, BaseWorker] = {}
         # The runner's short-lived tasks (readiness announcements, watch
@@ -59,8 +79,11 @@ class WorkerRunner:
         self._stop_reason: str | None = None
         self._graceful = True
         self._sigints = 0
+        # Set when the bus fails for good: run() raises it once the workers stopped.
+        self._error: BaseException | None = None
+        bus.bind(self)
         # The runner listens on its own bus for runner-wide end and cancel.
-        self.bus.attach(self, ())
+        bus.listen(self)
 
     # ------------------------------------------------------------ public API
 
@@ -86,16 +109,19 @@ class WorkerRunner:
                     f"a worker named {worker.name!r} is already in {self.name!r}"
                 )
             worker._attach(self)
-            self.bus.attach(worker, worker.routed_names())
+            await self.bus.attach(worker, worker.routed_names())
             self._workers[worker.name] = worker
             if self._running:
                 worker._start()
 
     async def run(self) -> None:
-        """Start the workers and wait until the runner ends or is cancelled.
+        """Start the bus and the workers, and wait until the runner ends or is cancelled.
 
         Raises:
             ConfigurationError: the runner is already running or has finished.
+            ProxyError: the bus failed for good (a shared bus that could not
+                reach its engine within its retry policy); the workers were
+                stopped first.
         """
         if self._running or self._finished:
             raise ConfigurationError(f"runner {self.name!r} can only run once")
@@ -105,13 +131,19 @@ class WorkerRunner:
             done.set_result(None)
         remove_sigint = self._install_sigint()
         try:
+            await self.bus.start()
             for worker in list(self._workers.values()):
                 worker._start()
             # Cancelling run() cancels the future too; _request_stop skips a done one.
             await done
         finally:
             remove_sigint()
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                await self.bus.aclose()
+        if self._error is not None:
+            raise self._error
 
     async def end(self, reason: str | None = None) -> None:
         """Stop gracefully: each worker's ``on_end`` runs, then ``run`` returns."""
@@ -138,6 +170,16 @@ class WorkerRunner:
     async def put(self, message: BusMessage) -> None:
         """Receive a broadcast (the bus only calls it if :meth:`offer` declined)."""
         self.deliver(message)
+
+    def bus_failed(self, error: BaseException) -> None:
+        """End the runner because its bus failed for good; :meth:`run` raises ``error``.
+
+        Called by a shared bus (its engine stayed out of reach past its retry policy).
+        """
+        if self._error is None:
+            self._error = error
+        logger.error("runner %r: the bus failed: %s", self.name, error)
+        self._request_stop(f"bus failed: {error}", graceful=True)
 
     # ------------------------------------------------------------ internals
 
@@ -177,7 +219,7 @@ class WorkerRunner:
     async def _end_worker(self, worker: BaseWorker, reason: str | None) -> None:
         await worker._stop(reason, graceful=True)
         # Gone for good: off the bus (no queue filling up) and out of shutdown.
-        self.bus.detach(worker)
+        await self.bus.detach(worker)
         self._workers.pop(worker.name, None)
         self.registry.set_gone(worker.name)
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .bus import Bus
+from .bus import BaseBus
 from .errors import ConfigurationError
 from .inbox import DEFAULT_MAX_QUEUE, DEFAULT_PUT_TIMEOUT, Inbox, OverflowPolicy, QueueStats
 from .messages import (
@@ -82,6 +82,10 @@ class BaseWorker:
         self._inbox: Inbox[BusMessage] = Inbox(
             max_queue, overflow, put_timeout=put_timeout, name=name, over_bound=self._is_control
         )
+        # Set by a bus that must know when a message is finished with (handled,
+        # or dropped by the inbox): a shared bus acknowledges it to its engine
+        # then, never before. ``None`` on the in-process bus.
+        self._finished: Callable[[BaseWorker, BusMessage], None] | None = None
         self._task: asyncio.Task[None] | None = None
         # Both made on first use: most workers never register a handler, and
         # many never start a task (an idle session holds thousands of workers).
@@ -115,7 +119,7 @@ class BaseWorker:
         return self._runner
 
     @property
-    def bus(self) -> Bus:
+    def bus(self) -> BaseBus:
         """The bus of this worker's runner."""
         return self.runner.bus
 
@@ -216,6 +220,14 @@ class BaseWorker:
 
     # ------------------------------------------------------------ runner interface
 
+    def _on_finished(self, hook: Callable[[BaseWorker, BusMessage], None] | None) -> None:
+        """Have ``hook(worker, message)`` called once each message is handled or dropped.
+
+        For a bus that acknowledges messages to its engine (``None`` removes it).
+        """
+        self._finished = hook
+        self._inbox.on_drop = None if hook is None else (lambda message: hook(self, message))
+
     def _attach(self, runner: WorkerRunner) -> None:
         if self._runner is not None and self._runner is not runner:
             raise ConfigurationError(f"worker {self._name!r} already belongs to another runner")
@@ -276,7 +288,7 @@ class BaseWorker:
             # A worker that cannot start never becomes ready and leaves the bus,
             # so nothing piles up in its queue.
             logger.exception("worker %r failed to start; it is removed from the bus", self._name)
-            self.runner.bus.detach(self)
+            await self.runner.bus.detach(self)
             return
         self.runner._worker_ready(self)
         inbox = self._inbox
@@ -289,6 +301,9 @@ class BaseWorker:
                 await self._dispatch(message)
             except Exception:
                 logger.exception("worker %r failed to handle %r", self._name, message)
+            finished = self._finished
+            if finished is not None:
+                finished(self, message)
 
     async def _dispatch(self, message: BusMessage) -> None:
         if message.target == self._name:

@@ -129,7 +129,7 @@ async def test_bus_routes_by_target_not_fan_out() -> None:
     bus = Bus()
     a, b, c = Endpoint("a"), Endpoint("b"), Endpoint("c")
     for endpoint in (a, b, c):
-        bus.attach(endpoint, [endpoint.name])
+        await bus.attach(endpoint, [endpoint.name])
     message = data("a", "b", n=1)
     await bus.send(message)
     assert b.got == [message]
@@ -140,8 +140,8 @@ async def test_bus_routes_by_target_not_fan_out() -> None:
 async def test_bus_routes_every_claimed_name_to_its_endpoint() -> None:
     bus = Bus()
     proxy, worker = Endpoint("proxy"), Endpoint("w")
-    bus.attach(proxy, ["proxy", "assistant"])  # a proxy also claims the remote worker
-    bus.attach(worker, ["w"])
+    await bus.attach(proxy, ["proxy", "assistant"])  # a proxy also claims the remote worker
+    await bus.attach(worker, ["w"])
     await bus.send(data("w", "assistant"))
     assert len(proxy.got) == 1 and worker.got == []
     assert bus.names() == ["assistant", "proxy", "w"]
@@ -151,9 +151,9 @@ async def test_bus_broadcast_reaches_everyone_but_the_sender() -> None:
     bus = Bus()
     endpoints = [Endpoint(n) for n in ("a", "b", "c")]
     for endpoint in endpoints:
-        bus.attach(endpoint, [endpoint.name])
+        await bus.attach(endpoint, [endpoint.name])
     listener = Endpoint("runner")
-    bus.attach(listener, [])  # attached without routed names: still gets broadcasts
+    bus.listen(listener)  # attached without routed names: still gets broadcasts
     message = data("a", None)
     await bus.send(message)
     assert [len(e.got) for e in endpoints] == [0, 1, 1]
@@ -162,7 +162,7 @@ async def test_bus_broadcast_reaches_everyone_but_the_sender() -> None:
 
 async def test_bus_counts_undeliverable_messages() -> None:
     bus = Bus()
-    bus.attach(Endpoint("a"), ["a"])
+    await bus.attach(Endpoint("a"), ["a"])
     await bus.send(data("a", "nobody"))
     assert bus.undeliverable == 1
 
@@ -170,13 +170,13 @@ async def test_bus_counts_undeliverable_messages() -> None:
 async def test_bus_name_clash_and_detach() -> None:
     bus = Bus()
     first, second = Endpoint("first"), Endpoint("second")
-    bus.attach(first, ["x"])
-    bus.attach(first, ["x"])  # the same endpoint again is fine
+    await bus.attach(first, ["x"])
+    await bus.attach(first, ["x"])  # the same endpoint again is fine
     with pytest.raises(ConfigurationError, match="'x'.*'first'"):
-        bus.attach(second, ["y", "x"])
+        await bus.attach(second, ["y", "x"])
     assert bus.names() == ["x"]  # nothing half-attached
-    bus.detach(first)
-    bus.attach(second, ["x"])
+    await bus.detach(first)
+    await bus.attach(second, ["x"])
     await bus.send(data("z", "x"))
     await bus.send(data("z", None))
     assert len(second.got) == 2 and first.got == []

@@ -266,7 +266,7 @@ async def server_victim(transport: Transport, **options: Any) -> AsyncIterator[V
         served, bystander, spy = Served(SERVER_WORKER), Served(SERVER_OTHER), BusSpy()
         ended = asyncio.Event()
         _flag_end(runner, ended)
-        runner.bus.attach(spy, ())
+        runner.bus.listen(spy)
         await runner.add_workers(served, bystander)
         opened.put_nowait((runner, served, bystander, spy, ended))
 
@@ -334,7 +334,7 @@ async def client_victim(
             **options,
         )
         served, bystander, spy = Served(CLIENT_WORKER), Served(CLIENT_OTHER), BusSpy()
-        runner.bus.attach(spy, ())
+        runner.bus.listen(spy)
         await runner.add_workers(served, bystander, proxy)
         ended = asyncio.Event()
         _flag_end(runner, ended)

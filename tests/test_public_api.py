@@ -12,7 +12,7 @@ CORE = {
     "BusWorkerReadyMessage", "LIFECYCLE_MESSAGES", "register_type", "TypeRegistry",
     "ProxyClient", "ProxyServer", "ProxyStats", "ProxyService", "serve_proxy",
     "FilterRules", "Drop", "DropReason", "Forward", "Connection", "Transport", "Listener",
-    "Codec", "Bus", "WorkerRegistry", "WorkerReadyData", "DEFAULT_MAX_MESSAGE_BYTES",
+    "Codec", "Bus", "BaseBus", "InProcessBus", "WorkerRegistry", "WorkerReadyData", "DEFAULT_MAX_MESSAGE_BYTES",
     "ProxyError", "ConfigurationError", "PluginError", "CodecError", "UnknownMessageType",
     "MessageTooLarge", "ProtocolError", "HandshakeError", "SessionRejected",
     "AuthenticationError", "TransportError", "ConnectError", "ConnectionClosed",
