@@ -26,9 +26,11 @@ PY = BIN / "python"
 
 def packages() -> list[str]:
     """Return the distributions of this repository, installed editable: the core,
-    every backend under transports/, and the third-party plugin used by the tests."""
+    every backend under transports/ and buses/, and the third-party plugin used by the tests."""
     found = ["."] + sorted(
-        str(p.parent.relative_to(ROOT)) for p in ROOT.glob("transports/*/pyproject.toml")
+        str(p.parent.relative_to(ROOT))
+        for pattern in ("transports/*/pyproject.toml", "buses/*/pyproject.toml")
+        for p in ROOT.glob(pattern)
     )
     if (ROOT / "tests" / "thirdparty_codec" / "pyproject.toml").exists():
         found.append("tests/thirdparty_codec")
@@ -39,7 +41,8 @@ def typed_packages() -> list[str]:
     """Return the package folders that mypy --strict checks."""
     return ["proxy_core"] + sorted(
         str(p.relative_to(ROOT))
-        for p in ROOT.glob("transports/*/proxy_core_*")
+        for pattern in ("transports/*/proxy_core_*", "buses/*/proxy_core_*")
+        for p in ROOT.glob(pattern)
         if p.is_dir() and not p.name.endswith(".egg-info")
     )
 

@@ -1,4 +1,51 @@
+from __future__ import annotations
+
 import pathlib
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from proxy_core_redis.server import RedisServer
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+
+# The Redis fixtures import proxy_core_redis.server only when used, so the rest of
+# the suite runs without it. Each server is private: 127.0.0.1 on a free port,
+# never the machine's own Redis on 6379.
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server shared by the whole session, without persistence."""
+    from proxy_core_redis.server import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the session's redis-server (its data is shared between tests)."""
+    return redis_server.url
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, free to be killed or restarted."""
+    from proxy_core_redis.server import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def persistent_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own whose data survives a restart (even a SIGKILL)."""
+    from proxy_core_redis.server import RedisServer
+
+    with RedisServer(persistence=True) as server:
+        yield server
