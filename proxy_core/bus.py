@@ -102,6 +102,13 @@ class BaseBus:
     async def start(self) -> None:
         """Get ready to carry messages (connect, ...); idempotent. The runner calls it."""
 
+    def stopping(self) -> None:
+        """Stop handing messages over from beyond this process: the runner stops its workers.
+
+        A shared bus leaves what it has not delivered with its engine, for the
+        next holder of each name.
+        """
+
     async def aclose(self) -> None:
         """Release what the bus holds; idempotent. The runner calls it after its workers stop."""
 

@@ -184,6 +184,11 @@ class Inbox(Generic[T]):
         return len(self._items)
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (new items are dropped)."""
+        return self._closed
+
+    @property
     def maxsize(self) -> int:
         """The bound."""
         return self._maxsize

@@ -225,6 +225,7 @@ class WorkerRunner:
 
     async def _shutdown(self) -> None:
         logger.debug("runner %r stopping (%s)", self.name, self._stop_reason)
+        self.bus.stopping()
         workers = list(self._workers.values())
         await asyncio.gather(
             *(w._stop(self._stop_reason, graceful=self._graceful) for w in workers),

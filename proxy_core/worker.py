@@ -129,6 +129,11 @@ class BaseWorker:
         return self.runner.registry
 
     @property
+    def accepting(self) -> bool:
+        """Whether the inbox still takes messages (``False`` once the worker stopped)."""
+        return not self._inbox.closed
+
+    @property
     def queue_stats(self) -> QueueStats:
         """The inbox's counters now: depth, high-water mark, drops by reason."""
         return self._inbox.stats

@@ -2,4 +2,14 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .bus import MIN_REDIS_VERSION, RedisBus, RedisBusError
+from .server import RedisServer, RedisServerError, find_redis_server
+
+__all__ = [
+    "MIN_REDIS_VERSION",
+    "RedisBus",
+    "RedisBusError",
+    "RedisServer",
+    "RedisServerError",
+    "find_redis_server",
+]

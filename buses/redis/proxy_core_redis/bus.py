@@ -1,0 +1,893 @@
+"""RedisBus: one bus shared by the runners of many processes, on Redis Streams.
+
+Each worker name has a stream, read by the one runner that holds the name (a
+lease, renewed); each runner has a stream for broadcasts and registry news.
+Messages between two workers of the same runner never touch Redis. See
+``docs/distributed.md`` for the guarantees, the keys, sizing and failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError as RedisAuthError
+from redis.exceptions import ResponseError
+
+from proxy_core.backoff import Backoff
+from proxy_core.bus import BaseBus, Endpoint
+from proxy_core.codecs.base import Codec
+from proxy_core.errors import ConfigurationError, ConnectError, ProxyError
+from proxy_core.inbox import DEFAULT_PUT_TIMEOUT, OverflowPolicy
+from proxy_core.messages import BusEndWorkerMessage, BusLocalMessage, BusMessage
+from proxy_core.plugins import resolve_codec
+from proxy_core.protocol import Msg
+from proxy_core.registry import WorkerReadyData
+from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
+from proxy_core.worker import BaseWorker
+
+from . import scripts
+from .keys import Keys, NodeId, parse_id
+from .reader import CONNECTION_ERRORS, Reader
+from .tracking import AckTracker, StreamState
+from .writer import Writer
+
+__all__ = ["MIN_REDIS_VERSION", "RedisBus", "RedisBusError", "redact"]
+
+logger = logging.getLogger("proxy_core_redis")
+
+#: The oldest Redis server the bus runs on.
+MIN_REDIS_VERSION = (6, 2)
+
+#: The most entries kept in a runner's node stream of registry news.
+_NEWS_MAXLEN = 10_000
+
+
+class RedisBusError(ProxyError):
+    """The Redis bus failed for good: Redis stayed out of reach past the retry policy."""
+
+
+def redact(url: str) -> str:
+    """Return ``url`` without its password or user (in the netloc or the query)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode(
+        [
+            (k, "***" if k.lower() in ("password", "username") else v)
+            for k, v in parse_qsl(parts.query)
+        ]
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+class _Retry:
+    """A streak of failures of one loop, paced by the bus's :class:`Backoff`."""
+
+    def __init__(self, bus: RedisBus, what: str) -> None:
+        self._bus, self._what = bus, what
+        self._attempt = 0
+        self._since: float | None = None
+
+    def succeeded(self) -> None:
+        if self._attempt:
+            logger.info("redis bus %r: %s again", self._bus.node, self._what)
+            self._bus._stats["reconnects"] += 1
+        self._attempt, self._since = 0, None
+
+    async def failed(self, exc: BaseException) -> None:
+        """Wait before the next attempt, or raise :class:`RedisBusError` to give up."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py may turn our cancellation into a ConnectionError: stop all the same.
+            raise asyncio.CancelledError
+        now = asyncio.get_running_loop().time()
+        if self._since is None:
+            self._since = now
+            logger.warning(
+                "redis bus %r: %s failed (%s: %s); retrying",
+                self._bus.node,
+                self._what,
+                type(exc).__name__,
+                exc,
+            )
+        delay = self._bus.reconnect.next_delay(self._attempt, now - self._since, exc)
+        self._attempt += 1
+        if delay is None:
+            raise RedisBusError(
+                f"gave up {self._what} on {self._bus.url} after {self._attempt} attempts: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        await asyncio.sleep(delay)
+
+
+class RedisBus(BaseBus):
+    """A bus shared by many runners (processes, machines) on one Redis channel.
+
+    ``WorkerRunner("node-1", bus=RedisBus("redis://127.0.0.1:6379/0", channel="bots"))``:
+    a worker of this runner reaches any worker on the channel by name, and
+    broadcasts reach every worker on the channel but their source.
+    :class:`~proxy_core.messages.BusLocalMessage`\\ s stay in their process.
+
+    Args:
+        url: a ``redis://`` or ``rediss://`` URL (user and password as redis-py
+            takes them); or give ``redis`` instead.
+        redis: a ``redis.asyncio.Redis`` you own (it is not closed by the bus;
+            create it with ``decode_responses=False``).
+        channel: the channel; runners on the same channel share one bus.
+        codec: the codec of messages in Redis (a name or an instance).
+        lease_ttl: seconds a runner holds its names without renewing them; a
+            runner whose process died is noticed (its workers gone, their
+            names free) within about 1.5 times this.
+        max_backlog: the most entries a worker's stream holds unfinished; then
+            the holder's overflow policy applies to senders.
+        orphan_ttl: seconds messages wait for a name that no runner holds.
+        in_flight: the most entries of one stream delivered to a worker and not
+            finished; after a crash, at most this many are delivered again.
+        max_buffer: the most messages this runner queues for Redis.
+        max_message_bytes: the largest encoded message.
+        reconnect: the retry policy when Redis is out of reach.
+        put_timeout: seconds a sender waits for room before its message is dropped.
+        close_timeout: seconds :meth:`aclose` waits for queued messages to be written.
+
+    Raises:
+        ConfigurationError: an option is out of range (the message says which).
+    """
+
+    name: ClassVar[str] = "redis"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        redis: aioredis.Redis | None = None,
+        channel: str = "proxy-core",
+        codec: str | Codec = "msgpack",
+        lease_ttl: float = 10.0,
+        max_backlog: int = 10_000,
+        orphan_ttl: float = 60.0,
+        in_flight: int = 1024,
+        max_buffer: int = 10_000,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        reconnect: Backoff | None = None,
+        put_timeout: float = DEFAULT_PUT_TIMEOUT,
+        close_timeout: float = 5.0,
+    ) -> None:
+        super().__init__()
+        if (url is None) == (redis is None):
+            raise ConfigurationError("give a Redis url or a redis.asyncio.Redis client (one)")
+        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigurationError(
+                f"a Redis URL starts with redis://, rediss:// or unix://, got {redact(url)!r}"
+            )
+        for option, value in (("lease_ttl", lease_ttl), ("orphan_ttl", orphan_ttl)):
+            if not 0.2 <= value <= 86_400:
+                raise ConfigurationError(f"{option} must be in [0.2, 86400] seconds, got {value}")
+        for option, number in (
+            ("max_backlog", max_backlog),
+            ("in_flight", in_flight),
+            ("max_buffer", max_buffer),
+        ):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise ConfigurationError(f"{option} must be a positive integer, got {number!r}")
+        self.url = redact(url) if url is not None else _describe_client(redis)
+        self._url = url
+        self._owned = redis is None
+        self._redis: aioredis.Redis = redis if redis is not None else _client(url or "")
+        self.keys = Keys(channel)
+        self.channel = channel
+        self._codec = resolve_codec(codec)
+        self.lease_ttl = float(lease_ttl)
+        self.max_backlog = max_backlog
+        self.orphan_ttl = float(orphan_ttl)
+        self.max_message_bytes = max_message_bytes
+        self.reconnect = reconnect or Backoff(max_elapsed=300.0)
+        self.close_timeout = close_timeout
+        self.node: NodeId = NodeId("")
+        self._tracker = AckTracker()
+        self._reader = Reader(self, count=256, block_ms=2000, in_flight=in_flight)
+        self._writer = Writer(
+            self._write_batch,
+            max_buffer=max_buffer,
+            max_queue=min(max_buffer, 1024),
+            max_batch=512,
+            max_batch_bytes=512 * 1024,
+            put_timeout=put_timeout,
+            count=self._count,
+        )
+        self._scripts: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._start_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+        self._stopping = False
+        self._valid_until = 0.0
+        self._news: list[tuple[str, str]] = []
+        self._news_wanted = asyncio.Event()
+        self._ack_wanted = asyncio.Event()
+        self._remote_ready: dict[str, tuple[str, str]] = {}
+        self._stats: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"<RedisBus {self.url} channel={self.channel!r} node={self.node or None!r}>"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def bind(self, runner: Any) -> None:
+        """Become the bus of ``runner`` (called by the runner)."""
+        super().bind(runner)
+        runner.registry._publish = self._on_local_ready
+
+    async def start(self) -> None:
+        """Connect, check the server, and register this runner on the channel; idempotent.
+
+        Raises:
+            ConfigurationError: not bound to a runner, or the server is older than 6.2.
+            ConnectError: Redis cannot be reached (or refuses the credentials).
+        """
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                raise ConfigurationError("this RedisBus is closed; create a new one")
+            runner = self._runner
+            if runner is None:
+                raise ConfigurationError("give this RedisBus to a WorkerRunner(bus=...) first")
+            await self._probe()
+            self.node = NodeId(f"{runner.name}-{secrets.token_hex(4)}")
+            for name in scripts.__all__:
+                self._scripts[name] = self._redis.register_script(getattr(scripts, name))
+            snapshot = await self._call(
+                "REGISTER",
+                self._node_keys()[:3] + [self.keys.ready],
+                [self.node, self._info(), self._ttl_ms()],
+            )
+            self._valid_until = asyncio.get_running_loop().time() + self.lease_ttl * 0.8
+            self._apply_snapshot(snapshot)
+            self._reader.add(StreamState(self.keys.node_stream(self.node), None))
+            loop = asyncio.get_running_loop()
+            for coro, what in (
+                (self._reader.run(), "reader"),
+                (self._writer.run(), "writer"),
+                (self._ack_loop(), "acker"),
+                (self._control_loop(), "control"),
+            ):
+                task = loop.create_task(coro, name=f"redis-bus-{what}")
+                task.add_done_callback(self._task_done)
+                self._tasks.append(task)
+            self._started = True
+            logger.info(
+                "redis bus: runner %r joined channel %r on %s as %s",
+                runner.name,
+                self.channel,
+                self.url,
+                self.node,
+            )
+
+    async def _probe(self) -> None:
+        try:
+            info = await self._redis.info("server")
+        except RedisAuthError as exc:
+            raise ConnectError(f"Redis at {self.url} refused the credentials: {exc}") from exc
+        except CONNECTION_ERRORS as exc:
+            raise ConnectError(
+                f"could not connect to Redis at {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        version = str(info.get("redis_version", "0"))
+        found = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+        if found < MIN_REDIS_VERSION:
+            raise ConfigurationError(
+                f"the Redis bus needs Redis 6.2 or later; {self.url} runs {version}"
+            )
+        self.server_version = version
+
+    def stopping(self) -> None:
+        """Stop handing messages to workers: the runner is stopping them.
+
+        What is not finished stays pending in Redis, for the next holder of each name.
+        """
+        self._stopping = True
+        for task in self._tasks[:1]:  # the reader
+            task.cancel()
+
+    async def aclose(self) -> None:
+        """Write what is queued, give up every name, leave the channel, and disconnect.
+
+        Bounded by ``close_timeout`` for the writes; names whose release fails
+        expire by themselves after ``lease_ttl``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            if self._owned:
+                await self._redis.aclose()
+            return
+        self.stopping()
+        # The reader must be gone before we leave: it would set the channel up again.
+        await _cancel(self._tasks[:1], self.close_timeout)
+        if not await self._writer.drain(self.close_timeout):
+            left = self._writer.buffered
+            self._count("closed", left)
+            logger.warning("redis bus %r: %d message(s) not written at close", self.node, left)
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await self._flush_acks()
+                for name, endpoint in list(self._routes.items()):
+                    self._routes.pop(name, None)
+                    await self._release_one(endpoint, name)
+                await self._call("LEAVE", self._node_keys()[:3] + [self.keys.seq], [self.node])
+        except (TimeoutError, RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
+            logger.warning(
+                "redis bus %r: could not leave the channel cleanly (%s); its keys expire "
+                "within %.0fs",
+                self.node,
+                exc,
+                self.lease_ttl,
+            )
+        await _cancel(self._tasks, self.close_timeout)
+        if self._owned:
+            await self._redis.aclose()
+        logger.info("redis bus: runner %s left channel %r", self.node, self.channel)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closed:
+            return
+        error = task.exception()
+        if error is None:
+            return
+        if not isinstance(error, ProxyError):
+            logger.error("redis bus %r: %s failed", self.node, task.get_name(), exc_info=error)
+            error = RedisBusError(f"{task.get_name()} failed: {type(error).__name__}: {error}")
+        if self._runner is not None:
+            self._runner.bus_failed(error)
+
+    # ------------------------------------------------------------ routing
+
+    async def claim(self, endpoint: Endpoint, names: list[str]) -> None:
+        """Take ``names`` on the channel for ``endpoint`` (a lease each).
+
+        Raises:
+            ConfigurationError: a live runner holds one of the names (the message names it).
+        """
+        await self.start()
+        keys: list[str] = []
+        for name in names:
+            keys += [self.keys.lease(name), self.keys.stream(name)]
+        values = [self._lease_value(endpoint) for _ in names]
+        reply = await self._call("ACQUIRE", keys, [self.node, self._ttl_ms(), *values])
+        if int(reply[0]) == 0:
+            name = names[int(reply[1]) - 1]
+            holder = _text(reply[2]).split("\t")
+            raise ConfigurationError(
+                f"the name {name!r} is held on channel {self.channel!r} by runner "
+                f"{holder[1] if len(holder) > 1 else '?'!r} ({holder[0]}); it is free once "
+                f"that runner stops, or {self.lease_ttl:g}s after its process died"
+            )
+        if isinstance(endpoint, BaseWorker):
+            endpoint._on_finished(self._finished)
+        for name, (claimed, last, backlog) in zip(names, reply[1:], strict=True):
+            state = StreamState(self.keys.stream(name), name)
+            if int(claimed):
+                state.redelivered_upto = parse_id(last)
+                self._count_in("claimed", int(claimed))
+                logger.warning(
+                    "redis bus %r: took %r over with %d message(s) its last holder had not "
+                    "finished; they are delivered again",
+                    self.node,
+                    name,
+                    int(claimed),
+                )
+            # Messages from this runner go straight to a local endpoint, unless a
+            # backlog (or our own queued writes) must come first: then, for this
+            # hold, through the stream, so that order is kept.
+            state.direct = int(backlog) == 0 and not self._writer.pending(name)
+            self._reader.add(state)
+
+    async def release(self, endpoint: Endpoint, names: list[str]) -> None:
+        """Give ``names`` up on the channel (what is left waits for a next holder)."""
+        if isinstance(endpoint, BaseWorker) and endpoint not in self._routes.values():
+            endpoint._on_finished(None)
+        if not self._started or self._closed:
+            return
+        try:
+            await self._flush_acks()
+        except (RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
+            logger.warning("redis bus %r: acknowledgements not sent at release: %s", self.node, exc)
+        for name in names:
+            await self._release_one(endpoint, name)
+
+    async def _release_one(self, endpoint: Endpoint, name: str) -> None:
+        state = self._reader.remove(self.keys.stream(name))
+        if state is not None:
+            self._tracker.forget(state)
+        self._remote_ready.pop(name, None)
+        try:
+            await self._call(
+                "RELEASE",
+                [self.keys.lease(name), self.keys.stream(name), self.keys.ready],
+                [self.node, name, int(self.orphan_ttl * 1000), self.keys.prefix, _NEWS_MAXLEN],
+            )
+        except (RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
+            logger.warning(
+                "redis bus %r: could not give %r up (%s); it is free in %.0fs",
+                self.node,
+                name,
+                exc,
+                self.lease_ttl,
+            )
+
+    # ------------------------------------------------------------ sending
+
+    def _direct(self, name: str) -> Endpoint | None:
+        endpoint = self._routes.get(name)
+        if endpoint is None:
+            return None
+        state = self._reader.streams.get(self.keys.stream(name))
+        return endpoint if state is None or state.direct else None
+
+    async def send(self, message: BusMessage) -> None:
+        """Deliver ``message``: to its target, wherever it is held, or as a broadcast.
+
+        A targeted message for a worker of this runner is delivered at once; for
+        another runner's worker, or a name nobody holds, it is queued for Redis
+        (in order) and written in a batch. A broadcast reaches this runner's
+        endpoints, then every other runner's. A local message stays here.
+
+        Raises:
+            QueueFull: a receiving inbox (or a destination's backlog) is full
+                and its policy is ``"error"``.
+            CodecError: the message cannot be encoded.
+            MessageTooLarge: its encoding exceeds ``max_message_bytes``.
+        """
+        target = message.target
+        if target is None:
+            refused = None
+            try:
+                await self.broadcast_local(message)
+            except ProxyError as exc:
+                refused = exc
+            if self._started and not isinstance(message, BusLocalMessage):
+                await self._writer.put(None, self._encode(message))
+                self._stats["broadcasts_out"] += 1
+            if refused is not None:
+                raise refused
+            return
+        endpoint = self._direct(target)
+        if endpoint is not None:
+            if not endpoint.offer(message):
+                await endpoint.put(message)
+            return
+        await self.send_to(target, message)
+
+    async def send_to(self, name: str, message: BusMessage) -> None:
+        """Deliver ``message`` to the endpoint holding ``name``, wherever it is, waiting for room.
+
+        Raises:
+            QueueFull: the destination is full and its policy is ``"error"``.
+            CodecError: the message cannot be encoded.
+        """
+        endpoint = self._direct(name)
+        if endpoint is not None:
+            if not endpoint.offer(message):
+                await endpoint.put(message)
+            return
+        if isinstance(message, BusLocalMessage) or not self._started:
+            self._undeliverable(name, message)
+            return
+        await self._writer.put(name, self._encode(message))
+
+    def offer_to(self, name: str, message: BusMessage) -> bool:
+        """Queue ``message`` for ``name`` without waiting; ``False`` if that needs a wait."""
+        endpoint = self._direct(name)
+        if endpoint is not None:
+            return endpoint.offer(message)
+        if isinstance(message, BusLocalMessage) or not self._started:
+            self._undeliverable(name, message)
+            return True
+        return self._writer.offer(name, self._encode(message))
+
+    def deliver_to(self, name: str, message: BusMessage) -> None:
+        """Queue ``message`` for ``name`` without waiting; dropped (counted) if it must wait."""
+        if not self.offer_to(name, message):
+            self._count("full", 1)
+
+    def _undeliverable(self, name: str, message: BusMessage) -> None:
+        self.undeliverable += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("redis bus: %r stays in its process; dropped for %r", message, name)
+
+    def _encode(self, message: BusMessage) -> bytes:
+        payload = self._codec.encode(Msg(1, message))
+        if len(payload) > self.max_message_bytes:
+            from proxy_core.errors import MessageTooLarge
+
+            raise MessageTooLarge(len(payload), self.max_message_bytes)
+        return payload
+
+    async def _write_batch(self, first: int, last: int, batch: list[tuple[Any, bytes]]) -> str:
+        keys = [self.keys.seq]
+        index: dict[str | None, int] = {None: 0}
+        args: list[Any] = [
+            self.node,
+            first,
+            last,
+            self.max_backlog,
+            int(self.orphan_ttl * 1000),
+            self._codec.name,
+            self.keys.prefix,
+        ]
+        for target, payload in batch:
+            position = index.get(target.name)
+            if position is None:
+                position = index[target.name] = len(index)
+                keys += [self.keys.stream(target.name), self.keys.lease(target.name)]
+            args += [position, payload]
+        result = await self._call("SEND", keys, args, retry_as="writing")
+        self._stats["sent"] += len(batch)
+        return _text(result)
+
+    # ------------------------------------------------------------ acknowledging
+
+    def _hooked(self, endpoint: Any) -> bool:
+        return isinstance(endpoint, BaseWorker) and endpoint._finished == self._finished
+
+    def _finished(self, worker: BaseWorker, message: BusMessage) -> None:
+        if self._tracker.finished(worker, message):
+            self._ack_soon()
+
+    def _ack_soon(self) -> None:
+        self._ack_wanted.set()
+
+    async def _ack_loop(self) -> None:
+        retry = self._retry("acknowledging")
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            try:
+                await self._flush_acks()
+            except CONNECTION_ERRORS as exc:
+                await retry.failed(exc)
+                self._ack_wanted.set()
+                continue
+            retry.succeeded()
+
+    async def _flush_acks(self) -> None:
+        acks = self._tracker.take_acks()
+        if not acks:
+            return
+        keys: list[str] = []
+        args: list[Any] = [self.node]
+        for state, entries in acks.items():
+            lease = self.keys.lease(state.name) if state.name else self.keys.alive(self.node)
+            keys += [state.key, lease]
+            args += [len(entries), state.trim_below(), *(f"{e[0]}-{e[1]}" for e in entries)]
+        try:
+            await self._call("ACK", keys, args)
+        except BaseException:
+            self._tracker.requeue(acks)
+            raise
+        self._stats["acked"] += sum(len(e) for e in acks.values())
+        self._reader.wake()
+
+    # ------------------------------------------------------------ leases and news
+
+    def _lease_value(self, endpoint: Endpoint) -> str:
+        policy = OverflowPolicy.WAIT
+        if isinstance(endpoint, BaseWorker):
+            policy = endpoint.queue_stats.overflow
+        runner = self._runner.name if self._runner is not None else "?"
+        return f"{self.node}\t{runner}\t{self.max_backlog}\t{policy.value}"
+
+    def _lease_valid(self, now: float) -> bool:
+        return now < self._valid_until
+
+    def _on_local_ready(self, name: str, data: WorkerReadyData | None) -> None:
+        if name not in self._routes or not self._started:
+            return
+        record = "" if data is None else self._record(data)
+        self._news.append((name, record))
+        self._news_wanted.set()
+
+    def _record(self, data: WorkerReadyData) -> str:
+        runner = self._runner.name if self._runner is not None else "?"
+        return f"{self.node}\t{runner}\t{int(data.remote)}\t{data.via or ''}"
+
+    def _on_news(self, kind: bytes, fields: dict[bytes, bytes]) -> None:
+        name = fields.get(b"w", b"").decode()
+        value = fields.get(b"v", b"").decode()
+        if kind == b"ready":
+            self._peer_ready(name, value)
+        elif kind == b"gone":
+            self._peer_gone(name, value)
+
+    def _peer_ready(self, name: str, record: str) -> None:
+        node, runner, remote, via = (record.split("\t") + ["", "", "", ""])[:4]
+        if node == self.node or not name or self._runner is None:
+            return
+        self._remote_ready[name] = (node, runner)
+        self._runner.registry.set_ready(name, remote=remote == "1", via=via or None, node=runner)
+
+    def _peer_gone(self, name: str, node: str) -> None:
+        known = self._remote_ready.get(name)
+        if known is None or known[0] != node or self._runner is None:
+            return
+        del self._remote_ready[name]
+        self._runner.registry.set_gone(name, node=known[1])
+
+    def _apply_snapshot(self, snapshot: list[Any]) -> None:
+        for i in range(0, len(snapshot), 2):
+            self._peer_ready(_text(snapshot[i]), _text(snapshot[i + 1]))
+
+    async def _control_loop(self) -> None:
+        """Publish readiness, renew leases, and sweep the dead runners' leftovers."""
+        loop = asyncio.get_running_loop()
+        retry = self._retry("renewing leases")
+        next_renew = loop.time() + self.lease_ttl / 3
+        next_sweep = loop.time() + self.lease_ttl / 2
+        while True:
+            try:
+                while self._news:
+                    name, record = self._news[0]
+                    await self._call(
+                        "PUBLISH",
+                        [self.keys.ready, self.keys.lease(name)],
+                        [self.node, name, record, self.keys.prefix, _NEWS_MAXLEN],
+                    )
+                    self._news.pop(0)
+                now = loop.time()
+                if now >= next_renew:
+                    await self._renew(now)
+                    next_renew = now + self.lease_ttl / 3
+                if now >= next_sweep:
+                    await self._sweep()
+                    next_sweep = now + self.lease_ttl / 2
+            except CONNECTION_ERRORS as exc:
+                await retry.failed(exc)
+                continue
+            retry.succeeded()
+            self._news_wanted.clear()
+            try:
+                async with asyncio.timeout(max(0.0, min(next_renew, next_sweep) - loop.time())):
+                    await self._news_wanted.wait()
+            except TimeoutError:
+                pass
+
+    async def _renew(self, started: float) -> None:
+        names = list(self._routes)
+        keys = self._node_keys() + [self.keys.lease(n) for n in names]
+        values = [self._lease_value(self._routes[n]) for n in names]
+        reply = await self._call("RENEW", keys, [self.node, self._ttl_ms(), self._info(), *values])
+        self._valid_until = started + self.lease_ttl * 0.8
+        self._reader.wake()
+        if int(reply[0]):
+            logger.warning(
+                "redis bus %r: Redis had forgotten this runner (presumed dead, or the server "
+                "restarted); registered again",
+                self.node,
+            )
+            self._count_in("state_lost", 1)
+            await self._republish()
+        for name, status in zip(names, reply[1:], strict=True):
+            if int(status) == 0:
+                self._lose(name)
+            elif int(status) == 2:
+                logger.warning(
+                    "redis bus %r: the lease of %r had expired (Redis out of reach for over "
+                    "%.0fs?); taken again",
+                    self.node,
+                    name,
+                    self.lease_ttl,
+                )
+
+    async def _republish(self) -> None:
+        registry = self._runner.registry if self._runner is not None else None
+        if registry is None:
+            return
+        for name in list(self._routes):
+            data = registry.get(name)
+            if data is not None and data.node is None:
+                self._on_local_ready(name, data)
+
+    async def _sweep(self) -> None:
+        gone = await self._call(
+            "SWEEP",
+            [self.keys.nodes, self.keys.ready, self.keys.seq],
+            [self.keys.prefix, self.node, _NEWS_MAXLEN],
+        )
+        for i in range(0, len(gone), 2):
+            self._peer_gone(_text(gone[i]), _text(gone[i + 1]))
+
+    def _lose(self, name: str) -> None:
+        """Another runner holds ``name`` now: stop reading it and end the local endpoint."""
+        endpoint = self._routes.get(name)
+        state = self._reader.remove(self.keys.stream(name))
+        if state is not None:
+            self._tracker.forget(state)
+        self._count_in("leases_lost", 1)
+        logger.error(
+            "redis bus %r: another runner holds %r now (this one could not renew its lease "
+            "in time); %r is ended here",
+            self.node,
+            name,
+            getattr(endpoint, "name", name),
+        )
+        if endpoint is not None:
+            owner = endpoint.name
+            self._routes = {k: v for k, v in self._routes.items() if k != name}
+            if isinstance(endpoint, BaseWorker) and endpoint.accepting:
+                endpoint.deliver(BusEndWorkerMessage(owner, owner, f"lost {name!r} on the bus"))
+
+    async def _recover(self, why: str) -> None:
+        """Redis lost this channel's state (a restart without persistence): set it up again."""
+        if self._closed:
+            raise asyncio.CancelledError
+        self._count_in("state_lost", 1)
+        logger.error(
+            "redis bus %r: %s: Redis lost this channel's state (a restart without "
+            "persistence?); messages it held are lost; setting up again",
+            self.node,
+            why,
+        )
+        retry = self._retry("setting up again")
+        while True:
+            try:
+                snapshot = await self._call(
+                    "REGISTER",
+                    self._node_keys()[:3] + [self.keys.ready],
+                    [self.node, self._info(), self._ttl_ms()],
+                )
+                self._apply_snapshot(snapshot)
+                for name, endpoint in list(self._routes.items()):
+                    reply = await self._call(
+                        "ACQUIRE",
+                        [self.keys.lease(name), self.keys.stream(name)],
+                        [self.node, self._ttl_ms(), self._lease_value(endpoint)],
+                    )
+                    if int(reply[0]) == 0:
+                        self._lose(name)
+                break
+            except CONNECTION_ERRORS as exc:
+                await retry.failed(exc)
+        self._reader.restart()
+        await self._republish()
+
+    # ------------------------------------------------------------ helpers
+
+    def _poke(self) -> None:
+        """Wake the blocked read: an entry in our own node stream ends its wait."""
+        if self._started and not self._closed:
+            task = asyncio.get_running_loop().create_task(self._poke_now())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _poke_now(self) -> None:
+        try:
+            await self._redis.xadd(self.keys.node_stream(self.node), {"k": "wake"})
+        except CONNECTION_ERRORS:
+            pass  # the read ends anyway, with the cut connection
+
+    def _retry(self, what: str) -> _Retry:
+        return _Retry(self, what)
+
+    async def _call(
+        self, script: str, keys: list[str], args: list[Any], *, retry_as: str | None = None
+    ) -> Any:
+        """Run one of :mod:`.scripts`; with ``retry_as``, retry cut connections (idempotent)."""
+        call: Callable[..., Awaitable[Any]] = self._scripts[script]
+        if retry_as is None:
+            return await call(keys=keys, args=args)
+        retry = self._retry(retry_as)
+        while True:
+            try:
+                result = await call(keys=keys, args=args)
+            except CONNECTION_ERRORS as exc:
+                await retry.failed(exc)
+                continue
+            except ResponseError as exc:
+                if "NOSCRIPT" in str(exc) or "LOADING" in str(exc):
+                    await retry.failed(exc)
+                    continue
+                raise
+            retry.succeeded()
+            return result
+
+    def _node_keys(self) -> list[str]:
+        return [self.keys.nodes, self.keys.alive(self.node), self.keys.node_stream(self.node)]
+
+    def _info(self) -> str:
+        runner = self._runner.name if self._runner is not None else "?"
+        return f"{runner}\t{self._codec.name}\t{os.getpid()}\t{socket.gethostname()}"
+
+    def _ttl_ms(self) -> int:
+        return int(self.lease_ttl * 1000)
+
+    def _count(self, reason: str, n: int) -> None:
+        self._dropped[reason] += n
+
+    def _count_in(self, what: str, n: int, *, detail: str = "") -> None:
+        self._stats[what] += n
+        if what == "undecodable" and _is_power_of_ten(self._stats[what]):
+            logger.warning(
+                "redis bus %r: an entry did not decode (%s); acknowledged and dropped (%d so far)",
+                self.node,
+                detail,
+                self._stats[what],
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Return the bus's counters: messages sent, received, acknowledged, dropped by reason..."""
+        return {
+            "bus": self.name,
+            "channel": self.channel,
+            "node": self.node,
+            "undeliverable": self.undeliverable,
+            "sent": self._writer.written,
+            "batches": self._writer.batches,
+            "queued": self._writer.buffered,
+            "in_flight": len(self._tracker),
+            "unheld": self._writer.unheld,
+            **{k: v for k, v in self._stats.items() if k != "sent"},
+            "dropped": dict(self._dropped),
+        }
+
+
+async def _cancel(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Cancel ``tasks`` and wait for them, bounded.
+
+    Cancelled again until done: on Python 3.11, ``asyncio.wait_for`` (which
+    redis-py uses) can swallow a cancellation that meets a result.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        if loop.time() >= deadline:
+            logger.warning("redis bus: %d task(s) did not stop in %.1fs", len(pending), timeout)
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.05)
+
+
+def _client(url: str) -> aioredis.Redis:
+    # Our loops retry with the bus's Backoff; redis-py's own retries would hide cuts.
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return client
+
+
+def _describe_client(client: Any) -> str:
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+    except AttributeError:
+        return repr(type(client).__name__)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n and n % 10 == 0:
+        n //= 10
+    return n == 1
