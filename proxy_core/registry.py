@@ -37,12 +37,15 @@ WatchCallback = Callable[[WorkerReadyData], Awaitable[None]]
 class Watch:
     """A registered watch; :meth:`cancel` stops it. Awaiting it is allowed and returns at once."""
 
-    __slots__ = ("_registry", "callback", "name")
+    __slots__ = ("_registry", "callback", "gone", "name")
 
-    def __init__(self, registry: WorkerRegistry, name: str, callback: WatchCallback) -> None:
+    def __init__(
+        self, registry: WorkerRegistry, name: str, callback: WatchCallback, gone: bool = False
+    ) -> None:
         self._registry = registry
         self.name = name
         self.callback = callback
+        self.gone = gone
 
     def cancel(self) -> None:
         """Stop receiving notifications for this watch."""
@@ -85,6 +88,17 @@ class WorkerRegistry:
             self._spawn(self._notify(handle, data))
         return handle
 
+    def watch_gone(self, name: str, callback: WatchCallback) -> Watch:
+        """Call ``await callback(data)`` each time worker ``name`` stops being ready.
+
+        A local worker that ends, a remote worker whose link closed, or, on a
+        shared bus, a worker whose runner left or whose process died (its
+        lease expired). ``data`` is what was known of it while it was ready.
+        """
+        handle = Watch(self, name, callback, gone=True)
+        self._watches.setdefault(name, []).append(handle)
+        return handle
+
     def _unwatch(self, handle: Watch) -> None:
         watches = self._watches.get(handle.name)
         if watches and handle in watches:
@@ -110,7 +124,8 @@ class WorkerRegistry:
         if known is not None:  # the same worker, now held elsewhere: not a new transition
             return
         for handle in list(self._watches.get(name, ())):
-            self._spawn(self._notify(handle, data))
+            if not handle.gone:
+                self._spawn(self._notify(handle, data))
 
     def set_gone(self, name: str, *, node: str | None = None) -> None:
         """Record that ``name`` is no longer available (a remote link closed, a worker ended).
@@ -125,6 +140,9 @@ class WorkerRegistry:
         logger.debug("worker %r is gone", name)
         if node is None and self._publish is not None:
             self._publish(name, None)
+        for handle in list(self._watches.get(name, ())):
+            if handle.gone:
+                self._spawn(self._notify(handle, known))
 
     def is_ready(self, name: str) -> bool:
         """Whether ``name`` is ready now."""

@@ -72,16 +72,23 @@ async def test_watch_fires_for_a_worker_that_becomes_ready_in_another_runner(
     async def on_ready(data: WorkerReadyData) -> None:
         seen.put_nowait(data)
 
+    gone: asyncio.Queue[WorkerReadyData] = asyncio.Queue()
+
+    async def on_gone(data: WorkerReadyData) -> None:
+        gone.put_nowait(data)
+
     watcher = Recorder("watcher")
     async with running(redis_url, ch, watcher, name="a") as a:
         a.registry.watch("late", on_ready)
+        a.registry.watch_gone("late", on_gone)
         async with running(redis_url, ch, Recorder("late"), name="b"):
             data = await wait(seen.get())
             assert data.name == "late" and data.node == "b" and not data.remote
             assert a.registry.is_ready("late")
+            assert gone.empty()
         # b ended cleanly: its worker is gone here too
-        while a.registry.is_ready("late"):
-            await asyncio.sleep(0.01)
+        assert (await wait(gone.get())).node == "b"
+        assert not a.registry.is_ready("late")
 
 
 async def test_broadcasts_reach_every_worker_but_the_source_in_every_runner(

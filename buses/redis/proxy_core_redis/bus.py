@@ -138,6 +138,9 @@ class RedisBus(BaseBus):
         reconnect: the retry policy when Redis is out of reach.
         put_timeout: seconds a sender waits for room before its message is dropped.
         close_timeout: seconds :meth:`aclose` waits for queued messages to be written.
+        claim_timeout: seconds ``add_workers`` waits for a name another runner
+            holds to become free (a standby taking over from a runner that
+            died); ``0`` (the default) refuses it at once.
 
     Raises:
         ConfigurationError: an option is out of range (the message says which).
@@ -161,6 +164,7 @@ class RedisBus(BaseBus):
         reconnect: Backoff | None = None,
         put_timeout: float = DEFAULT_PUT_TIMEOUT,
         close_timeout: float = 5.0,
+        claim_timeout: float = 0.0,
     ) -> None:
         super().__init__()
         if (url is None) == (redis is None):
@@ -192,6 +196,7 @@ class RedisBus(BaseBus):
         self.max_message_bytes = max_message_bytes
         self.reconnect = reconnect or Backoff(max_elapsed=300.0)
         self.close_timeout = close_timeout
+        self.claim_timeout = claim_timeout
         self.node: NodeId = NodeId("")
         self._tracker = AckTracker()
         self._reader = Reader(self, count=256, block_ms=2000, in_flight=in_flight)
@@ -367,10 +372,20 @@ class RedisBus(BaseBus):
         for name in names:
             keys += [self.keys.lease(name), self.keys.stream(name)]
         values = [self._lease_value(endpoint) for _ in names]
-        reply = await self._call("ACQUIRE", keys, [self.node, self._ttl_ms(), *values])
-        if int(reply[0]) == 0:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.claim_timeout
+        while True:
+            reply = await self._call("ACQUIRE", keys, [self.node, self._ttl_ms(), *values])
+            if int(reply[0]) == 1:
+                break
             name = names[int(reply[1]) - 1]
             holder = _text(reply[2]).split("\t")
+            left = deadline - loop.time()
+            if left > 0:
+                # Wait for that lease to run out (or to be given up), then try again.
+                ttl = await self._redis.pttl(self.keys.lease(name))
+                await asyncio.sleep(min(left, max(ttl, 10) / 1000))
+                continue
             raise ConfigurationError(
                 f"the name {name!r} is held on channel {self.channel!r} by runner "
                 f"{holder[1] if len(holder) > 1 else '?'!r} ({holder[0]}); it is free once "
