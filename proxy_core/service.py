@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from ssl import SSLContext
 from typing import Any
 
+from .bus import BaseBus
 from .errors import ConnectionClosed
 from .messages import BusMessage
 from .plugins import resolve_transport
@@ -80,6 +81,7 @@ async def serve_proxy(
     ssl: SSLContext | ServerTLS | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     proxy_name: str = "proxy",
+    bus_factory: Callable[[], BaseBus] | None = None,
     **proxy_options: Any,
 ) -> AsyncIterator[ProxyService]:
     """Serve proxy sessions on ``url`` while the ``async with`` block runs.
@@ -103,6 +105,11 @@ async def serve_proxy(
             backend takes, or an ``ssl.SSLContext`` (the WebSocket backends only).
         max_message_bytes: the frame limit, enforced before decoding.
         proxy_name: the name of the proxy worker in each session.
+        bus_factory: returns the bus of each session's runner (default: a new
+            in-process bus). With a shared bus (``lambda: RedisBus(url,
+            channel=...)``), ``worker_name`` may live in another process on
+            that bus; the session's proxy holds ``remote_worker_name`` (and its
+            own name) on the bus while it runs, so one session at a time.
         **proxy_options: more :class:`ProxyServer` options (heartbeats...).
     """
     backend = resolve_transport(transport)
@@ -141,7 +148,11 @@ async def serve_proxy(
         if accepted[0].resume_session_id is not None and await table.route(conn, accepted):
             return
         number = next(counter)
-        runner = WorkerRunner(name=f"session-{number}", handle_sigint=False)
+        runner = WorkerRunner(
+            name=f"session-{number}",
+            bus=bus_factory() if bus_factory is not None else None,
+            handle_sigint=False,
+        )
         proxy = ProxyServer(
             proxy_name,
             connection=conn,
@@ -160,6 +171,7 @@ async def serve_proxy(
         except Exception:
             logger.exception("setup of session %d failed; closing the connection", number)
             await conn.aclose(CloseCode.INTERNAL_ERROR, "session setup failed")
+            await runner.bus.aclose()  # a shared bus may hold a connection already
             return
         service.sessions_served += 1
         service.runners.add(runner)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from _support import LocalNote, Recorder, frame, wait
+from _support import LocalNote, Note, Recorder, frame, wait
 
 from proxy_core import BusDataMessage, WorkerReadyData, WorkerRunner
 from proxy_core_redis import RedisBus
@@ -283,3 +283,59 @@ async def test_a_redis_restart_without_persistence_is_reported_and_survived(
         assert runner.bus.stats()["state_lost"] >= 1
         assert echo.process.returncode is None
     assert any("lost" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+async def test_a_proxy_serves_a_worker_that_lives_in_another_process(redis_url: str) -> None:
+    """Client -> wire -> server proxy (this process, on the Redis bus) -> worker in a child."""
+    from proxy_core import BusFrameMessage, serve_proxy
+    from proxy_core_websockets import WebSocketProxyClient
+
+    ch = channel()
+
+    async def setup(runner: WorkerRunner) -> None:
+        """The served worker is not here: it lives in the child, on the same bus."""
+
+    acme = Recorder("acme")
+    ready: asyncio.Queue[WorkerReadyData] = asyncio.Queue()
+
+    async def on_ready(data: WorkerReadyData) -> None:
+        ready.put_nowait(data)
+
+    async with (
+        child("echo", redis_url, ch, "assistant"),
+        serve_proxy(
+            "ws://127.0.0.1:0/ws",
+            worker_name="assistant",
+            remote_worker_name="acme",
+            forward_messages=(BusFrameMessage,),
+            setup=setup,
+            bus_factory=lambda: RedisBus(redis_url, channel=ch, lease_ttl=2.0),
+        ) as service,
+    ):
+        client_runner = WorkerRunner("client", handle_sigint=False)
+        proxy = WebSocketProxyClient(
+            "proxy",
+            url=service.url,
+            local_worker_name="acme",
+            remote_worker_name="assistant",
+            forward_messages=(BusFrameMessage,),
+            reconnect=None,
+        )
+        client_runner.registry.watch("assistant", on_ready)
+        await client_runner.add_workers(acme, proxy)
+        task = asyncio.create_task(client_runner.run())
+        try:
+            await acme.activate_worker("proxy")
+            assert (await wait(ready.get())).remote  # announced by the server, from the child
+            await acme.send_bus_message(frame("acme", "assistant", "across two hops"))
+            reply = await acme.wait_text("across two hops")
+            assert reply.source == "assistant"
+            # The rules still apply: a message the proxy must not carry does not cross.
+            await acme.send_bus_message(Note("acme", "assistant", "not allow-listed"))
+            await acme.send_bus_message(frame("acme", "assistant", "marker"))
+            await acme.wait_text("marker")
+            assert "not allow-listed" not in acme.texts()
+            assert proxy.stats.dropped_out["not_allowed"] == 1
+        finally:
+            await client_runner.end()
+            await wait(task)

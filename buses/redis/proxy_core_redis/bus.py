@@ -49,6 +49,20 @@ logger = logging.getLogger("proxy_core_redis")
 #: The oldest Redis server the bus runs on.
 MIN_REDIS_VERSION = (6, 2)
 
+#: The counters of :meth:`RedisBus.stats` besides those of the writer (always present).
+_COUNTERS = (
+    "received",
+    "broadcasts_out",
+    "acked",
+    "claimed",
+    "redelivered",
+    "undecodable",
+    "lost",
+    "reconnects",
+    "state_lost",
+    "leases_lost",
+)
+
 #: The most entries kept in a runner's node stream of registry news.
 _NEWS_MAXLEN = 10_000
 
@@ -220,7 +234,7 @@ class RedisBus(BaseBus):
         self._news_wanted = asyncio.Event()
         self._ack_wanted = asyncio.Event()
         self._remote_ready: dict[str, tuple[str, str]] = {}
-        self._stats: Counter[str] = Counter()
+        self._stats: Counter[str] = Counter(dict.fromkeys(_COUNTERS, 0))
         self._dropped: Counter[str] = Counter()
 
     def __repr__(self) -> str:
@@ -551,7 +565,6 @@ class RedisBus(BaseBus):
                 keys += [self.keys.stream(target.name), self.keys.lease(target.name)]
             args += [position, payload]
         result = await self._call("SEND", keys, args, retry_as="writing")
-        self._stats["sent"] += len(batch)
         return _text(result)
 
     # ------------------------------------------------------------ acknowledging
