@@ -129,6 +129,11 @@ class BaseWorker:
         return self.runner.registry
 
     @property
+    def max_queue(self) -> int:
+        """The bound of the inbox, in messages."""
+        return self._inbox.maxsize
+
+    @property
     def accepting(self) -> bool:
         """Whether the inbox still takes messages (``False`` once the worker stopped)."""
         return not self._inbox.closed

@@ -11,15 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from _support import LocalNote, Recorder, frame, wait
+from _support import LocalNote, Recorder, frame, text_of, wait
 
-from proxy_core import BusDataMessage, ConfigurationError, WorkerReadyData, WorkerRunner
-from proxy_core_redis import RedisBus
+from proxy_core import (
+    BaseWorker,
+    BusDataMessage,
+    BusEndMessage,
+    BusMessage,
+    ConfigurationError,
+    ConnectError,
+    QueueFull,
+    WorkerReadyData,
+    WorkerRunner,
+)
+from proxy_core.codecs.msgpack import MsgpackCodec
+from proxy_core.protocol import Msg
+from proxy_core_redis import RedisBus, RedisServer
 
 _channels = itertools.count(1)
 
@@ -153,3 +166,196 @@ async def test_messages_for_a_name_nobody_holds_wait_for_its_next_holder(redis_u
         async with running(redis_url, ch, later, name="b"):
             for i in range(20):
                 assert (await later.inbox.get()).frame.text == f"m{i}"  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ bounded, safe, secret
+
+
+class LogWaiter(logging.Handler):
+    """Sets an event when a record of the bus's logger contains a given text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.seen = asyncio.Event()
+        self.logger = logging.getLogger("proxy_core_redis")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+    def __enter__(self) -> LogWaiter:
+        self.level_before = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level_before)
+
+
+class Gate(Recorder):
+    """A worker whose handler waits until the gate opens."""
+
+    def __init__(self, name: str, **options: Any) -> None:
+        BaseWorker.__init__(self, name, **options)
+        self.seen = []
+        self.inbox = asyncio.Queue()
+        self.activations = asyncio.Queue()
+        self.ended = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        await self.gate.wait()
+        await super().on_bus_message(message)
+
+
+async def stream_length(url: str, channel: str, name: str) -> int:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return int(await client.xlen(f"pc:{{{channel}}}:w:{name}"))
+    finally:
+        await client.aclose()
+
+
+async def test_a_full_backlog_holds_the_sender_back_and_loses_nothing(redis_url: str) -> None:
+    ch = channel()
+    sink = Gate("sink", max_queue=10)
+    alice = Recorder("alice")
+    options = {"max_backlog": 50, "in_flight": 10}
+    async with (
+        running(redis_url, ch, sink, name="b", **options),
+        running(redis_url, ch, alice, name="a", **options),
+    ):
+        with LogWaiter("is full") as full:
+            for i in range(300):
+                await alice.send_bus_message(frame("alice", "sink", f"m{i}"))
+            await wait(full.seen.wait())
+        assert await stream_length(redis_url, ch, "sink") <= 50
+        sink.gate.set()
+        for i in range(300):
+            assert text_of(await wait(sink.inbox.get())) == f"m{i}"
+
+
+async def test_drop_newest_on_a_full_backlog_keeps_the_first_and_counts_the_rest(
+    redis_url: str,
+) -> None:
+    ch = channel()
+    sink = Gate("sink", max_queue=10, overflow="drop_newest")
+    alice = Recorder("alice")
+    options = {"max_backlog": 50, "in_flight": 10}
+    async with (
+        running(redis_url, ch, sink, name="b", **options),
+        running(redis_url, ch, alice, name="a", **options) as a,
+    ):
+        for i in range(200):
+            await alice.send_bus_message(frame("alice", "sink", f"m{i}"))
+        assert await wait(a.bus._writer.drain(30))  # type: ignore[attr-defined]
+        assert await stream_length(redis_url, ch, "sink") == 50
+        assert a.bus.stats()["dropped"] == {"drop_newest": 150}
+        sink.gate.set()
+        for i in range(50):
+            assert text_of(await wait(sink.inbox.get())) == f"m{i}"
+
+
+async def test_error_on_a_full_backlog_refuses_or_counts_every_extra_message(
+    redis_url: str,
+) -> None:
+    ch = channel()
+    sink = Gate("sink", max_queue=5, overflow="error")
+    alice = Recorder("alice")
+    options = {"max_backlog": 20, "in_flight": 5}
+    async with (
+        running(redis_url, ch, sink, name="b", **options),
+        running(redis_url, ch, alice, name="a", **options) as a,
+    ):
+        refused = 0
+        for i in range(30):
+            try:
+                await alice.send_bus_message(frame("alice", "sink", f"m{i}"))
+            except QueueFull:
+                refused += 1
+            assert await wait(a.bus._writer.drain(30))  # type: ignore[attr-defined]
+        assert refused + a.bus.stats()["dropped"].get("error", 0) == 10
+        assert await stream_length(redis_url, ch, "sink") == 20
+
+
+async def test_messages_nobody_takes_expire_after_orphan_ttl_and_are_counted(
+    redis_url: str,
+) -> None:
+    ch = channel()
+    alice = Recorder("alice")
+    with LogWaiter("dropped: no runner took the name") as expired:
+        async with running(redis_url, ch, alice, name="a", lease_ttl=0.4, orphan_ttl=0.5) as a:
+            for i in range(7):
+                await alice.send_bus_message(frame("alice", "nobody", f"m{i}"))
+            await wait(expired.seen.wait())
+            assert a.bus.stats()["dropped"]["expired"] == 7
+            assert await stream_length(redis_url, ch, "nobody") == 0
+    assert await keys_of(redis_url, ch) == []
+
+
+async def test_undecodable_entries_are_acknowledged_counted_and_logged(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ch = channel()
+    bob = Recorder("bob")
+    async with running(redis_url, ch, bob, name="b") as b:
+        client = aioredis.Redis.from_url(redis_url)
+        stream = f"pc:{{{ch}}}:w:bob"
+        try:
+            await client.xadd(stream, {"c": "msgpack", "m": b"\xc1 not msgpack"})
+            await client.xadd(stream, {"c": "no-such-codec", "m": b"x"})
+            await client.xadd(stream, {"c": "msgpack"})  # no message at all
+            bad = MsgpackCodec().encode(Msg(1, BusEndMessage("bob", None, "end it")))
+            await client.xadd(stream, {"c": "msgpack", "m": bad})  # a local message
+            await client.xadd(stream, {"c": "msgpack", "m": b"\x00" * 2_000_000})  # too large
+        finally:
+            await client.aclose()
+        alice = Recorder("alice")
+        async with running(redis_url, ch, alice, name="a"):
+            await alice.send_bus_message(frame("alice", "bob", "still fine"))
+            await bob.wait_text("still fine")
+        assert b.bus.stats()["undecodable"] == 5
+        assert not [m for m in bob.seen if text_of(m) != "still fine"]
+        assert await stream_length(redis_url, ch, "bob") == 0  # acknowledged and trimmed
+    assert "did not decode" in caplog.text
+
+
+async def test_passwords_work_and_never_show(tmp_path: Any) -> None:
+    secret = "s3cret-Pa55"
+    with RedisServer(password=secret) as server:
+        server.start()
+        ch = channel()
+        alice, bob = Recorder("alice"), Recorder("bob")
+        async with (
+            running(server.url, ch, alice, name="a") as a,
+            running(server.url, ch, bob, name="b"),
+        ):
+            await alice.send_bus_message(frame("alice", "bob", "authenticated"))
+            await bob.wait_text("authenticated")
+            for shown in (a.bus.url, repr(a.bus), str(a.bus.stats())):
+                assert secret not in shown
+        wrong = server.url.replace(secret, "wrong-password")
+        runner = WorkerRunner("c", bus=RedisBus(wrong, channel=ch), handle_sigint=False)
+        with pytest.raises(ConnectError) as caught:
+            await runner.add_workers(Recorder("carol"))
+        assert "wrong-password" not in str(caught.value) and "refused" in str(caught.value)
+        await runner.bus.aclose()
+
+
+async def test_an_acl_user_works(tmp_path: Any) -> None:
+    acl = ["--user", "bots", "on", ">bots-pw", "~*", "&*", "+@all"]
+    with RedisServer(extra_args=acl, password="admin-only") as server:
+        try:
+            server.start()
+        except Exception as exc:  # pragma: no cover - depends on the binary
+            pytest.skip(f"this redis-server takes no ACL users on its command line: {exc}")
+        url = f"redis://bots:bots-pw@127.0.0.1:{server.port}/0"
+        ch = channel()
+        alice, bob = Recorder("alice"), Recorder("bob")
+        async with running(url, ch, alice, name="a") as a, running(url, ch, bob, name="b"):
+            await alice.send_bus_message(frame("alice", "bob", "as bots"))
+            await bob.wait_text("as bots")
+            assert "bots-pw" not in a.bus.url

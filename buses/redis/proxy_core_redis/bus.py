@@ -389,7 +389,11 @@ class RedisBus(BaseBus):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.claim_timeout
         while True:
-            reply = await self._call("ACQUIRE", keys, [self.node, self._ttl_ms(), *values])
+            reply = await self._call(
+                "ACQUIRE",
+                keys,
+                [self.node, self._ttl_ms(), *values, self.keys.orphans, self.keys.prefix],
+            )
             if int(reply[0]) == 1:
                 break
             name = names[int(reply[1]) - 1]
@@ -446,8 +450,8 @@ class RedisBus(BaseBus):
         try:
             await self._call(
                 "RELEASE",
-                [self.keys.lease(name), self.keys.stream(name), self.keys.ready],
-                [self.node, name, int(self.orphan_ttl * 1000), self.keys.prefix, _NEWS_MAXLEN],
+                [self.keys.lease(name), self.keys.stream(name), self.keys.ready, self.keys.orphans],
+                [self.node, name, self._backstop_ms(), self.keys.prefix, _NEWS_MAXLEN],
             )
         except (RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
             logger.warning(
@@ -554,7 +558,7 @@ class RedisBus(BaseBus):
             first,
             last,
             self.max_backlog,
-            int(self.orphan_ttl * 1000),
+            self._backstop_ms(),
             self._codec.name,
             self.keys.prefix,
         ]
@@ -730,13 +734,30 @@ class RedisBus(BaseBus):
                 self._on_local_ready(name, data)
 
     async def _sweep(self) -> None:
-        gone = await self._call(
+        gone, expired = await self._call(
             "SWEEP",
-            [self.keys.nodes, self.keys.ready, self.keys.seq],
-            [self.keys.prefix, self.node, _NEWS_MAXLEN],
+            [self.keys.nodes, self.keys.ready, self.keys.seq, self.keys.orphans],
+            [
+                self.keys.prefix,
+                self.node,
+                _NEWS_MAXLEN,
+                int(self.orphan_ttl * 1000),
+                self._backstop_ms(),
+            ],
         )
         for i in range(0, len(gone), 2):
             self._peer_gone(_text(gone[i]), _text(gone[i + 1]))
+        for i in range(0, len(expired), 2):
+            name, count = _text(expired[i]), int(expired[i + 1])
+            self._count("expired", count)
+            logger.warning(
+                "redis bus %r: %d message(s) for %r dropped: no runner took the name within "
+                "orphan_ttl (%.0fs)",
+                self.node,
+                count,
+                name,
+                self.orphan_ttl,
+            )
 
     def _lose(self, name: str) -> None:
         """Another runner holds ``name`` now: stop reading it and end the local endpoint."""
@@ -782,7 +803,13 @@ class RedisBus(BaseBus):
                     reply = await self._call(
                         "ACQUIRE",
                         [self.keys.lease(name), self.keys.stream(name)],
-                        [self.node, self._ttl_ms(), self._lease_value(endpoint)],
+                        [
+                            self.node,
+                            self._ttl_ms(),
+                            self._lease_value(endpoint),
+                            self.keys.orphans,
+                            self.keys.prefix,
+                        ],
                     )
                     if int(reply[0]) == 0:
                         self._lose(name)
@@ -837,6 +864,11 @@ class RedisBus(BaseBus):
     def _info(self) -> str:
         runner = self._runner.name if self._runner is not None else "?"
         return f"{runner}\t{self._codec.name}\t{os.getpid()}\t{socket.gethostname()}"
+
+    def _backstop_ms(self) -> int:
+        # A stream no runner holds is dropped (counted) by a sweep after the
+        # orphan ttl; its key expires later still, for a channel nobody sweeps.
+        return int((2 * self.orphan_ttl + self.lease_ttl) * 1000)
 
     def _ttl_ms(self) -> int:
         return int(self.lease_ttl * 1000)

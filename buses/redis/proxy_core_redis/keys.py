@@ -17,6 +17,8 @@ key                      type    what it holds
 ``ready``                hash    worker name -> node, runner, remote, via
 ``seq``                  hash    node -> its last write batch and the result
                                  (a retried batch is answered, not applied again)
+``orphans``              hash    worker name -> since when its stream has waited
+                                 for a holder (dropped after the orphan ttl)
 =======================  ======  ==================================================
 """
 
@@ -90,6 +92,11 @@ class Keys:
     def ready(self) -> str:
         """The hash of ready workers."""
         return f"{self.prefix}ready"
+
+    @property
+    def orphans(self) -> str:
+        """The hash of streams that no runner holds, and since when."""
+        return f"{self.prefix}orphans"
 
     @property
     def seq(self) -> str:

@@ -63,6 +63,7 @@ class Reader:
         self.streams: dict[str, StreamState] = {}
         self._wake = asyncio.Event()
         self._blocking = False
+        self._reading: set[str] = set()  # the streams of the read in progress
         self._delivering: dict[StreamState, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------ streams
@@ -87,16 +88,39 @@ class Reader:
             state.restart()
 
     def wake(self) -> None:
-        """Have the read loop look at its streams again (one became readable)."""
+        """Have the read loop look at its streams again (one may have become readable).
+
+        A blocking read that leaves out a stream now readable is ended early
+        (an entry in our node stream); one that reads them all is left alone.
+        """
         self._wake.set()
         if self._blocking:
-            self._bus._poke()
+            now = asyncio.get_running_loop().time()
+            reading = self._reading
+            if any(k not in reading and self.readable(s, now) for k, s in self.streams.items()):
+                self._blocking = False  # one poke per read
+                self._bus._poke()
 
     def readable(self, state: StreamState, now: float) -> bool:
-        """Whether ``state`` may be read now."""
-        if state.held or len(state.outstanding) >= self._in_flight:
+        """Whether ``state`` may be read now.
+
+        Not while entries wait for room in its inbox, nor while as many are
+        delivered and unfinished as the window (at most the worker's inbox
+        bound: the backlog stays in Redis, where senders see it, instead of
+        overflowing the inbox), nor while this runner's leases are not known
+        to be valid.
+        """
+        if state.held or len(state.outstanding) >= self._window(state):
             return False
         return state.name is None or self._bus._lease_valid(now)
+
+    def _window(self, state: StreamState) -> int:
+        if state.name is None:
+            return self._in_flight
+        endpoint = self._bus._routes.get(state.name)
+        if isinstance(endpoint, BaseWorker):
+            return min(self._in_flight, endpoint.max_queue)
+        return self._in_flight
 
     # ------------------------------------------------------------ the task
 
@@ -118,6 +142,7 @@ class Reader:
                 continue
             pending = any(cursor != ">" for cursor in wanted.values())
             self._blocking = not pending
+            self._reading = set(wanted)
             reply: Any
             try:
                 reply = await bus._redis.xreadgroup(
@@ -160,14 +185,19 @@ class Reader:
         if pending and not entries:
             state.cursor = ">"  # our pending list is read: new entries from now on
             return
+        window = self._window(state)
         for raw_id, fields in entries:
             entry = parse_id(raw_id)
-            if pending:
-                state.cursor = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
             if entry <= state.delivered_upto:
                 continue  # delivered already in this hold (we read our pending list again)
+            if len(state.outstanding) >= window:
+                # The rest stays in our pending list, read again once there is room.
+                state.cursor = f"{state.delivered_upto[0]}-{state.delivered_upto[1]}"
+                break
+            if pending:
+                state.cursor = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
             if not fields:  # trimmed away while pending: its content is gone
-                bus._count("lost", 1)
+                bus._count_in("lost", 1)
                 bus._tracker.finish_entry(state, entry)
                 continue
             kind = fields.get(b"k")

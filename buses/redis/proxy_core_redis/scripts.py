@@ -20,6 +20,14 @@ local function holder(value)
 end
 """
 
+# The server's clock, in milliseconds.
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
 # Tell every other live runner some registry news (in its node stream).
 _TELL = """
 local function tell(prefix, me, maxlen, kind, name, record)
@@ -50,7 +58,8 @@ redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 """
 
-#: KEYS: (lease, stream) per name. ARGV: node, ttl ms, then the lease value per name.
+#: KEYS: (lease, stream) per name. ARGV: node, ttl ms, the lease value per name,
+#: then the orphans key and the prefix.
 #: All or nothing: returns {0, index, current value} if another runner holds a
 #: name, else {1, {claimed, last claimed id, backlog} per name}. A name taken over
 #: from a dead runner gets that runner's pending entries (claimed to this runner,
@@ -71,6 +80,7 @@ for i = 1, n do
   redis.call('SET', lease, ARGV[2 + i], 'PX', ttl)
   redis.pcall('XGROUP', 'CREATE', stream, 'g', '0', 'MKSTREAM')
   redis.call('PERSIST', stream)
+  redis.call('HDEL', ARGV[3 + n], string.sub(stream, #ARGV[4 + n] + 3))
   local claimed, last = 0, ''
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', stream, 'g')) do
     local name, pending
@@ -130,11 +140,12 @@ return out
 """
 )
 
-#: KEYS: lease, stream, ready. ARGV: node, name, orphan ttl ms, prefix, news maxlen.
+#: KEYS: lease, stream, ready, orphans. ARGV: node, name, backstop ms, prefix, news maxlen.
 #: Gives a name up: what is left in its stream waits for a next holder at most
 #: the orphan ttl; an empty stream is deleted. Returns the entries left.
 RELEASE = (
     _HOLDER
+    + _NOW
     + _TELL
     + """
 local node, name = ARGV[1], ARGV[2]
@@ -148,6 +159,7 @@ if left == 0 then
   redis.call('DEL', KEYS[2])
 elseif redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('HSETNX', KEYS[4], name, now_ms())
 end
 return left
 """
@@ -173,12 +185,16 @@ return 1
 """
 )
 
-#: KEYS: nodes, ready, seq. ARGV: prefix, node, news maxlen.
+#: KEYS: nodes, ready, seq, orphans. ARGV: prefix, node, news maxlen, orphan ttl ms,
+#: backstop ms (the expiry of a stream nobody holds, should every runner be gone).
 #: Forgets runners whose presence expired (their node stream, their last batch)
-#: and the ready workers whose lease expired; tells everyone. Returns the names
-#: found gone, each followed by its holder.
+#: and the ready workers whose lease expired; tells everyone. Drops (and
+#: counts) the messages that waited longer than the orphan ttl for a name no
+#: runner holds. Returns {names found gone, each followed by its holder;
+#: names whose messages expired, each followed by how many}.
 SWEEP = (
     _HOLDER
+    + _NOW
     + _TELL
     + """
 local prefix, me = ARGV[1], ARGV[2]
@@ -202,8 +218,39 @@ for i = 1, #ready, 2 do
     gone[#gone + 1] = who
   end
 end
-for i = 1, #gone, 2 do tell(prefix, '', ARGV[3], 'gone', gone[i], gone[i + 1]) end
-return gone
+local now = now_ms()
+for i = 1, #gone, 2 do
+  tell(prefix, '', ARGV[3], 'gone', gone[i], gone[i + 1])
+  if redis.call('EXISTS', prefix .. 'lease:' .. gone[i]) == 0 then
+    redis.call('HSETNX', KEYS[4], gone[i], now)
+  end
+end
+local expired = {}
+local orphans = redis.call('HGETALL', KEYS[4])
+local ttl = tonumber(ARGV[4])
+for i = 1, #orphans, 2 do
+  local name, since = orphans[i], tonumber(orphans[i + 1])
+  local stream = prefix .. 'w:' .. name
+  if redis.call('EXISTS', prefix .. 'lease:' .. name) == 1
+     or redis.call('EXISTS', stream) == 0 then
+    redis.call('HDEL', KEYS[4], name)
+  elseif now - since >= ttl then
+    local before = redis.call('XLEN', stream)
+    redis.call('XTRIM', stream, 'MINID', now - ttl)
+    local after = redis.call('XLEN', stream)
+    if before > after then
+      expired[#expired + 1] = name
+      expired[#expired + 1] = before - after
+    end
+    if after == 0 then
+      redis.call('DEL', stream)
+      redis.call('HDEL', KEYS[4], name)
+    else
+      redis.call('PEXPIRE', stream, ARGV[5])
+    end
+  end
+end
+return {gone, expired}
 """
 )
 
@@ -238,7 +285,7 @@ return out
 )
 
 #: KEYS: seq, then (stream, lease) per target. ARGV: node, first seq, last seq,
-#: default max backlog, orphan ttl ms, codec, prefix, then per message: the
+#: default max backlog, backstop ms, codec, prefix, then per message: the
 #: target's index (0: a broadcast to every other runner) and the payload.
 #:
 #: Idempotent: the result of the runner's last batch is kept, and a batch sent
@@ -247,11 +294,14 @@ return out
 #: ``wait`` (the sender tries again later, in order), drops the oldest unread
 #: entry under ``drop_oldest``, and refuses the message otherwise (counted by
 #: the sender). A stream that no runner holds expires after the orphan ttl
-#: unless someone takes the name. Returns the result as JSON: ``r`` refused and
+#: unless someone takes the name (the sweep drops them, counted, after the orphan
+#: ttl; the key's own expiry, later, is the backstop). Returns the result as JSON: ``r`` refused and
 #: ``d`` dropped message indexes, ``o`` oldest entries dropped, ``b`` broadcast
 #: copies dropped (a runner's node stream was full), ``h`` whether each target
 #: is held, ``l`` its backlog, ``m`` its limit, ``p`` its policy.
-SEND = """
+SEND = (
+    _NOW
+    + """
 local node, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local record = redis.call('HGET', KEYS[1], node)
 if record then
@@ -325,10 +375,14 @@ while i <= #ARGV do
   end
 end
 for t = 1, #held do
-  if held[t] == 0 and len[t] > 0 then redis.call('PEXPIRE', KEYS[2 * t], ARGV[5]) end
+  if held[t] == 0 and len[t] > 0 then
+    redis.call('PEXPIRE', KEYS[2 * t], ARGV[5])
+    redis.call('HSETNX', prefix .. 'orphans', string.sub(KEYS[2 * t], #prefix + 3), now_ms())
+  end
 end
 local result = cjson.encode({r = refused, d = dropped, o = oldest, b = bcast,
                              h = held, l = len, m = max, p = policy})
 redis.call('HSET', KEYS[1], node, first .. '\\t' .. last .. '\\t' .. result)
 return result
 """
+)

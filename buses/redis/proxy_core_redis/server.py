@@ -88,12 +88,16 @@ def _free_port() -> int:
             return port
 
 
-def _answering_pid(port: int) -> int | None:
+def _answering_pid(port: int, password: str | None = None) -> int | None:
     """Return the pid of the Redis answering PING on ``port``, or ``None``."""
     data = b""
+    hello = b"PING\r\nINFO server\r\n"
+    if password is not None:
+        secret = password.encode()
+        hello = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) + hello
     try:
         with socket.create_connection((HOST, port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\nINFO server\r\n")
+            sock.sendall(hello)
             while (match := _PID.search(data)) is None:
                 chunk = sock.recv(65536)
                 if not chunk or len(data) > 1 << 20:
@@ -101,6 +105,10 @@ def _answering_pid(port: int) -> int | None:
                 data += chunk
     except OSError:
         return None
+    if password is not None:
+        if not data.startswith(b"+OK\r\n"):
+            return None
+        data = data[5:]
     return int(match.group(1)) if data.startswith(b"+PONG\r\n") else None
 
 
@@ -120,6 +128,7 @@ class RedisServer:
         directory: where the data and ``redis.log`` go, kept on :meth:`close`;
             by default a temporary directory, removed on close.
         extra_args: more ``--option value`` arguments for redis-server.
+        password: require this password (``requirepass``); :attr:`url` carries it.
 
     Raises:
         RedisServerError: no binary was given and none was found.
@@ -132,6 +141,7 @@ class RedisServer:
         binary: str | None = None,
         directory: str | Path | None = None,
         extra_args: Sequence[str] = (),
+        password: str | None = None,
     ) -> None:
         found = binary if binary is not None else find_redis_server()
         if found is None:
@@ -139,6 +149,9 @@ class RedisServer:
         self._binary = found
         self._persistence = persistence
         self._extra_args = list(extra_args)
+        self._password = password
+        if password is not None:
+            self._extra_args += ["--requirepass", password]
         self._given_directory = Path(directory) if directory is not None else None
         self._directory: Path | None = None
         self._port: int | None = None
@@ -159,8 +172,9 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{HOST}:{self.port}/0"
+        """``redis://127.0.0.1:PORT/0`` (``redis://:PASSWORD@...`` with a password)."""
+        auth = f":{self._password}@" if self._password is not None else ""
+        return f"redis://{auth}{HOST}:{self.port}/0"
 
     @property
     def binary(self) -> str:
@@ -248,7 +262,7 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT
         while process.poll() is None:
             # The pid check: after a lost race for the port, another Redis may answer.
-            if _answering_pid(port) == process.pid:
+            if _answering_pid(port, self._password) == process.pid:
                 return None
             if time.monotonic() > deadline:
                 self.stop(kill=True)

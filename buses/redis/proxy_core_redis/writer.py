@@ -138,8 +138,7 @@ class Writer:
         policy = target.policy
         if target.full_until and name is not None and policy is not OverflowPolicy.WAIT:
             if asyncio.get_running_loop().time() < target.full_until:
-                if policy is OverflowPolicy.ERROR:
-                    self._count("error", 1)
+                if policy is OverflowPolicy.ERROR:  # the sender is told: not a silent drop
                     raise QueueFull(name, policy.value, target.limit)
                 if policy is OverflowPolicy.DROP_NEWEST:
                     self._count("drop_newest", 1)
@@ -304,6 +303,8 @@ class Writer:
         if target in self._ready:  # a sender queued more meanwhile: wait all the same
             self._ready.remove(target)
         delay = _RETRY_FULL[min(target.retries, len(_RETRY_FULL) - 1)]
+        if not target.retries:
+            logger.debug("redis bus: the backlog of %r is full; its messages wait", target.name)
         target.retries += 1
         loop.call_later(delay, self._resume, target)
 
