@@ -229,6 +229,7 @@ class RedisBus(BaseBus):
         self._started = False
         self._closed = False
         self._stopping = False
+        self._poking: asyncio.Task[None] | None = None
         self._valid_until = 0.0
         self._news: list[tuple[str, str]] = []
         self._news_wanted = asyncio.Event()
@@ -320,6 +321,7 @@ class RedisBus(BaseBus):
         self._stopping = True
         for task in self._tasks[:1]:  # the reader
             task.cancel()
+        self._reader.stop()
 
     async def aclose(self) -> None:
         """Write what is queued, give up every name, leave the channel, and disconnect.
@@ -356,7 +358,7 @@ class RedisBus(BaseBus):
                 exc,
                 self.lease_ttl,
             )
-        await _cancel(self._tasks, self.close_timeout)
+        await _cancel([*self._tasks, *([self._poking] if self._poking else [])], self.close_timeout)
         if self._owned:
             await self._redis.aclose()
         logger.info("redis bus: runner %s left channel %r", self.node, self.channel)
@@ -393,6 +395,7 @@ class RedisBus(BaseBus):
                 "ACQUIRE",
                 keys,
                 [self.node, self._ttl_ms(), *values, self.keys.orphans, self.keys.prefix],
+                retry_as="claiming names",  # idempotent for this runner
             )
             if int(reply[0]) == 1:
                 break
@@ -823,15 +826,16 @@ class RedisBus(BaseBus):
 
     def _poke(self) -> None:
         """Wake the blocked read: an entry in our own node stream ends its wait."""
-        if self._started and not self._closed:
-            task = asyncio.get_running_loop().create_task(self._poke_now())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if self._started and not self._stopping and self._poking is None:
+            self._poking = asyncio.get_running_loop().create_task(self._poke_now())
 
     async def _poke_now(self) -> None:
         try:
             await self._redis.xadd(self.keys.node_stream(self.node), {"k": "wake"})
         except CONNECTION_ERRORS:
             pass  # the read ends anyway, with the cut connection
+        finally:
+            self._poking = None
 
     def _retry(self, what: str) -> _Retry:
         return _Retry(self, what)

@@ -82,6 +82,12 @@ class Reader:
                 task.cancel()
         return state
 
+    def stop(self) -> None:
+        """Stop handing held entries over (their workers are stopping; they stay pending)."""
+        for task in self._delivering.values():
+            task.cancel()
+        self._delivering.clear()
+
     def restart(self) -> None:
         """Read every stream from its pending list again (after a cut or a restart)."""
         for state in self.streams.values():
