@@ -29,10 +29,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="run both sides over loopback and show what crosses and what is filtered"
+        "demo",
+        help="show what crosses and what stays: a proxy over loopback, or (--bus redis) "
+        "one Redis bus over two processes",
+        description="Show what crosses and what stays. --bus local (the default): both sides "
+        "of a proxy in this process, over loopback. --bus redis: the workers in two processes "
+        "on one Redis bus, on a throwaway redis-server unless --redis-url is given.",
     )
-    demo.add_argument("--transport", default="websockets", help="transport name")
-    demo.add_argument("--codec", default="msgpack", help="codec name")
+    demo.add_argument(
+        "--bus",
+        choices=("local", "redis"),
+        default="local",
+        help="local: a proxy between two in-process buses; redis: one bus over two processes "
+        "(needs proxy-core-redis) (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--transport", default=None, help="with --bus local: transport name (default: websockets)"
+    )
+    demo.add_argument(
+        "--codec",
+        default="msgpack",
+        help="codec name, on the wire or in Redis (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="with --bus redis: a Redis to use, such as redis://127.0.0.1:6379/0 "
+        "(default: start a throwaway redis-server on 127.0.0.1 and a free port)",
+    )
+    demo.add_argument(
+        "--channel",
+        default=None,
+        metavar="NAME",
+        help="with --bus redis: the bus channel; its keys start with pc:{NAME}: "
+        "(default: proxy-core-demo)",
+    )
     commands.add_parser("plugins", help="list the installed transports, codecs and buses")
     from .bench.command import add_arguments as add_bench_arguments
 
@@ -75,7 +107,13 @@ def _plugins() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``proxy-core`` command line; return the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        if args.bus == "local" and (args.redis_url is not None or args.channel is not None):
+            parser.error("--redis-url and --channel go with --bus redis")
+        if args.bus == "redis" and args.transport is not None:
+            parser.error("--transport goes with --bus local (the Redis demo has no proxy)")
     try:
         if args.command == "plugins":
             return _plugins()
@@ -87,9 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench.load import run_command as run_load_command
 
             return run_load_command(args, None if argv is None else list(argv)[1:])
+        if args.bus == "redis":
+            from .demo_bus import DEFAULT_CHANNEL, run_bus_demo
+
+            channel = DEFAULT_CHANNEL if args.channel is None else args.channel
+            return run_bus_demo(redis_url=args.redis_url, channel=channel, codec=args.codec)
         from .demo import run_demo
 
-        return asyncio.run(run_demo(transport=args.transport, codec=args.codec))
+        transport = args.transport or "websockets"
+        return asyncio.run(run_demo(transport=transport, codec=args.codec))
     except ProxyError as exc:
         print(f"proxy-core: error: {exc}", file=sys.stderr)
         return 2
