@@ -111,7 +111,9 @@ class WorkerRegistry:
 
         ``node`` names the runner of another process that holds it, on a
         shared bus (which reports those); a change in this process
-        (``node=None``) is told to the other processes by a shared bus.
+        (``node=None``) is told to the other processes by a shared bus. A
+        worker ready under another holder than before (a takeover) counts as
+        gone, then ready again.
         """
         known = self._ready.get(name)
         if known is not None and known.node == node:
@@ -121,9 +123,14 @@ class WorkerRegistry:
         logger.debug("worker %r is ready (remote=%s, node=%s)", name, remote, node)
         if node is None and self._publish is not None:
             self._publish(name, data)
-        if known is not None:  # the same worker, now held elsewhere: not a new transition
-            return
-        for handle in list(self._watches.get(name, ())):
+        # A worker now held elsewhere (a standby took over from a runner that
+        # died) went and came back: both watches hear of it.
+        watches = list(self._watches.get(name, ()))
+        if known is not None:
+            for handle in watches:
+                if handle.gone:
+                    self._spawn(self._notify(handle, known))
+        for handle in watches:
             if not handle.gone:
                 self._spawn(self._notify(handle, data))
 

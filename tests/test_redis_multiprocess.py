@@ -339,3 +339,39 @@ async def test_a_proxy_serves_a_worker_that_lives_in_another_process(redis_url: 
         finally:
             await client_runner.end()
             await wait(task)
+
+
+async def test_a_standby_takes_over_and_watchers_hear_gone_then_ready(redis_url: str) -> None:
+    ch = channel()
+    events: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
+
+    async def on_ready(data: WorkerReadyData) -> None:
+        events.put_nowait(("ready", data.node))
+
+    async def on_gone(data: WorkerReadyData) -> None:
+        events.put_nowait(("gone", data.node))
+
+    asker = Recorder("asker")
+    async with here(redis_url, ch, asker, lease_ttl=1.0) as runner:
+        runner.registry.watch("far", on_ready)
+        runner.registry.watch_gone("far", on_gone)
+        first = await Child.start(
+            "echo", redis_url, ch, "far", "--runner", "first", "--lease-ttl", "1"
+        )
+        try:
+            assert await wait(events.get()) == ("ready", "first")
+            standby = asyncio.create_task(
+                Child.start("echo", redis_url, ch, "far", "--runner", "second", "--lease-ttl", "1")
+            )
+            await first.kill()
+            second = await wait(standby)
+            try:
+                assert await wait(events.get()) == ("gone", "first")
+                assert await wait(events.get()) == ("ready", "second")
+                await asker.send_bus_message(frame("asker", "far", "are you there?"))
+                reply = await asker.wait_text("are you there?")
+                assert reply.source == "far"
+            finally:
+                await second.close()
+        finally:
+            await first.close()

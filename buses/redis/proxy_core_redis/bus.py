@@ -235,6 +235,7 @@ class RedisBus(BaseBus):
         self._news_wanted = asyncio.Event()
         self._ack_wanted = asyncio.Event()
         self._remote_ready: dict[str, tuple[str, str]] = {}
+        self._freed = asyncio.Event()  # set on news that a runner gave a name up
         self._stats: Counter[str] = Counter(dict.fromkeys(_COUNTERS, 0))
         self._dropped: Counter[str] = Counter()
 
@@ -403,9 +404,15 @@ class RedisBus(BaseBus):
             holder = _text(reply[2]).split("\t")
             left = deadline - loop.time()
             if left > 0:
-                # Wait for that lease to run out (or to be given up), then try again.
+                # Wait for that lease to run out, or for news that a name was
+                # given up, whichever comes first; then try again.
                 ttl = await self._redis.pttl(self.keys.lease(name))
-                await asyncio.sleep(min(left, max(ttl, 10) / 1000))
+                self._freed.clear()
+                try:
+                    async with asyncio.timeout(min(left, max(ttl, 10) / 1000)):
+                        await self._freed.wait()
+                except TimeoutError:
+                    pass
                 continue
             raise ConfigurationError(
                 f"the name {name!r} is held on channel {self.channel!r} by runner "
@@ -656,6 +663,7 @@ class RedisBus(BaseBus):
         self._runner.registry.set_ready(name, remote=remote == "1", via=via or None, node=runner)
 
     def _peer_gone(self, name: str, node: str) -> None:
+        self._freed.set()
         known = self._remote_ready.get(name)
         if known is None or known[0] != node or self._runner is None:
             return
