@@ -96,3 +96,19 @@ async def test_a_redis_that_stays_away_ends_the_runner_with_the_error() -> None:
         await asyncio.to_thread(server.stop)
         with pytest.raises(RedisBusError, match="gave up"):
             await wait(task)
+
+
+def test_the_core_never_imports_the_redis_bus() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pkgutil, importlib, proxy_core\n"
+        "for m in pkgutil.walk_packages(proxy_core.__path__, 'proxy_core.'):\n"
+        "    if '_generated' not in m.name and 'pipecat' not in m.name:\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('redis', 'proxy_core_redis'))\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
