@@ -431,3 +431,19 @@ async def test_the_bus_runs_on_redis_6_2() -> None:
             await carol.wait_for(lambda m: isinstance(m, BusDataMessage))
             assert b.bus.server_version.startswith("6.2")  # type: ignore[attr-defined]
         assert await keys_of(server.url, ch) == []
+
+
+async def test_a_worker_that_ends_leaves_its_runner_and_the_bus_running(redis_url: str) -> None:
+    """Giving a name up deletes its empty stream, which unblocks the read in progress."""
+    ch = channel()
+    alice, bob = Recorder("alice"), Recorder("bob")
+    async with running(redis_url, ch, alice, name="a"), running(redis_url, ch, bob, name="b") as b:
+        await alice.send_bus_message(frame("alice", "bob", "first"))
+        await bob.wait_text("first")
+        await bob.end_worker("bob")  # the runner goes on, with no worker
+        await wait(bob.ended.wait())
+        carol = Recorder("carol")
+        await b.add_workers(carol)
+        await alice.send_bus_message(frame("alice", "carol", "still there?"))
+        await carol.wait_text("still there?")
+        assert b.bus.stats()["state_lost"] == 0

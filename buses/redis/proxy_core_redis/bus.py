@@ -474,10 +474,11 @@ class RedisBus(BaseBus):
 
     # ------------------------------------------------------------ sending
 
-    def _direct(self, name: str) -> Endpoint | None:
+    def _direct(self, name: str, message: BusMessage) -> Endpoint | None:
+        """The local endpoint to hand ``message`` to at once, if it goes to one."""
         endpoint = self._routes.get(name)
-        if endpoint is None:
-            return None
+        if endpoint is None or isinstance(message, BusLocalMessage):
+            return endpoint  # a local message never goes through Redis
         state = self._reader.streams.get(self.keys.stream(name))
         return endpoint if state is None or state.direct else None
 
@@ -508,7 +509,7 @@ class RedisBus(BaseBus):
             if refused is not None:
                 raise refused
             return
-        endpoint = self._direct(target)
+        endpoint = self._direct(target, message)
         if endpoint is not None:
             if not endpoint.offer(message):
                 await endpoint.put(message)
@@ -522,7 +523,7 @@ class RedisBus(BaseBus):
             QueueFull: the destination is full and its policy is ``"error"``.
             CodecError: the message cannot be encoded.
         """
-        endpoint = self._direct(name)
+        endpoint = self._direct(name, message)
         if endpoint is not None:
             if not endpoint.offer(message):
                 await endpoint.put(message)
@@ -534,7 +535,7 @@ class RedisBus(BaseBus):
 
     def offer_to(self, name: str, message: BusMessage) -> bool:
         """Queue ``message`` for ``name`` without waiting; ``False`` if that needs a wait."""
-        endpoint = self._direct(name)
+        endpoint = self._direct(name, message)
         if endpoint is not None:
             return endpoint.offer(message)
         if isinstance(message, BusLocalMessage) or not self._started:

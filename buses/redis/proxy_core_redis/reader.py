@@ -159,6 +159,10 @@ class Reader:
                     block=None if pending else self._block_ms,
                 )
             except ResponseError as exc:
+                if any(k not in self.streams for k in wanted):
+                    # A name was given up while we read its stream (its key,
+                    # deleted, unblocks the read): read the others again.
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 await bus._recover(f"a stream lost its group ({exc})")
