@@ -36,6 +36,7 @@ def test_importing_the_kit_does_not_import_pytest() -> None:
 
 def test_public_api_is_locked() -> None:
     assert set(proxy_core.testing.__all__) == {
+        "BusContract",
         "CodecContract",
         "Direction",
         "FaultRelay",
@@ -51,6 +52,9 @@ def test_public_api_is_locked() -> None:
     from proxy_core.testing.contracts import TransportContract
 
     assert proxy_core.testing.TransportContract is TransportContract
+    from proxy_core.testing.contracts_bus import BusContract
+
+    assert proxy_core.testing.BusContract is BusContract
 
 
 def test_the_plugin_is_registered_and_adds_no_options(pytestconfig: pytest.Config) -> None:
@@ -82,6 +86,28 @@ def test_a_third_party_suite_runs_the_kit_by_name(pytester: pytest.Pytester) -> 
     )
     result.assert_outcomes(passed=6, skipped=2)
     result.stdout.fnmatch_lines(["*is not TCP*"])
+
+
+def test_a_third_party_suite_runs_the_bus_contract(pytester: pytest.Pytester) -> None:
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(
+        test_bus="""
+        from proxy_core import BaseBus, InProcessBus
+        from proxy_core.testing import BusContract
+
+        class TestMyBus(BusContract):
+            shared = False
+
+            async def make_bus(self) -> BaseBus:
+                return InProcessBus()
+
+        class TestForgotTheFactory(BusContract):
+            pass
+        """
+    )
+    result = pytester.runpytest("-k", "TestMyBus or five_hundred", "-rs")
+    result.assert_outcomes(passed=8, skipped=1, failed=1)
+    result.stdout.fnmatch_lines(["*must override*make_bus*", "*is not shared*"])
 
 
 def test_fixtures_resolve_from_markers_and_fail_clearly_without_a_transport(

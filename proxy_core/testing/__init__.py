@@ -8,6 +8,8 @@
   pytest test classes that every backend and codec runs unchanged
   (``docs/conformance.md``); its fixtures come from the ``proxy_core`` pytest
   plugin (:mod:`proxy_core.testing.plugin`).
+- :class:`BusContract`: the same for a bus (in process, or shared by several
+  runners: Redis, NATS, Postgres...).
 
 Importing this package does not import pytest: the contracts load (with pytest)
 on first access to their names.
@@ -23,9 +25,11 @@ from .relay import Direction, FaultRelay
 
 if TYPE_CHECKING:
     from .contracts import CodecContract, TransportContract, per_codec
+    from .contracts_bus import BusContract
 
 # The contracts import pytest: load them only when asked for.
 _LAZY = {
+    "BusContract": "contracts_bus",
     "CodecContract": "contracts",
     "TransportContract": "contracts",
     "per_codec": "contracts",
@@ -42,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BusContract",
     "CodecContract",
     "Direction",
     "FaultRelay",

@@ -58,6 +58,7 @@ __all__ = [
 # Assertions in the kit's modules get pytest's explanations, however they were imported.
 pytest.register_assert_rewrite(
     "proxy_core.testing.contracts",
+    "proxy_core.testing.contracts_bus",
     "proxy_core.testing.contracts_tls",
     "proxy_core.testing._harness",
 )
