@@ -72,6 +72,7 @@ class WorkerRunner:
         # callbacks); the set exists only while some are running.
         self._tasks: set[asyncio.Task[Any]] | None = None
         self._running = False
+        self._live = False  # run() has started the workers: add_workers starts new ones
         self._finished = False
         # A bare future, not an asyncio.Event: run() is its only waiter, and an
         # Event carries a deque (~860 bytes against ~150) for each session.
@@ -111,7 +112,7 @@ class WorkerRunner:
             worker._attach(self)
             await self.bus.attach(worker, worker.routed_names())
             self._workers[worker.name] = worker
-            if self._running:
+            if self._live:
                 worker._start()
 
     async def run(self) -> None:
@@ -132,6 +133,8 @@ class WorkerRunner:
         remove_sigint = self._install_sigint()
         try:
             await self.bus.start()
+            # Workers added while the bus started are in this list, started once.
+            self._live = True
             for worker in list(self._workers.values()):
                 worker._start()
             # Cancelling run() cancels the future too; _request_stop skips a done one.
@@ -238,6 +241,7 @@ class WorkerRunner:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         self._running = False
+        self._live = False
         self._finished = True
 
     def _install_sigint(self) -> Any:

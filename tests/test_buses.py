@@ -112,3 +112,39 @@ def test_the_core_never_imports_the_redis_bus() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+async def test_a_worker_added_while_the_bus_starts_is_started_once() -> None:
+    class SlowStart(InProcessBus):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = asyncio.Event()
+            self.starting = asyncio.Event()
+
+        async def start(self) -> None:
+            self.starting.set()
+            await self.go.wait()
+
+    class Counting(Recorder):
+        starts = 0
+
+        async def on_start(self) -> None:
+            Counting.starts += 1
+
+    bus = SlowStart()
+    runner = WorkerRunner("r", bus=bus, handle_sigint=False)
+    task = asyncio.create_task(runner.run())
+    await wait(bus.starting.wait())
+    worker = Counting("late")
+    await runner.add_workers(worker)
+    ready = asyncio.Event()
+
+    async def on_ready(_: Any) -> None:
+        ready.set()
+
+    runner.registry.watch("late", on_ready)
+    bus.go.set()
+    await wait(ready.wait())
+    await runner.end()
+    await wait(task)
+    assert Counting.starts == 1

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -373,15 +375,24 @@ def _free_port() -> int:
 
 
 async def test_rediss_tls_works_and_an_untrusted_certificate_is_refused(tmp_path: Any) -> None:
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
     paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key", "other")}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    trustme.CA().cert_pem.write_to_path(str(paths["other"]))
+    # In a process of its own: pytester runs elsewhere in the suite can leave
+    # this process's `cryptography` half re-imported.
+    script = (
+        "import sys, trustme\n"
+        "ca = trustme.CA(); cert = ca.issue_cert('127.0.0.1', 'localhost')\n"
+        "ca.cert_pem.write_to_path(sys.argv[1])\n"
+        "cert.cert_chain_pems[0].write_to_path(sys.argv[2])\n"
+        "cert.private_key_pem.write_to_path(sys.argv[3])\n"
+        "trustme.CA().cert_pem.write_to_path(sys.argv[4])\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", script, *(str(paths[n]) for n in ("ca", "cert", "key", "other"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
     tls_port = _free_port()
     tls = ["--tls-port", str(tls_port), "--tls-auth-clients", "no"]
     tls += ["--tls-cert-file", str(paths["cert"]), "--tls-key-file", str(paths["key"])]
