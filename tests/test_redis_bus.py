@@ -386,7 +386,8 @@ async def test_rediss_tls_works_and_an_untrusted_certificate_is_refused(tmp_path
         "cert.private_key_pem.write_to_path(sys.argv[3])\n"
         "trustme.CA().cert_pem.write_to_path(sys.argv[4])\n"
     )
-    made = subprocess.run(
+    made = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", script, *(str(paths[n]) for n in ("ca", "cert", "key", "other"))],
         capture_output=True,
         text=True,
