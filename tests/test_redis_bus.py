@@ -9,16 +9,15 @@ does the same with real OS processes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from _redis import channel as _channel
+from _redis import keys_of, running, stream_length
 from _support import LocalNote, Recorder, frame, text_of, wait
 
 from proxy_core import (
@@ -36,35 +35,9 @@ from proxy_core.codecs.msgpack import MsgpackCodec
 from proxy_core.protocol import Msg
 from proxy_core_redis import RedisBus, RedisServer
 
-_channels = itertools.count(1)
-
 
 def channel() -> str:
-    return f"t-bus-{next(_channels)}"
-
-
-@contextlib.asynccontextmanager
-async def running(
-    url: str, channel: str, *workers: Any, name: str | None = None, **options: Any
-) -> AsyncIterator[WorkerRunner]:
-    """A runner on a RedisBus, running in a task; ended (cleanly) on exit."""
-    options.setdefault("lease_ttl", 2.0)
-    runner = WorkerRunner(name, bus=RedisBus(url, channel=channel, **options), handle_sigint=False)
-    await runner.add_workers(*workers)
-    task = asyncio.create_task(runner.run())
-    try:
-        yield runner
-    finally:
-        await runner.end()
-        await wait(task)
-
-
-async def keys_of(url: str, channel: str) -> list[bytes]:
-    client = aioredis.Redis.from_url(url)
-    try:
-        return sorted([k async for k in client.scan_iter(match=f"pc:{{{channel}}}:*")])
-    finally:
-        await client.aclose()
+    return _channel("t-bus")
 
 
 async def test_a_message_crosses_to_a_worker_of_another_runner_and_back(redis_url: str) -> None:
@@ -211,14 +184,6 @@ class Gate(Recorder):
     async def on_bus_message(self, message: BusMessage) -> None:
         await self.gate.wait()
         await super().on_bus_message(message)
-
-
-async def stream_length(url: str, channel: str, name: str) -> int:
-    client = aioredis.Redis.from_url(url)
-    try:
-        return int(await client.xlen(f"pc:{{{channel}}}:w:{name}"))
-    finally:
-        await client.aclose()
 
 
 async def test_a_full_backlog_holds_the_sender_back_and_loses_nothing(redis_url: str) -> None:

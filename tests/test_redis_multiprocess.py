@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from _redis import running
 from _support import LocalNote, Note, Recorder, frame, wait
 
 from proxy_core import BusDataMessage, WorkerReadyData, WorkerRunner
@@ -115,18 +116,9 @@ async def child(role: str, url: str, ch: str, name: str, *args: str) -> AsyncIte
         await process.close()
 
 
-@contextlib.asynccontextmanager
-async def here(url: str, ch: str, *workers: Any, **options: Any) -> AsyncIterator[WorkerRunner]:
-    """A runner in this process on the same channel."""
-    options.setdefault("lease_ttl", 2.0)
-    runner = WorkerRunner("test", bus=RedisBus(url, channel=ch, **options), handle_sigint=False)
-    await runner.add_workers(*workers)
-    task = asyncio.create_task(runner.run())
-    try:
-        yield runner
-    finally:
-        await runner.end()
-        await wait(task)
+def here(url: str, ch: str, *workers: Any, **options: Any) -> Any:
+    """A runner in this process, named ``test``, on the same channel."""
+    return running(url, ch, *workers, name="test", **options)
 
 
 def handled(log: Path) -> list[int]:
