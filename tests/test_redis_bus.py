@@ -180,8 +180,10 @@ class Gate(Recorder):
         self.activations = asyncio.Queue()
         self.ended = asyncio.Event()
         self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
 
     async def on_bus_message(self, message: BusMessage) -> None:
+        self.entered.set()
         await self.gate.wait()
         await super().on_bus_message(message)
 
@@ -424,3 +426,40 @@ async def test_a_worker_that_ends_leaves_its_runner_and_the_bus_running(redis_ur
         await alice.send_bus_message(frame("alice", "carol", "still there?"))
         await carol.wait_text("still there?")
         assert b.bus.stats()["state_lost"] == 0
+
+
+async def test_a_batch_sent_again_is_answered_not_added_twice(redis_url: str) -> None:
+    """The reply of a write was lost and the runner sends the same batch again."""
+    from proxy_core_redis.writer import Target
+
+    ch = channel()
+    bob = Gate("bob")
+    async with running(redis_url, ch, bob, name="b"), running(redis_url, ch, name="a") as a:
+        bus: Any = a.bus
+        await bus.start()  # idempotent: run() may not have got there yet
+        payloads = [bus._encode(frame("alice", "bob", f"m{i}")) for i in range(3)]
+        batch = [(Target("bob"), p) for p in payloads]
+        first = await bus._write_batch(1000, 1002, batch)
+        again = await bus._write_batch(1000, 1002, batch)
+        assert again == first
+        assert await stream_length(redis_url, ch, "bob") == 3
+        with pytest.raises(aioredis.ResponseError, match="after 1000-1002"):
+            await bus._write_batch(1001, 1003, batch)  # overlapping: a bug, refused
+
+
+async def test_a_message_is_acknowledged_only_after_its_handler_returns(redis_url: str) -> None:
+    ch = channel()
+    bob, alice = Gate("bob"), Recorder("alice")
+    async with running(redis_url, ch, bob, name="b"), running(redis_url, ch, alice, name="a"):
+        await alice.send_bus_message(frame("alice", "bob", "slow"))
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            stream = f"pc:{{{ch}}}:w:bob"
+            await wait(bob.entered.wait())  # its handler runs, and has not returned
+            assert (await client.xpending(stream, "g"))["pending"] == 1
+            bob.gate.set()
+            await bob.wait_text("slow")
+            await alice.send_bus_message(frame("alice", "bob", "marker"))
+            await bob.wait_text("marker")
+        finally:
+            await client.aclose()
