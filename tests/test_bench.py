@@ -236,3 +236,90 @@ def test_other_backends_and_their_bare_baselines_measure(transport: str) -> None
         assert r.status == "ok", r.error
         assert r.transport == transport and r.proxy and r.bare and r.ratio
         assert r.proxy > 0 and r.bare > 0 and r.ratio > 0
+
+
+# ---------------------------------------------------------------- bus rows
+
+
+def _redis_available() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("proxy_core_redis") is None:
+        return False
+    from proxy_core_redis import find_redis_server
+
+    return find_redis_server() is not None
+
+
+def test_bus_options_select_rows() -> None:
+    import argparse
+
+    from proxy_core.bench.command import add_arguments, options_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    everything = options_from(parser.parse_args([]))
+    assert everything.transports is None and everything.selected_buses() == ["local", "redis"]
+    only_bus = options_from(parser.parse_args(["--bus", "redis"]))
+    assert only_bus.transports == [] and only_bus.selected_buses() == ["redis"]
+    assert "codec" not in only_bus.scenarios and "rtt" in only_bus.scenarios
+    only_transport = options_from(parser.parse_args(["--transport", "websockets"]))
+    assert only_transport.selected_buses() == []
+    both = options_from(parser.parse_args(["--transport", "grpc", "--bus", "local"]))
+    assert both.transports == ["grpc"] and both.selected_buses() == ["local"]
+    assert options_from(parser.parse_args(["--no-bus"])).selected_buses() == []
+
+
+def test_quick_bus_rows_measure_against_their_baselines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bus.json"
+    start = time.monotonic()
+    code = main(["bench", "--quick", "--bus", "local", "redis", "--json", str(out)])
+    elapsed = time.monotonic() - start
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert elapsed < 60, elapsed
+    records = json.loads(out.read_text())
+    seen = {(r["transport"], r["scenario"], r["metric"]) for r in records}
+    wanted = {("bus:local", "stream_200b", "rate"), ("bus:local", "rtt", "p50")}
+    wanted.add(("bus:local", "rtt", "p99"))
+    if _redis_available():
+        for scenario, metric in [("stream_200b", "rate"), ("rtt", "p50"), ("rtt", "p99")]:
+            wanted.add(("bus:redis", scenario, metric))
+        for side in ("client", "server", "engine"):
+            wanted.add(("bus:redis", "cpu", side))
+        assert "bus:redis/msgpack" in printed
+    else:
+        assert "bus 'redis' rows skipped" in printed
+    assert seen == wanted
+    for r in records:
+        assert REQUIRED | EXTRA <= set(r), r
+        assert r["status"] == "ok", r
+        for key in ("proxy", "bare", "ratio"):
+            assert isinstance(r[key], float) and r[key] > 0 and math.isfinite(r[key]), (key, r)
+        assert r["bare_label"] and r["repeats"] == 1
+
+
+def test_a_run_of_bus_rows_only_rewrites_the_bus_section(tmp_path: Path) -> None:
+    from proxy_core.bench.report import BUS_BEGIN, BUS_END, write_markdown
+
+    def bus_result(rate: float) -> BenchResult:
+        m = next(m for m in METRICS if m.scenario == "stream_200b")
+        record = Record("bus:redis", "msgpack", "stream_200b", "rate", m.unit, m.better)
+        _fill(record, [_Pair(rate, 1000.0)])
+        return _result([record])
+
+    report = tmp_path / "results.md"
+    report.write_text("# results\n\nthe transport rows\n")
+    assert write_markdown(bus_result(2000.0), report, None)
+    first = report.read_text()
+    assert first.startswith("# results\n\nthe transport rows\n")
+    assert BUS_BEGIN in first and BUS_END in first and "2.00x" in first and "met" in first
+    assert write_markdown(bus_result(500.0), report, None)
+    second = report.read_text()
+    assert second.count(BUS_BEGIN) == 1 and "0.50x" in second and "2.00x" not in second
+    assert "**missed**" in second and second.startswith("# results\n\nthe transport rows\n")
+    fresh = tmp_path / "fresh.md"
+    assert not write_markdown(bus_result(2000.0), fresh, None)  # no file yet: a whole report
+    assert fresh.read_text().startswith("# proxy-core benchmark results")

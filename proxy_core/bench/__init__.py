@@ -4,7 +4,10 @@ Every figure is a ratio against the bare library doing the same work in the
 same run. Scenarios (see ``benchmarks/README.md``): ``stream_200b``,
 ``stream_16k``, ``rtt``, ``cpu``, ``idle_memory`` bus to bus through both
 proxies, for every installed transport x codec, and ``codec``, the envelope
-encode+decode of each codec against its raw library.
+encode+decode of each codec against its raw library. Bus rows
+(:mod:`proxy_core.bench.bus`): worker to worker on ``RedisBus`` across two
+processes against redis-py, and on ``InProcessBus`` against an
+``asyncio.Queue``.
 
 Programmatic use::
 
@@ -22,10 +25,20 @@ Nothing here is imported by ``proxy_core`` itself; the child processes run
 from __future__ import annotations
 
 from .orchestrate import BenchResult, run_bench
-from .spec import FULL_COUNTS, METRICS, QUICK_COUNTS, SCENARIOS, BenchOptions, Counts, Record
+from .spec import (
+    BUSES,
+    FULL_COUNTS,
+    METRICS,
+    QUICK_COUNTS,
+    SCENARIOS,
+    BenchOptions,
+    Counts,
+    Record,
+)
 from .stats import median, percentile, ratio, spread
 
 __all__ = [
+    "BUSES",
     "FULL_COUNTS",
     "METRICS",
     "QUICK_COUNTS",

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .spec import FULL_COUNTS, QUICK_COUNTS, SCENARIOS, BenchOptions
+from .spec import BUS_SCENARIOS, BUSES, FULL_COUNTS, QUICK_COUNTS, SCENARIOS, BenchOptions
 
 __all__ = ["DEFAULT_REPORT", "add_arguments", "options_from", "run_command"]
 
@@ -37,6 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--transport", nargs="+", metavar="NAME", help="transports (default: all installed)"
     )
     parser.add_argument("--codec", nargs="+", metavar="NAME", help="codecs (default: all)")
+    parser.add_argument(
+        "--bus",
+        nargs="+",
+        metavar="NAME",
+        choices=BUSES,
+        help="bus rows to run: worker to worker on the bus against its bare baseline "
+        f"({', '.join(BUSES)}); alone, only these rows run (default: every available bus, "
+        "unless --transport is given)",
+    )
+    parser.add_argument("--no-bus", action="store_true", help="run no bus rows")
     parser.add_argument(
         "--scenario",
         nargs="+",
@@ -73,10 +83,21 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if repeats < 1:
         raise ValueError("--repeats must be at least 1")
+    bus = getattr(args, "bus", None)
+    no_bus = getattr(args, "no_bus", False)
+    if bus and no_bus:
+        raise ValueError("--bus and --no-bus exclude each other")
+    transports = args.transport
+    scenarios = list(args.scenario or SCENARIOS)
+    if bus and transports is None and args.codec is None:
+        # --bus alone selects the bus rows: no transport rows, no codec micro-benchmark.
+        transports = []
+        if args.scenario is None:
+            scenarios = list(BUS_SCENARIOS)
     return BenchOptions(
-        transports=args.transport,
+        transports=transports,
         codecs=args.codec,
-        scenarios=list(args.scenario or SCENARIOS),
+        scenarios=scenarios,
         repeats=repeats,
         counts=QUICK_COUNTS if args.quick else FULL_COUNTS,
         pin=not args.no_pin,
@@ -84,13 +105,21 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         pipecat_python=args.pipecat_python,
         profile_dir=args.profile,
         quick=args.quick,
+        buses=[] if no_bus else bus,
     )
 
 
 def run_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Run ``proxy-core bench``; return 0 when every figure was measured, 1 otherwise."""
     from .orchestrate import run_bench
-    from .report import ProgressBar, format_table, write_chart, write_json, write_markdown
+    from .report import (
+        ProgressBar,
+        format_table,
+        only_bus_rows,
+        write_chart,
+        write_json,
+        write_markdown,
+    )
 
     try:
         options = options_from(args)
@@ -111,7 +140,10 @@ def run_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> 
     report = args.report or (None if args.quick or args.no_report else DEFAULT_REPORT)
     if args.no_report:
         report = None
-    chart = args.chart or (str(Path(report).with_suffix(".png")) if report else None)
+    # A run of bus rows only merges its section into the report and leaves its chart alone.
+    chart = args.chart
+    if chart is None and report and not only_bus_rows(result):
+        chart = str(Path(report).with_suffix(".png"))
     chart_ref: str | None = None
     if chart:
         why = write_chart(result.records, chart)
@@ -122,8 +154,8 @@ def run_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> 
             print(f"wrote {chart}")
             chart_ref = _relative(chart, report)
     if report:
-        write_markdown(result, report, chart_ref)
-        print(f"wrote {report}")
+        merged = write_markdown(result, report, chart_ref)
+        print(f"{'updated the bus section of' if merged else 'wrote'} {report}")
     failed = [r for r in result.records if r.status == "failed"]
     return 1 if failed or not result.records else 0
 

@@ -30,8 +30,9 @@ from typing import Any
 from ..errors import PluginError
 from ..plugins import available_codecs, available_transports, load_transport, resolve_codec
 from .bare_side import BARE_LABELS
+from .bus import BUS_LABELS, BusBench, select_buses
 from .child import ROOT, Child, ChildDied, StepFailed
-from .spec import METRICS, BenchOptions, Counts, Metric, Record, order_records
+from .spec import METRICS, BenchOptions, Counts, Metric, Record, metric_of, order_records
 from .stats import median, ratio, spread
 
 __all__ = ["BenchResult", "machine_info", "run_bench"]
@@ -47,12 +48,15 @@ _LIBRARIES = (
     "proxy-core-websockets",
     "proxy-core-aiohttp",
     "proxy-core-grpc",
+    "proxy-core-redis",
     "websockets",
     "aiohttp",
     "grpcio",
     "msgpack",
     "protobuf",
     "pipecat-ai",
+    "redis",
+    "hiredis",
 )
 
 
@@ -121,6 +125,7 @@ class _Run:
         self.pairs: dict[Key, list[_Pair]] = {}
         self.labels: dict[Key, str] = {}
         self.cores: tuple[int, int] | None = None
+        self._cores_chosen = False
         self.pipecat_python: str | None = None
         self.pipecat_version: str | None = None
         self.log_dir = Path(tempfile.mkdtemp(prefix="proxy-core-bench-"))
@@ -130,7 +135,8 @@ class _Run:
     def select(self) -> tuple[list[str], list[str]]:
         opts = self.options
         transports: list[str] = []
-        wanted_t = opts.transports or available_transports()
+        # None: every installed transport; an empty list: none (a run of bus rows only).
+        wanted_t = available_transports() if opts.transports is None else opts.transports
         for name in wanted_t:
             try:
                 load_transport(name)
@@ -182,6 +188,9 @@ class _Run:
         return True
 
     def select_cores(self) -> None:
+        if self._cores_chosen:
+            return
+        self._cores_chosen = True
         if not self.options.pin or not hasattr(os, "sched_getaffinity"):
             self.notes.append("processes not pinned to cores (not asked, or not supported here)")
             return
@@ -471,11 +480,10 @@ class _Run:
     # -------------------------------------------------------- records
 
     def records(self, date: str, machine: dict[str, Any]) -> list[Record]:
-        by_name = {(m.scenario, m.name): m for m in METRICS}
         out: list[Record] = []
         for key, pairs in self.pairs.items():
             impl, transport, codec, scenario, metric = key
-            m = by_name[(scenario, metric)]
+            m = metric_of(scenario, metric)
             record = Record(
                 transport=transport,
                 codec=codec,
@@ -484,7 +492,9 @@ class _Run:
                 unit=m.unit,
                 better=m.better,
                 impl="pipecat-ai" if impl == "pipecat" else "proxy-core",
-                bare_label=self.labels.get(key, BARE_LABELS.get(transport, "")),
+                bare_label=self.labels.get(
+                    key, BARE_LABELS.get(transport) or BUS_LABELS.get(transport, "")
+                ),
                 date=date,
                 machine=machine,
             )
@@ -595,6 +605,7 @@ def _git_commit() -> str | None:
                 "--",
                 "proxy_core",
                 "transports",
+                "buses",
                 ":!proxy_core/bench",  # the harness does not change what is measured
             ],
             cwd=ROOT,
@@ -653,8 +664,9 @@ def _busy_note(machine: dict[str, Any], pinned: bool) -> list[str]:
     return [note]
 
 
-def _count_steps(run: _Run, plans: list[_Plan], codecs: bool) -> int:
+def _count_steps(run: _Run, plans: list[_Plan], codecs: bool, bus: BusBench | None) -> int:
     per_repeat = sum(p.steps() for p in plans) + (1 if codecs else 0)
+    per_repeat += bus.steps() if bus is not None else 0
     return per_repeat * run.options.repeats
 
 
@@ -680,26 +692,50 @@ async def run_bench(
         run.select_cores()
         pipecat = run.select_pipecat(transports)
         plans = [run.plan(t, codecs, pipecat) for t in transports]
-    elif wire:
+    elif wire and options.transports != []:
         run.notes.append("no transport or codec to run the wire scenarios with")
     do_codecs = "codec" in options.scenarios and bool(codecs)
-    if do_codecs and run.cores is None and options.pin:
+    if do_codecs:
         run.select_cores()
+    buses = select_buses(options, run.notes)
+    bus: BusBench | None = None
+    if buses:
+        run.select_cores()
+        bus = BusBench(
+            buses,
+            options.scenarios,
+            options.counts,
+            run.cores,
+            run.log_dir,
+            run.store,
+            run.progress,
+            run.notes,
+            options.profile_dir,
+        )
     if total is not None:
-        total(_count_steps(run, plans, do_codecs))
+        total(_count_steps(run, plans, do_codecs, bus))
     machine = machine_info(run.cores)
     if run.pipecat_python and run.pipecat_version:
         where = "" if run.pipecat_python == sys.executable else f" (in {run.pipecat_python})"
         machine["libraries"]["pipecat-ai"] = run.pipecat_version + where
-    work = bool(plans) or do_codecs
+    work = bool(plans) or do_codecs or bus is not None
     machine["busy_cores_before"] = await cpu_in_use() if work else None
     run.notes.extend(_busy_note(machine, run.cores is not None))
-    for repeat in range(options.repeats):
-        for plan in plans:
-            await run.group(plan, repeat)
-        if do_codecs:
-            await run.codecs(codecs)
-            run.progress(f"codecs (repeat {repeat + 1})", 1)
+    if bus is not None:
+        await bus.start()
+        machine.update(bus.machine)
+    try:
+        for repeat in range(options.repeats):
+            for plan in plans:
+                await run.group(plan, repeat)
+            if do_codecs:
+                await run.codecs(codecs)
+                run.progress(f"codecs (repeat {repeat + 1})", 1)
+            if bus is not None:
+                await bus.repeat(repeat)
+    finally:
+        if bus is not None:
+            await bus.aclose()
     machine["load_average_after"] = (
         [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     )

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 __all__ = [
+    "BUSES",
+    "BUS_METRICS",
+    "BUS_SCENARIOS",
     "CONTROL_MAX",
     "FULL_COUNTS",
     "METRICS",
@@ -16,11 +19,19 @@ __all__ = [
     "Counts",
     "Metric",
     "Record",
+    "is_bus_row",
+    "metric_of",
     "order_records",
 ]
 
 #: The scenarios, in the order they run and are reported.
 SCENARIOS: Final = ("stream_200b", "stream_16k", "rtt", "cpu", "idle_memory", "codec")
+
+#: The buses whose rows the harness can measure (``transport`` of their records: ``bus:<name>``).
+BUSES: Final = ("local", "redis")
+
+#: The scenarios a bus row runs (``cpu`` is measured during ``stream_200b``).
+BUS_SCENARIOS: Final = ("stream_200b", "rtt", "cpu")
 
 #: Frames this short are control frames of the bare protocol; payloads are longer.
 CONTROL_MAX: Final = 64
@@ -56,6 +67,21 @@ METRICS: Final = (
     Metric("codec", "encode_decode", "us", "lower", "envelope encode+decode"),
 )
 
+#: Figures only the bus rows have.
+BUS_METRICS: Final = (Metric("cpu", "engine", "us/msg", "lower", "CPU per message, redis-server"),)
+
+
+def metric_of(scenario: str, name: str) -> Metric:
+    """Return the :class:`Metric` ``scenario.name`` (wire, codec or bus).
+
+    Raises:
+        KeyError: there is no such metric.
+    """
+    for m in (*METRICS, *BUS_METRICS):
+        if m.scenario == scenario and m.name == name:
+            return m
+    raise KeyError(f"{scenario}.{name}")
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -69,6 +95,9 @@ class Counts:
         warmup: messages (or round trips) sent before each timed run.
         deadline: seconds any one step may take before it is failed.
         codec_seconds: the time each codec timing aims for.
+        bus_stream: messages of 200 bytes in a Redis bus row's one-way stream
+            (the in-process bus row uses ``stream_200b``).
+        bus_rtt: round trips of a Redis bus row (the in-process bus row uses ``rtt``).
     """
 
     stream_200b: int = 100_000
@@ -78,6 +107,8 @@ class Counts:
     warmup: int = 500
     deadline: float = 60.0
     codec_seconds: float = 0.2
+    bus_stream: int = 20_000
+    bus_rtt: int = 2_000
 
 
 FULL_COUNTS: Final = Counts()
@@ -89,6 +120,8 @@ QUICK_COUNTS: Final = Counts(
     warmup=100,
     deadline=10.0,
     codec_seconds=0.02,
+    bus_stream=2_000,
+    bus_rtt=200,
 )
 
 
@@ -107,6 +140,8 @@ class BenchOptions:
         pipecat_python: the interpreter to run the pipecat peer with (default: this one).
         profile_dir: write a cProfile of each proxy process during stream_200b here.
         quick: the run uses reduced counts (recorded in the output).
+        buses: the bus rows to run, from :data:`BUSES`; ``None``: every available
+            one, unless ``transports`` is given (then none).
     """
 
     transports: list[str] | None = None
@@ -119,6 +154,13 @@ class BenchOptions:
     pipecat_python: str | None = None
     profile_dir: str | None = None
     quick: bool = False
+    buses: list[str] | None = None
+
+    def selected_buses(self) -> list[str]:
+        """Return the bus rows this run asks for (before checking what is installed)."""
+        if self.buses is not None:
+            return list(self.buses)
+        return list(BUSES) if self.transports is None else []
 
 
 @dataclass
@@ -154,13 +196,19 @@ class Record:
     machine: dict[str, Any] = field(default_factory=dict)
 
 
+def is_bus_row(record: Record) -> bool:
+    """Whether ``record`` is a bus row (``transport`` ``bus:local``, ``bus:redis``...)."""
+    return record.transport.startswith("bus:")
+
+
 def order_records(records: Iterable[Record]) -> list[Record]:
-    """Sort records for reading: wire scenarios by transport and codec, peers after, codecs last."""
-    rank = {(m.scenario, m.name): i for i, m in enumerate(METRICS)}
+    """Sort records for reading: wire rows by transport and codec, peers, buses, codecs last."""
+    rank = {(m.scenario, m.name): i for i, m in enumerate((*METRICS, *BUS_METRICS))}
     return sorted(
         records,
         key=lambda r: (
             r.scenario == "codec",
+            is_bus_row(r),
             r.impl != "proxy-core",
             r.transport,
             r.codec,
