@@ -42,11 +42,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..inbox import DEFAULT_MAX_QUEUE
-from ..messages import AudioRawFrame, BusDataMessage, BusFrameMessage, BusMessage
 from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ..worker import BaseWorker
 from .links import Link, SinkState, chunks, yield_to_loop
+from .proxy_side import Sink, Source, SourceLink
 from .stats import percentile
 from .worker import _Channel, _Profiler, pin_to
 
@@ -59,41 +59,6 @@ _BLOCK_MS = 1000  # how long the bare receiver's XREADGROUP blocks before it loo
 
 
 # ---------------------------------------------------------------- ours: workers
-
-
-class Sink(BaseWorker):
-    """Worker ``dst``: counts payloads, or echoes them, and answers control commands."""
-
-    def __init__(self, name: str = TARGET) -> None:
-        super().__init__(name)
-        self.state = SinkState()
-
-    async def on_bus_message(self, message: BusMessage) -> None:
-        if type(message) is BusFrameMessage:
-            state = self.state
-            if state.echo:
-                await self.send_bus_message(
-                    BusFrameMessage(self.name, message.source, message.frame)
-                )
-            else:
-                state.count += 1
-        elif isinstance(message, BusDataMessage):
-            reply = self.state.control(str(message.data.get("cmd")))
-            await self.send_bus_message(BusDataMessage(self.name, message.source, reply))
-
-
-class Source(BaseWorker):
-    """Worker ``src``: hands what ``dst`` sends to whoever waits for it."""
-
-    def __init__(self, name: str = SOURCE) -> None:
-        super().__init__(name)
-        self.waiter: asyncio.Future[BusMessage] | None = None
-
-    async def on_bus_message(self, message: BusMessage) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            self.waiter = None
-            waiter.set_result(message)
 
 
 async def _start_runner(
@@ -124,57 +89,15 @@ async def _stop_runner(runner: WorkerRunner, task: asyncio.Task[None]) -> None:
         task.cancel()
 
 
-class WorkerLink(Link):
+class WorkerLink(SourceLink):
     """Worker ``src`` sending to worker ``dst`` on whatever bus its runner has."""
 
     def __init__(self, source: Source, close: Callable[[], Awaitable[None]]) -> None:
-        self.source = source
+        super().__init__(source)
         self._close = close
-
-    async def _request(self, message: BusMessage) -> BusMessage:
-        waiter: asyncio.Future[BusMessage] = asyncio.get_running_loop().create_future()
-        self.source.waiter = waiter
-        await self.source.send_bus_message(message)
-        return await waiter
-
-    async def control(self, command: str) -> dict[str, Any]:
-        reply = await self._request(BusDataMessage(SOURCE, TARGET, {"cmd": command}))
-        if not isinstance(reply, BusDataMessage):
-            raise RuntimeError(f"expected a control reply, got {type(reply).__name__}")
-        return dict(reply.data)
-
-    async def stream(self, size: int, count: int) -> None:
-        message = _message(size)
-        send = self.source.send_bus_message
-        for run in chunks(count):
-            for _ in range(run):
-                await send(message)
-            await yield_to_loop()
-
-    async def round_trips(self, size: int, count: int) -> list[float]:
-        message = _message(size)
-        source = self.source
-        loop = asyncio.get_running_loop()
-        clock = time.perf_counter
-        samples: list[float] = []
-        for _ in range(count):
-            waiter: asyncio.Future[BusMessage] = loop.create_future()
-            source.waiter = waiter
-            start = clock()
-            await source.send_bus_message(message)
-            await waiter
-            samples.append(clock() - start)
-        return samples
 
     async def aclose(self) -> None:
         await self._close()
-
-
-def _message(size: int) -> BusFrameMessage:
-    return BusFrameMessage(SOURCE, TARGET, AudioRawFrame(os.urandom(size), 16000))
-
-
-# ---------------------------------------------------------------- bare: in process
 
 
 class QueueLink(Link):
@@ -438,8 +361,8 @@ async def _local_role(spec: dict[str, Any]) -> int:
     link: Link
     if spec["impl"] == "ours":
         runner = WorkerRunner("bench-bus-local", handle_sigint=False)
-        source = Source()
-        await runner.add_workers(Sink())
+        source = Source(SOURCE, peer=TARGET)
+        await runner.add_workers(Sink(TARGET))
         task = await _start_runner(runner, source, TARGET, timeout)
         link = WorkerLink(source, lambda: _stop_runner(runner, task))
     else:
@@ -463,7 +386,7 @@ async def _receiver_role(spec: dict[str, Any]) -> int:
     timeout = float(spec.get("deadline", 30))
     if spec["impl"] == "ours":
         runner = WorkerRunner("bench-receiver", bus=_redis_bus(spec), handle_sigint=False)
-        task = await _start_runner(runner, Sink(), TARGET, timeout)
+        task = await _start_runner(runner, Sink(TARGET), TARGET, timeout)
         channel.send({"event": "ready", "pid": os.getpid()})
         try:
             await _serve_commands(channel, None, _EngineClock(None), spec)
@@ -493,7 +416,7 @@ async def _sender_role(spec: dict[str, Any]) -> int:
     link: Link
     if spec["impl"] == "ours":
         runner = WorkerRunner("bench-sender", bus=_redis_bus(spec), handle_sigint=False)
-        source = Source()
+        source = Source(SOURCE, peer=TARGET)
         task = await _start_runner(runner, source, TARGET, timeout)
         link = WorkerLink(source, lambda: _stop_runner(runner, task))
     else:

@@ -25,48 +25,102 @@ from ..service import serve_proxy
 from ..worker import BaseWorker
 from .links import Link, SinkState, chunks, yield_to_loop
 
-__all__ = ["ProxyLink", "Sink", "Source", "open_idle_sessions", "serve"]
+__all__ = [
+    "ProxyLink",
+    "Sink",
+    "Source",
+    "SourceLink",
+    "open_idle_sessions",
+    "payload_message",
+    "serve",
+]
 
 FORWARD = (BusFrameMessage, BusDataMessage)
 CLIENT, SERVER = "acme", "assistant"
 
 
-def payload_message(size: int) -> BusFrameMessage:
+def payload_message(size: int, source: str = CLIENT, target: str = SERVER) -> BusFrameMessage:
     """Return the message the source sends: a frame of ``size`` random bytes."""
-    return BusFrameMessage(CLIENT, SERVER, AudioRawFrame(os.urandom(size), 16000))
+    return BusFrameMessage(source, target, AudioRawFrame(os.urandom(size), 16000))
 
 
 class Sink(BaseWorker):
-    """The server's worker: counts payloads, or echoes them, and answers control commands."""
+    """The measured side's worker: counts payloads, or echoes them, and answers control commands."""
 
-    def __init__(self) -> None:
-        super().__init__(SERVER)
+    def __init__(self, name: str = SERVER) -> None:
+        super().__init__(name)
         self.state = SinkState()
 
     async def on_bus_message(self, message: BusMessage) -> None:
         if type(message) is BusFrameMessage:
             state = self.state
             if state.echo:
-                await self.send_bus_message(BusFrameMessage(SERVER, message.source, message.frame))
+                await self.send_bus_message(
+                    BusFrameMessage(self.name, message.source, message.frame)
+                )
             else:
                 state.count += 1
         elif isinstance(message, BusDataMessage):
             reply = self.state.control(str(message.data.get("cmd")))
-            await self.send_bus_message(BusDataMessage(SERVER, message.source, reply))
+            await self.send_bus_message(BusDataMessage(self.name, message.source, reply))
 
 
 class Source(BaseWorker):
-    """The client's worker: hands what the remote sink sends to whoever waits for it."""
+    """The sending worker: hands what the sink ``peer`` sends to whoever waits for it."""
 
-    def __init__(self, name: str = CLIENT) -> None:
+    def __init__(self, name: str = CLIENT, peer: str = SERVER) -> None:
         super().__init__(name)
+        self.peer = peer
         self.waiter: asyncio.Future[BusMessage] | None = None
 
     async def on_bus_message(self, message: BusMessage) -> None:
         waiter = self.waiter
-        if message.source == SERVER and waiter is not None and not waiter.done():
+        if message.source == self.peer and waiter is not None and not waiter.done():
             self.waiter = None
             waiter.set_result(message)
+
+
+class SourceLink(Link):
+    """A :class:`Source` worker talking to its sink, whatever carries the messages between."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    async def _request(self, message: BusMessage) -> BusMessage:
+        waiter: asyncio.Future[BusMessage] = asyncio.get_running_loop().create_future()
+        self.source.waiter = waiter
+        await self.source.send_bus_message(message)
+        return await waiter
+
+    async def control(self, command: str) -> dict[str, Any]:
+        source = self.source
+        reply = await self._request(BusDataMessage(source.name, source.peer, {"cmd": command}))
+        if not isinstance(reply, BusDataMessage):
+            raise RuntimeError(f"expected a control reply, got {type(reply).__name__}")
+        return dict(reply.data)
+
+    async def stream(self, size: int, count: int) -> None:
+        message = payload_message(size, self.source.name, self.source.peer)
+        send = self.source.send_bus_message
+        for run in chunks(count):
+            for _ in range(run):
+                await send(message)
+            await yield_to_loop()
+
+    async def round_trips(self, size: int, count: int) -> list[float]:
+        message = payload_message(size, self.source.name, self.source.peer)
+        source = self.source
+        loop = asyncio.get_running_loop()
+        clock = time.perf_counter
+        samples: list[float] = []
+        for _ in range(count):
+            waiter: asyncio.Future[BusMessage] = loop.create_future()
+            source.waiter = waiter
+            start = clock()
+            await source.send_bus_message(message)
+            await waiter
+            samples.append(clock() - start)
+        return samples
 
 
 @asynccontextmanager
@@ -89,12 +143,12 @@ async def serve(transport: str, codecs: list[str]) -> AsyncIterator[str]:
         yield service.url
 
 
-class ProxyLink(Link):
+class ProxyLink(SourceLink):
     """One client session: a runner with a :class:`Source` and a connected ProxyClient."""
 
     def __init__(self, runner: WorkerRunner, source: Source, task: asyncio.Task[None]) -> None:
+        super().__init__(source)
         self.runner = runner
-        self.source = source
         self._task = task
 
     @classmethod
@@ -128,41 +182,6 @@ class ProxyLink(Link):
             await link.aclose()
             raise
         return link
-
-    async def _request(self, message: BusMessage) -> BusMessage:
-        waiter: asyncio.Future[BusMessage] = asyncio.get_running_loop().create_future()
-        self.source.waiter = waiter
-        await self.source.send_bus_message(message)
-        return await waiter
-
-    async def control(self, command: str) -> dict[str, Any]:
-        reply = await self._request(BusDataMessage(CLIENT, SERVER, {"cmd": command}))
-        if not isinstance(reply, BusDataMessage):
-            raise RuntimeError(f"expected a control reply, got {type(reply).__name__}")
-        return dict(reply.data)
-
-    async def stream(self, size: int, count: int) -> None:
-        message = payload_message(size)
-        send = self.source.send_bus_message
-        for run in chunks(count):
-            for _ in range(run):
-                await send(message)
-            await yield_to_loop()
-
-    async def round_trips(self, size: int, count: int) -> list[float]:
-        message = payload_message(size)
-        source = self.source
-        loop = asyncio.get_running_loop()
-        clock = time.perf_counter
-        samples: list[float] = []
-        for _ in range(count):
-            waiter: asyncio.Future[BusMessage] = loop.create_future()
-            source.waiter = waiter
-            start = clock()
-            await source.send_bus_message(message)
-            await waiter
-            samples.append(clock() - start)
-        return samples
 
     async def aclose(self) -> None:
         await self.runner.end("benchmark done")
