@@ -61,6 +61,9 @@ def test_a_runner_takes_only_a_bus_and_a_bus_serves_one_runner() -> None:
         ({"url": "redis://h/0", "lease_ttl": 0}, "lease_ttl"),
         ({"url": "redis://h/0", "max_backlog": 0}, "max_backlog"),
         ({"url": "redis://h/0", "in_flight": True}, "in_flight"),
+        ({"url": "redis://h/0", "claim_timeout": -1}, "claim_timeout"),
+        ({"url": "redis://h/0", "put_timeout": 0}, "put_timeout"),
+        ({"url": "redis://h/0", "max_message_bytes": 0}, "max_message_bytes"),
     ],
 )
 def test_redis_bus_options_are_checked(options: dict[str, Any], match: str) -> None:

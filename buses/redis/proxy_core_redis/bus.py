@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import socket
@@ -33,7 +34,7 @@ from proxy_core.messages import BusEndWorkerMessage, BusLocalMessage, BusMessage
 from proxy_core.plugins import resolve_codec
 from proxy_core.protocol import Msg
 from proxy_core.registry import WorkerReadyData
-from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
+from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES, check_max_message_bytes
 from proxy_core.worker import BaseWorker
 
 from . import scripts
@@ -197,8 +198,17 @@ class RedisBus(BaseBus):
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number < 1:
                 raise ConfigurationError(f"{option} must be a positive integer, got {number!r}")
+        for option, seconds, least in (
+            ("put_timeout", put_timeout, 0.001),
+            ("close_timeout", close_timeout, 0.001),
+            ("claim_timeout", claim_timeout, 0.0),
+        ):
+            if not least <= seconds < math.inf:
+                raise ConfigurationError(
+                    f"{option} must be a finite number of seconds >= {least:g}, got {seconds!r}"
+                )
+        check_max_message_bytes(max_message_bytes)
         self.url = redact(url) if url is not None else _describe_client(redis)
-        self._url = url
         self._owned = redis is None
         self._redis: aioredis.Redis = redis if redis is not None else _client(url or "")
         self.keys = Keys(channel)
@@ -267,14 +277,19 @@ class RedisBus(BaseBus):
             if runner is None:
                 raise ConfigurationError("give this RedisBus to a WorkerRunner(bus=...) first")
             await self._probe()
-            self.node = NodeId(f"{runner.name}-{secrets.token_hex(4)}")
+            self.node = NodeId(f"{_field(runner.name)}-{secrets.token_hex(4)}")
             for name in scripts.__all__:
                 self._scripts[name] = self._redis.register_script(getattr(scripts, name))
-            snapshot = await self._call(
-                "REGISTER",
-                self._node_keys()[:3] + [self.keys.ready],
-                [self.node, self._info(), self._ttl_ms()],
-            )
+            try:
+                snapshot = await self._call(
+                    "REGISTER",
+                    self._node_keys()[:3] + [self.keys.ready],
+                    [self.node, self._info(), self._ttl_ms()],
+                )
+            except CONNECTION_ERRORS as exc:
+                raise ConnectError(
+                    f"lost Redis at {self.url} while joining: {type(exc).__name__}: {exc}"
+                ) from exc
             self._valid_until = asyncio.get_running_loop().time() + self.lease_ttl * 0.8
             self._apply_snapshot(snapshot)
             self._reader.add(StreamState(self.keys.node_stream(self.node), None))
@@ -631,7 +646,7 @@ class RedisBus(BaseBus):
         policy = OverflowPolicy.WAIT
         if isinstance(endpoint, BaseWorker):
             policy = endpoint.queue_stats.overflow
-        runner = self._runner.name if self._runner is not None else "?"
+        runner = _field(self._runner.name) if self._runner is not None else "?"
         return f"{self.node}\t{runner}\t{self.max_backlog}\t{policy.value}"
 
     def _lease_valid(self, now: float) -> bool:
@@ -645,8 +660,8 @@ class RedisBus(BaseBus):
         self._news_wanted.set()
 
     def _record(self, data: WorkerReadyData) -> str:
-        runner = self._runner.name if self._runner is not None else "?"
-        return f"{self.node}\t{runner}\t{int(data.remote)}\t{data.via or ''}"
+        runner = _field(self._runner.name) if self._runner is not None else "?"
+        return f"{self.node}\t{runner}\t{int(data.remote)}\t{_field(data.via or '')}"
 
     def _on_news(self, kind: bytes, fields: dict[bytes, bytes]) -> None:
         name = fields.get(b"w", b"").decode()
@@ -875,8 +890,8 @@ class RedisBus(BaseBus):
         return [self.keys.nodes, self.keys.alive(self.node), self.keys.node_stream(self.node)]
 
     def _info(self) -> str:
-        runner = self._runner.name if self._runner is not None else "?"
-        return f"{runner}\t{self._codec.name}\t{os.getpid()}\t{socket.gethostname()}"
+        runner = _field(self._runner.name) if self._runner is not None else "?"
+        return f"{runner}\t{self._codec.name}\t{os.getpid()}\t{_field(socket.gethostname())}"
 
     def _backstop_ms(self) -> int:
         # A stream no runner holds is dropped (counted) by a sweep after the
@@ -954,6 +969,11 @@ def _describe_client(client: Any) -> str:
         return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
     except AttributeError:
         return repr(type(client).__name__)
+
+
+def _field(text: str) -> str:
+    """``text`` as one field of a tab-separated record (no tab, no line break)."""
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def _text(value: Any) -> str:
