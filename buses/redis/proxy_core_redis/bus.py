@@ -17,11 +17,9 @@ import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import ResponseError
 
@@ -29,17 +27,29 @@ from proxy_core.backoff import Backoff
 from proxy_core.bus import BaseBus, Endpoint
 from proxy_core.codecs.base import Codec
 from proxy_core.errors import ConfigurationError, ConnectError, ProxyError
-from proxy_core.inbox import DEFAULT_PUT_TIMEOUT, OverflowPolicy
-from proxy_core.messages import BusEndWorkerMessage, BusLocalMessage, BusMessage
+from proxy_core.inbox import DEFAULT_PUT_TIMEOUT
+from proxy_core.messages import BusLocalMessage, BusMessage
 from proxy_core.plugins import resolve_codec
 from proxy_core.protocol import Msg
-from proxy_core.registry import WorkerReadyData
 from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES, check_max_message_bytes
 from proxy_core.worker import BaseWorker
 
 from . import scripts
 from .keys import Keys, NodeId, parse_id
-from .reader import CONNECTION_ERRORS, Reader
+from .membership import NEWS_MAXLEN, Membership
+from .reader import Reader
+from .support import (
+    CONNECTION_ERRORS,
+    RedisBusError,
+    Retry,
+    cancel_all,
+    describe_client,
+    field,
+    is_power_of_ten,
+    make_client,
+    redact,
+    text,
+)
 from .tracking import AckTracker, StreamState
 from .writer import Writer
 
@@ -63,66 +73,6 @@ _COUNTERS = (
     "state_lost",
     "leases_lost",
 )
-
-#: The most entries kept in a runner's node stream of registry news.
-_NEWS_MAXLEN = 10_000
-
-
-class RedisBusError(ProxyError):
-    """The Redis bus failed for good: Redis stayed out of reach past the retry policy."""
-
-
-def redact(url: str) -> str:
-    """Return ``url`` without its password or user (in the netloc or the query)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    query = urlencode(
-        [
-            (k, "***" if k.lower() in ("password", "username") else v)
-            for k, v in parse_qsl(parts.query)
-        ]
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
-class _Retry:
-    """A streak of failures of one loop, paced by the bus's :class:`Backoff`."""
-
-    def __init__(self, bus: RedisBus, what: str) -> None:
-        self._bus, self._what = bus, what
-        self._attempt = 0
-        self._since: float | None = None
-
-    def succeeded(self) -> None:
-        if self._attempt:
-            logger.info("redis bus %r: %s again", self._bus.node, self._what)
-            self._bus._stats["reconnects"] += 1
-        self._attempt, self._since = 0, None
-
-    async def failed(self, exc: BaseException) -> None:
-        """Wait before the next attempt, or raise :class:`RedisBusError` to give up."""
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # redis-py may turn our cancellation into a ConnectionError: stop all the same.
-            raise asyncio.CancelledError
-        now = asyncio.get_running_loop().time()
-        if self._since is None:
-            self._since = now
-            logger.warning(
-                "redis bus %r: %s failed (%s: %s); retrying",
-                self._bus.node,
-                self._what,
-                type(exc).__name__,
-                exc,
-            )
-        delay = self._bus.reconnect.next_delay(self._attempt, now - self._since, exc)
-        self._attempt += 1
-        if delay is None:
-            raise RedisBusError(
-                f"gave up {self._what} on {self._bus.url} after {self._attempt} attempts: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        await asyncio.sleep(delay)
 
 
 class RedisBus(BaseBus):
@@ -208,9 +158,9 @@ class RedisBus(BaseBus):
                     f"{option} must be a finite number of seconds >= {least:g}, got {seconds!r}"
                 )
         check_max_message_bytes(max_message_bytes)
-        self.url = redact(url) if url is not None else _describe_client(redis)
+        self.url = redact(url) if url is not None else describe_client(redis)
         self._owned = redis is None
-        self._redis: aioredis.Redis = redis if redis is not None else _client(url or "")
+        self._redis: aioredis.Redis = redis if redis is not None else make_client(url or "")
         self.keys = Keys(channel)
         self.channel = channel
         self._codec = resolve_codec(codec)
@@ -223,6 +173,7 @@ class RedisBus(BaseBus):
         self.claim_timeout = claim_timeout
         self.node: NodeId = NodeId("")
         self._tracker = AckTracker()
+        self._members = Membership(self)
         self._reader = Reader(self, count=256, block_ms=2000, in_flight=in_flight)
         self._writer = Writer(
             self._write_batch,
@@ -257,7 +208,7 @@ class RedisBus(BaseBus):
     def bind(self, runner: Any) -> None:
         """Become the bus of ``runner`` (called by the runner)."""
         super().bind(runner)
-        runner.registry._publish = self._on_local_ready
+        runner.registry._publish = self._members.on_local_ready
 
     async def start(self) -> None:
         """Connect, check the server, and register this runner on the channel; idempotent.
@@ -277,7 +228,7 @@ class RedisBus(BaseBus):
             if runner is None:
                 raise ConfigurationError("give this RedisBus to a WorkerRunner(bus=...) first")
             await self._probe()
-            self.node = NodeId(f"{_field(runner.name)}-{secrets.token_hex(4)}")
+            self.node = NodeId(f"{field(runner.name)}-{secrets.token_hex(4)}")
             for name in scripts.__all__:
                 self._scripts[name] = self._redis.register_script(getattr(scripts, name))
             try:
@@ -291,14 +242,14 @@ class RedisBus(BaseBus):
                     f"lost Redis at {self.url} while joining: {type(exc).__name__}: {exc}"
                 ) from exc
             self._valid_until = asyncio.get_running_loop().time() + self.lease_ttl * 0.8
-            self._apply_snapshot(snapshot)
+            self._members.apply_snapshot(snapshot)
             self._reader.add(StreamState(self.keys.node_stream(self.node), None))
             loop = asyncio.get_running_loop()
             for coro, what in (
                 (self._reader.run(), "reader"),
                 (self._writer.run(), "writer"),
                 (self._ack_loop(), "acker"),
-                (self._control_loop(), "control"),
+                (self._members.control_loop(), "control"),
             ):
                 task = loop.create_task(coro, name=f"redis-bus-{what}")
                 task.add_done_callback(self._task_done)
@@ -354,7 +305,7 @@ class RedisBus(BaseBus):
             return
         self.stopping()
         # The reader must be gone before we leave: it would set the channel up again.
-        await _cancel(self._tasks[:1], self.close_timeout)
+        await cancel_all(self._tasks[:1], self.close_timeout)
         if not await self._writer.drain(self.close_timeout):
             left = self._writer.buffered
             self._count("closed", left)
@@ -374,7 +325,8 @@ class RedisBus(BaseBus):
                 exc,
                 self.lease_ttl,
             )
-        await _cancel([*self._tasks, *([self._poking] if self._poking else [])], self.close_timeout)
+        tasks = [*self._tasks, *([self._poking] if self._poking else [])]
+        await cancel_all(tasks, self.close_timeout)
         if self._owned:
             await self._redis.aclose()
         logger.info("redis bus: runner %s left channel %r", self.node, self.channel)
@@ -403,7 +355,7 @@ class RedisBus(BaseBus):
         keys: list[str] = []
         for name in names:
             keys += [self.keys.lease(name), self.keys.stream(name)]
-        values = [self._lease_value(endpoint) for _ in names]
+        values = [self._members.lease_value(endpoint) for _ in names]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.claim_timeout
         while True:
@@ -416,7 +368,7 @@ class RedisBus(BaseBus):
             if int(reply[0]) == 1:
                 break
             name = names[int(reply[1]) - 1]
-            holder = _text(reply[2]).split("\t")
+            holder = text(reply[2]).split("\t")
             left = deadline - loop.time()
             if left > 0:
                 # Wait for that lease to run out, or for news that a name was
@@ -476,7 +428,7 @@ class RedisBus(BaseBus):
             await self._call(
                 "RELEASE",
                 [self.keys.lease(name), self.keys.stream(name), self.keys.ready, self.keys.orphans],
-                [self.node, name, self._backstop_ms(), self.keys.prefix, _NEWS_MAXLEN],
+                [self.node, name, self._backstop_ms(), self.keys.prefix, NEWS_MAXLEN],
             )
         except (RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
             logger.warning(
@@ -595,7 +547,7 @@ class RedisBus(BaseBus):
                 keys += [self.keys.stream(target.name), self.keys.lease(target.name)]
             args += [position, payload]
         result = await self._call("SEND", keys, args, retry_as="writing")
-        return _text(result)
+        return text(result)
 
     # ------------------------------------------------------------ acknowledging
 
@@ -640,212 +592,6 @@ class RedisBus(BaseBus):
         self._stats["acked"] += sum(len(e) for e in acks.values())
         self._reader.wake()
 
-    # ------------------------------------------------------------ leases and news
-
-    def _lease_value(self, endpoint: Endpoint) -> str:
-        policy = OverflowPolicy.WAIT
-        if isinstance(endpoint, BaseWorker):
-            policy = endpoint.queue_stats.overflow
-        runner = _field(self._runner.name) if self._runner is not None else "?"
-        return f"{self.node}\t{runner}\t{self.max_backlog}\t{policy.value}"
-
-    def _lease_valid(self, now: float) -> bool:
-        return now < self._valid_until
-
-    def _on_local_ready(self, name: str, data: WorkerReadyData | None) -> None:
-        if name not in self._routes or not self._started:
-            return
-        record = "" if data is None else self._record(data)
-        self._news.append((name, record))
-        self._news_wanted.set()
-
-    def _record(self, data: WorkerReadyData) -> str:
-        runner = _field(self._runner.name) if self._runner is not None else "?"
-        return f"{self.node}\t{runner}\t{int(data.remote)}\t{_field(data.via or '')}"
-
-    def _on_news(self, kind: bytes, fields: dict[bytes, bytes]) -> None:
-        name = fields.get(b"w", b"").decode()
-        value = fields.get(b"v", b"").decode()
-        if kind == b"ready":
-            self._peer_ready(name, value)
-        elif kind == b"gone":
-            self._peer_gone(name, value)
-
-    def _peer_ready(self, name: str, record: str) -> None:
-        node, runner, remote, via = (record.split("\t") + ["", "", "", ""])[:4]
-        if node == self.node or not name or self._runner is None:
-            return
-        self._remote_ready[name] = (node, runner)
-        self._runner.registry.set_ready(name, remote=remote == "1", via=via or None, node=runner)
-
-    def _peer_gone(self, name: str, node: str) -> None:
-        self._freed.set()
-        known = self._remote_ready.get(name)
-        if known is None or known[0] != node or self._runner is None:
-            return
-        del self._remote_ready[name]
-        self._runner.registry.set_gone(name, node=known[1])
-
-    def _apply_snapshot(self, snapshot: list[Any]) -> None:
-        for i in range(0, len(snapshot), 2):
-            self._peer_ready(_text(snapshot[i]), _text(snapshot[i + 1]))
-
-    async def _control_loop(self) -> None:
-        """Publish readiness, renew leases, and sweep the dead runners' leftovers."""
-        loop = asyncio.get_running_loop()
-        retry = self._retry("renewing leases")
-        next_renew = loop.time() + self.lease_ttl / 3
-        next_sweep = loop.time() + self.lease_ttl / 2
-        while True:
-            try:
-                while self._news:
-                    name, record = self._news[0]
-                    await self._call(
-                        "PUBLISH",
-                        [self.keys.ready, self.keys.lease(name)],
-                        [self.node, name, record, self.keys.prefix, _NEWS_MAXLEN],
-                    )
-                    self._news.pop(0)
-                now = loop.time()
-                if now >= next_renew:
-                    await self._renew(now)
-                    next_renew = now + self.lease_ttl / 3
-                if now >= next_sweep:
-                    await self._sweep()
-                    next_sweep = now + self.lease_ttl / 2
-            except CONNECTION_ERRORS as exc:
-                await retry.failed(exc)
-                continue
-            retry.succeeded()
-            self._news_wanted.clear()
-            try:
-                async with asyncio.timeout(max(0.0, min(next_renew, next_sweep) - loop.time())):
-                    await self._news_wanted.wait()
-            except TimeoutError:
-                pass
-
-    async def _renew(self, started: float) -> None:
-        names = list(self._routes)
-        keys = self._node_keys() + [self.keys.lease(n) for n in names]
-        values = [self._lease_value(self._routes[n]) for n in names]
-        reply = await self._call("RENEW", keys, [self.node, self._ttl_ms(), self._info(), *values])
-        self._valid_until = started + self.lease_ttl * 0.8
-        self._reader.wake()
-        if int(reply[0]):
-            logger.warning(
-                "redis bus %r: Redis had forgotten this runner (presumed dead, or the server "
-                "restarted); registered again",
-                self.node,
-            )
-            self._count_in("state_lost", 1)
-            await self._republish()
-        for name, status in zip(names, reply[1:], strict=True):
-            if int(status) == 0:
-                self._lose(name)
-            elif int(status) == 2:
-                logger.warning(
-                    "redis bus %r: the lease of %r had expired (Redis out of reach for over "
-                    "%.0fs?); taken again",
-                    self.node,
-                    name,
-                    self.lease_ttl,
-                )
-
-    async def _republish(self) -> None:
-        registry = self._runner.registry if self._runner is not None else None
-        if registry is None:
-            return
-        for name in list(self._routes):
-            data = registry.get(name)
-            if data is not None and data.node is None:
-                self._on_local_ready(name, data)
-
-    async def _sweep(self) -> None:
-        gone, expired = await self._call(
-            "SWEEP",
-            [self.keys.nodes, self.keys.ready, self.keys.seq, self.keys.orphans],
-            [
-                self.keys.prefix,
-                self.node,
-                _NEWS_MAXLEN,
-                int(self.orphan_ttl * 1000),
-                self._backstop_ms(),
-            ],
-        )
-        for i in range(0, len(gone), 2):
-            self._peer_gone(_text(gone[i]), _text(gone[i + 1]))
-        for i in range(0, len(expired), 2):
-            name, count = _text(expired[i]), int(expired[i + 1])
-            self._count("expired", count)
-            logger.warning(
-                "redis bus %r: %d message(s) for %r dropped: no runner took the name within "
-                "orphan_ttl (%.0fs)",
-                self.node,
-                count,
-                name,
-                self.orphan_ttl,
-            )
-
-    def _lose(self, name: str) -> None:
-        """Another runner holds ``name`` now: stop reading it and end the local endpoint."""
-        endpoint = self._routes.get(name)
-        state = self._reader.remove(self.keys.stream(name))
-        if state is not None:
-            self._tracker.forget(state)
-        self._count_in("leases_lost", 1)
-        logger.error(
-            "redis bus %r: another runner holds %r now (this one could not renew its lease "
-            "in time); %r is ended here",
-            self.node,
-            name,
-            getattr(endpoint, "name", name),
-        )
-        if endpoint is not None:
-            owner = endpoint.name
-            self._routes = {k: v for k, v in self._routes.items() if k != name}
-            if isinstance(endpoint, BaseWorker) and endpoint.accepting:
-                endpoint.deliver(BusEndWorkerMessage(owner, owner, f"lost {name!r} on the bus"))
-
-    async def _recover(self, why: str) -> None:
-        """Redis lost this channel's state (a restart without persistence): set it up again."""
-        if self._closed:
-            raise asyncio.CancelledError
-        self._count_in("state_lost", 1)
-        logger.error(
-            "redis bus %r: %s: Redis lost this channel's state (a restart without "
-            "persistence?); messages it held are lost; setting up again",
-            self.node,
-            why,
-        )
-        retry = self._retry("setting up again")
-        while True:
-            try:
-                snapshot = await self._call(
-                    "REGISTER",
-                    self._node_keys()[:3] + [self.keys.ready],
-                    [self.node, self._info(), self._ttl_ms()],
-                )
-                self._apply_snapshot(snapshot)
-                for name, endpoint in list(self._routes.items()):
-                    reply = await self._call(
-                        "ACQUIRE",
-                        [self.keys.lease(name), self.keys.stream(name)],
-                        [
-                            self.node,
-                            self._ttl_ms(),
-                            self._lease_value(endpoint),
-                            self.keys.orphans,
-                            self.keys.prefix,
-                        ],
-                    )
-                    if int(reply[0]) == 0:
-                        self._lose(name)
-                break
-            except CONNECTION_ERRORS as exc:
-                await retry.failed(exc)
-        self._reader.restart()
-        await self._republish()
-
     # ------------------------------------------------------------ helpers
 
     def _poke(self) -> None:
@@ -861,8 +607,8 @@ class RedisBus(BaseBus):
         finally:
             self._poking = None
 
-    def _retry(self, what: str) -> _Retry:
-        return _Retry(self, what)
+    def _retry(self, what: str) -> Retry:
+        return Retry(self, what)
 
     async def _call(
         self, script: str, keys: list[str], args: list[Any], *, retry_as: str | None = None
@@ -890,8 +636,8 @@ class RedisBus(BaseBus):
         return [self.keys.nodes, self.keys.alive(self.node), self.keys.node_stream(self.node)]
 
     def _info(self) -> str:
-        runner = _field(self._runner.name) if self._runner is not None else "?"
-        return f"{runner}\t{self._codec.name}\t{os.getpid()}\t{_field(socket.gethostname())}"
+        runner = field(self._runner.name) if self._runner is not None else "?"
+        return f"{runner}\t{self._codec.name}\t{os.getpid()}\t{field(socket.gethostname())}"
 
     def _backstop_ms(self) -> int:
         # A stream no runner holds is dropped (counted) by a sweep after the
@@ -906,7 +652,7 @@ class RedisBus(BaseBus):
 
     def _count_in(self, what: str, n: int, *, detail: str = "") -> None:
         self._stats[what] += n
-        if what == "undecodable" and _is_power_of_ten(self._stats[what]):
+        if what == "undecodable" and is_power_of_ten(self._stats[what]):
             logger.warning(
                 "redis bus %r: an entry did not decode (%s); acknowledged and dropped (%d so far)",
                 self.node,
@@ -929,58 +675,3 @@ class RedisBus(BaseBus):
             **{k: v for k, v in self._stats.items() if k != "sent"},
             "dropped": dict(self._dropped),
         }
-
-
-async def _cancel(tasks: list[asyncio.Task[None]], timeout: float) -> None:
-    """Cancel ``tasks`` and wait for them, bounded.
-
-    Cancelled again until done: on Python 3.11, ``asyncio.wait_for`` (which
-    redis-py uses) can swallow a cancellation that meets a result.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        pending = [t for t in tasks if not t.done()]
-        if not pending:
-            return
-        if loop.time() >= deadline:
-            logger.warning("redis bus: %d task(s) did not stop in %.1fs", len(pending), timeout)
-            return
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.05)
-
-
-def _client(url: str) -> aioredis.Redis:
-    # Our loops retry with the bus's Backoff; redis-py's own retries would hide cuts.
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_connect_timeout=5,
-        socket_timeout=10,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return client
-
-
-def _describe_client(client: Any) -> str:
-    try:
-        kwargs = client.connection_pool.connection_kwargs
-        return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
-    except AttributeError:
-        return repr(type(client).__name__)
-
-
-def _field(text: str) -> str:
-    """``text`` as one field of a tab-separated record (no tab, no line break)."""
-    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _is_power_of_ten(n: int) -> bool:
-    while n and n % 10 == 0:
-        n //= 10
-    return n == 1

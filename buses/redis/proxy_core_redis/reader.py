@@ -16,9 +16,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy_core.errors import CodecError, QueueFull
 from proxy_core.messages import BusLocalMessage, BusMessage
@@ -27,21 +25,15 @@ from proxy_core.protocol import Msg
 from proxy_core.worker import BaseWorker
 
 from .keys import GROUP, parse_id
+from .support import CONNECTION_ERRORS
 from .tracking import StreamState
 
 if TYPE_CHECKING:
     from .bus import RedisBus
 
-__all__ = ["CONNECTION_ERRORS", "Reader"]
+__all__ = ["Reader"]
 
 logger = logging.getLogger("proxy_core_redis")
-
-#: What a cut connection, a restarting server or a timeout raises (redis-py's are not OSErrors).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-)
 
 
 class Reader:
@@ -118,7 +110,7 @@ class Reader:
         """
         if state.held or len(state.outstanding) >= self._window(state):
             return False
-        return state.name is None or self._bus._lease_valid(now)
+        return state.name is None or self._bus._members.lease_valid(now)
 
     def _window(self, state: StreamState) -> int:
         if state.name is None:
@@ -165,7 +157,7 @@ class Reader:
                     continue
                 if "NOGROUP" not in str(exc):
                     raise
-                await bus._recover(f"a stream lost its group ({exc})")
+                await bus._members.recover(f"a stream lost its group ({exc})")
                 continue
             except CONNECTION_ERRORS as exc:
                 self.restart()
@@ -212,7 +204,7 @@ class Reader:
                 continue
             kind = fields.get(b"k")
             if kind is not None:
-                bus._on_news(kind, fields)
+                bus._members.on_news(kind, fields)
                 bus._tracker.finish_entry(state, entry)
                 continue
             message = self._decode(fields)
