@@ -9,6 +9,7 @@ Messages between two workers of the same runner never touch Redis. See
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -56,6 +57,9 @@ from .writer import Writer
 __all__ = ["MIN_REDIS_VERSION", "RedisBus", "RedisBusError", "redact"]
 
 logger = logging.getLogger("proxy_core_redis")
+
+#: The longest an acknowledgement waits for a write in progress to go first (seconds).
+_ACK_DEFER = 0.002
 
 #: The oldest Redis server the bus runs on.
 MIN_REDIS_VERSION = (6, 2)
@@ -566,6 +570,13 @@ class RedisBus(BaseBus):
         while True:
             await self._ack_wanted.wait()
             self._ack_wanted.clear()
+            # Acknowledgements are never urgent: let a message being sent (a
+            # handler's reply, say) go first, as it is on someone's clock.
+            await asyncio.sleep(0)
+            if not self._writer.idle:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_ACK_DEFER):
+                        await self._writer.wait_idle()
             try:
                 await self._flush_acks()
             except CONNECTION_ERRORS as exc:

@@ -196,6 +196,15 @@ class Writer:
         return True
 
     @property
+    def idle(self) -> bool:
+        """Whether nothing is queued or being written."""
+        return self._idle.is_set()
+
+    async def wait_idle(self) -> None:
+        """Wait until nothing is queued or being written."""
+        await self._idle.wait()
+
+    @property
     def buffered(self) -> int:
         """Messages queued, not yet written."""
         return self._buffered
