@@ -179,6 +179,11 @@ class Reader:
                 state = self.streams.get(key)
                 if state is not None and cursor != ">" and key not in returned:
                     state.cursor = ">"
+            if reply:
+                # Let the workers just handed something run, and their replies
+                # be written, before this loop spends its time on the next read.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
 
     # ------------------------------------------------------------ delivery
 
