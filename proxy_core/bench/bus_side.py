@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import importlib
 import json
-import logging
 import os
 import sys
 import time
@@ -48,7 +47,7 @@ from ..worker import BaseWorker
 from .links import Link, SinkState, chunks, yield_to_loop
 from .proxy_side import Sink, Source, SourceLink
 from .stats import percentile
-from .worker import _Channel, _Profiler, pin_to
+from .worker import _Channel, _Profiler, run_role
 
 __all__ = ["SOURCE", "TARGET", "main"]
 
@@ -437,14 +436,7 @@ _ROLES = {"local": _local_role, "receiver": _receiver_role, "sender": _sender_ro
 
 def main(argv: list[str] | None = None) -> int:
     """Run a role; return its exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] not in _ROLES:
-        print(f"usage: python -m proxy_core.bench.bus_side {{{','.join(_ROLES)}}} SPEC_JSON")
-        return 2
-    spec: dict[str, Any] = json.loads(args[1])
-    pin_to(spec.get("core"))
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return asyncio.run(_ROLES[args[0]](spec))
+    return run_role("proxy_core.bench.bus_side", _ROLES, argv)
 
 
 if __name__ == "__main__":

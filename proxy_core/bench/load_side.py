@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
-import logging
 import os
 import resource
 import sys
@@ -36,7 +34,7 @@ from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ..service import ProxyService, serve_proxy
 from ..worker import BaseWorker
-from .worker import _Channel, pin_to
+from .worker import _Channel, run_role
 
 __all__ = ["Collector", "Echo", "main", "memory", "raise_fd_limit"]
 
@@ -459,14 +457,7 @@ _ROLES = {"server": _server_role, "client": _client_role}
 
 def main(argv: list[str] | None = None) -> int:
     """Run a child role; return its exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] not in _ROLES:
-        print(f"usage: python -m proxy_core.bench.load_side {{{','.join(_ROLES)}}} SPEC_JSON")
-        return 2
-    spec: dict[str, Any] = json.loads(args[1])
-    pin_to(spec.get("core"))
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return asyncio.run(_ROLES[args[0]](spec))
+    return run_role("proxy_core.bench.load_side", _ROLES, argv)
 
 
 if __name__ == "__main__":

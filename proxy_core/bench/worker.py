@@ -21,6 +21,7 @@ import pstats
 import resource
 import sys
 import time
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import IO, Any
 
@@ -287,16 +288,25 @@ async def _codec_role(spec: dict[str, Any]) -> int:
 _ROLES = {"server": _server_role, "client": _client_role, "codec": _codec_role}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a child role; return its exit code."""
+def run_role(
+    module: str,
+    roles: Mapping[str, Callable[[dict[str, Any]], Coroutine[Any, Any, int]]],
+    argv: list[str] | None,
+) -> int:
+    """Run the child role named in ``argv`` (``ROLE SPEC_JSON``) of ``module``; return its code."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] not in _ROLES:
-        print(f"usage: python -m proxy_core.bench.worker {{{','.join(_ROLES)}}} SPEC_JSON")
+    if len(args) != 2 or args[0] not in roles:
+        print(f"usage: python -m {module} {{{','.join(roles)}}} SPEC_JSON")
         return 2
     spec: dict[str, Any] = json.loads(args[1])
     pin_to(spec.get("core"))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return asyncio.run(_ROLES[args[0]](spec))
+    return asyncio.run(roles[args[0]](spec))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a child role; return its exit code."""
+    return run_role("proxy_core.bench.worker", _ROLES, argv)
 
 
 if __name__ == "__main__":
