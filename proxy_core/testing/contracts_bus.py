@@ -61,6 +61,7 @@ from ..messages import (
 from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ._harness import TIMEOUT, Recorder, text, text_of, wait
+from .contracts import _awkward_data
 
 __all__ = ["BusContract", "BusLocalNote", "Cluster", "Member", "Watcher"]
 
@@ -270,20 +271,6 @@ def _note(source: str, target: str | None, body: str) -> Callable[[BusMessage], 
 def _addressed(source: str, target: str) -> Callable[[BusMessage], bool]:
     """Match any message from ``source`` to ``target``."""
     return lambda m: (m.source, m.target) == (source, target)
-
-
-def _awkward_data() -> dict[str, Any]:
-    """Values of the whole value model, for a bus that encodes messages."""
-    return {
-        "$type": "evil.module:Thing",  # a key, not a tag
-        "tuple": (1, "two", (3.5, None)),
-        "bytes": b"\x00\xff" * 3,
-        "text": "h\u00e9llo \U0001f916 \u202e \x00",
-        "ints": [0, -1, 2**63 - 1, -(2**63)],
-        "floats": [0.1, -0.0, 1e308],
-        "flags": [True, False, None],
-        "nested": {"list": [{"k": [b"v"]}], "empty": {}, "": ""},
-    }
 
 
 class BusContract:

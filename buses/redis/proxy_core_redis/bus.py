@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 from proxy_core.backoff import Backoff
 from proxy_core.bus import BaseBus, Endpoint
 from proxy_core.codecs.base import Codec
-from proxy_core.errors import ConfigurationError, ConnectError, ProxyError
+from proxy_core.errors import ConfigurationError, ConnectError, MessageTooLarge, ProxyError
 from proxy_core.inbox import DEFAULT_PUT_TIMEOUT
 from proxy_core.messages import BusLocalMessage, BusMessage
 from proxy_core.plugins import resolve_codec
@@ -480,11 +480,6 @@ class RedisBus(BaseBus):
             if refused is not None:
                 raise refused
             return
-        endpoint = self._direct(target, message)
-        if endpoint is not None:
-            if not endpoint.offer(message):
-                await endpoint.put(message)
-            return
         await self.send_to(target, message)
 
     async def send_to(self, name: str, message: BusMessage) -> None:
@@ -527,8 +522,6 @@ class RedisBus(BaseBus):
     def _encode(self, message: BusMessage) -> bytes:
         payload = self._codec.encode(Msg(1, message))
         if len(payload) > self.max_message_bytes:
-            from proxy_core.errors import MessageTooLarge
-
             raise MessageTooLarge(len(payload), self.max_message_bytes)
         return payload
 
