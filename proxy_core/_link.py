@@ -59,7 +59,7 @@ from .transport import (
 )
 from .worker import BaseWorker
 
-__all__ = ["CodecSpec", "ProxyStats"]
+__all__ = ["DEFAULT_CODEC", "DEFAULT_SERVER_CODECS", "CodecSpec", "ProxyStats"]
 
 # One logger for the proxies, whichever module: ``proxy_core.proxy``.
 logger = logging.getLogger("proxy_core.proxy")
@@ -76,6 +76,12 @@ _DEFAULT_BACKOFF = Backoff()
 _BATCH_MAX_BYTES = 256 * 1024
 
 CodecSpec: TypeAlias = str | Codec | Sequence[str | Codec]
+
+#: The codec every client class asks for unless told otherwise: the fast one.
+#: ``json`` stays available by name (``codec="json"``).
+DEFAULT_CODEC = "msgpack"
+#: What every server class accepts unless told otherwise, in order of preference.
+DEFAULT_SERVER_CODECS: tuple[str, ...] = ("msgpack", "json")
 
 
 @dataclass

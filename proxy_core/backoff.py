@@ -72,6 +72,17 @@ class Backoff:
         if self.reset_after < 0:
             raise ConfigurationError("reset_after must not be negative")
 
+    def describe(self) -> str:
+        """Say in words how long this policy keeps trying (for logs and messages)."""
+        limits = []
+        if self.max_elapsed is not None:
+            limits.append(f"{_duration(self.max_elapsed)}")
+        if self.max_attempts is not None:
+            limits.append(f"{self.max_attempts} attempt{'s' if self.max_attempts != 1 else ''}")
+        if not limits:
+            return "without limit"
+        return "for up to " + " or ".join(limits)
+
     def cap(self, attempt: int) -> float:
         """The largest wait before retry number ``attempt`` (0-based)."""
         # Compare exponents, not powers, so that a long streak cannot overflow.
@@ -111,3 +122,12 @@ class Backoff:
         if self.max_elapsed is not None and elapsed + delay > self.max_elapsed:
             return None
         return delay
+
+
+def _duration(seconds: float) -> str:
+    """``300`` -> ``"5 min"``, ``90`` -> ``"90 s"``, ``7200`` -> ``"2 h"``."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from ssl import SSLContext
 from typing import Any
 
-from ._link import _DEFAULT_BACKOFF, _NO_RESUME, CodecSpec, _codec_list, _ProxyWorker
+from ._link import (
+    _DEFAULT_BACKOFF,
+    _NO_RESUME,
+    DEFAULT_CODEC,
+    CodecSpec,
+    _codec_list,
+    _ProxyWorker,
+)
 from .backoff import Backoff
 from .errors import (
     ConfigurationError,
@@ -40,6 +47,7 @@ from .transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Connection,
     Transport,
+    redact_url,
 )
 from .worker import BaseWorker
 
@@ -66,17 +74,32 @@ class ProxyClient(_ProxyWorker):
     - ``on_session_lost(proxy, error)``: a :class:`~proxy_core.errors.SessionLost`
       (the server no longer held the session, or the link was lost where no
       resume is possible): its unacknowledged messages are gone;
-    - ``on_connect_error(proxy, error)``: an attempt failed.
+    - ``on_connect_error(proxy, error)``: an attempt failed;
+    - ``on_gave_up(proxy, error)``: the client stopped trying (the server
+      refused it, the retries ran out, or a session it could not resume was
+      lost with ``on_session_expired="error"``). By default the failure ends
+      the runner and ``runner.run()`` raises ``error``; registering a handler
+      for this event replaces that default (the runner goes on, and the
+      proxy connects again when it is next activated).
+
+    Reconnecting: a refused connection, a timeout or a dropped link is tried
+    again following ``reconnect``; by default (``Backoff()``) for up to 5
+    minutes of failures in a row, with waits growing from 0.1 s to 10 s. The
+    first failure of a streak is logged once as a warning that says so, the
+    next ones at debug level. A refusal (bad token, no common codec, unknown
+    worker) or a certificate that does not verify is never retried.
 
     Args:
         name: this worker's name.
-        url: the server's URL (``ws://host:port/ws``).
+        url: the server's URL (``ws://host:port/ws``), checked here against
+            the transport (a scheme it cannot use is a ``ConfigurationError``).
         local_worker_name: the worker on this bus that talks to the remote one.
         remote_worker_name: the worker on the server's bus.
         forward_messages: the message types allowed to cross, both ways.
         headers: sent with the connection request (e.g. an auth token).
         transport: a transport name or instance (default ``"websockets"``).
-        codec: a codec name or instance, or several in order of preference.
+        codec: a codec name or instance, or several in order of preference
+            (default ``"msgpack"``, as for every client class; ``"json"`` by name).
         ssl: TLS settings for a secure URL (``wss://``, ``grpcs://``): a
             :class:`~proxy_core.tls.ClientTLS`, which every backend takes, or an
             ``ssl.SSLContext`` (the WebSocket backends only); default: the
@@ -114,6 +137,7 @@ class ProxyClient(_ProxyWorker):
         "on_reconnecting",
         "on_session_lost",
         "on_connect_error",
+        "on_gave_up",
     )
 
     side = "client"
@@ -128,7 +152,7 @@ class ProxyClient(_ProxyWorker):
         forward_messages: Sequence[type[BusMessage]] = (),
         headers: dict[str, str] | None = None,
         transport: str | Transport = "websockets",
-        codec: CodecSpec = "msgpack",
+        codec: CodecSpec = DEFAULT_CODEC,
         ssl: SSLContext | ClientTLS | None = None,
         open_timeout: float = 10.0,
         reconnect: Backoff | None = _DEFAULT_BACKOFF,
@@ -161,6 +185,7 @@ class ProxyClient(_ProxyWorker):
         self.url = url
         self.headers = dict(headers or {})
         self.transport = resolve_transport(transport)
+        self.transport.check_url(url)  # a URL this backend cannot use fails here, not later
         self.codecs = _codec_list(codec)
         self.ssl = ssl
         self.open_timeout = open_timeout
@@ -251,9 +276,6 @@ class ProxyClient(_ProxyWorker):
                 if isinstance(opened, ProxyError):
                     error = opened
                     self.last_error = error
-                    logger.warning(
-                        "proxy %r could not connect to %s: %s", self.name, self.url, error
-                    )
                     await self._call_event("on_connect_error", error)
                     now = loop.time()
                     streak_start = now if streak_start is None else streak_start
@@ -263,9 +285,21 @@ class ProxyClient(_ProxyWorker):
                     if delay is None:
                         if held is not None:
                             await self._lose(held, "gave up reconnecting")
-                        logger.error("proxy %r: giving up on %s: %s", self.name, self.url, error)
-                        self._settle(error)
+                        await self._give_up(error, attempt + 1)
                         return
+                    if attempt == 0:
+                        assert policy is not None  # a delay comes from a policy
+                        logger.warning(
+                            "proxy %r: %s; trying again in the background %s "
+                            "(reconnect=Backoff(...) changes this, reconnect=None fails at once)",
+                            self.name,
+                            error,
+                            policy.describe(),
+                        )
+                    else:
+                        logger.debug(
+                            "proxy %r: attempt %d failed: %s", self.name, attempt + 1, error
+                        )
                     attempt += 1
                     await self._call_event("on_reconnecting", attempt, delay)
                     self._opening = True
@@ -280,8 +314,7 @@ class ProxyClient(_ProxyWorker):
                         lost = await self._lose(held, "the server no longer holds it")
                         if self.on_session_expired == "error":
                             await conn.aclose(CloseCode.NORMAL, "session lost")
-                            self.last_error = lost
-                            self._settle(lost)
+                            await self._give_up(lost, attempt + 1)
                             return
                 except BaseException:
                     await conn.aclose(CloseCode.GOING_AWAY, "stopped")
@@ -295,11 +328,12 @@ class ProxyClient(_ProxyWorker):
                 ever_connected = True
                 self._settle()
                 logger.info(
-                    "proxy %r %s %s (session %s)",
+                    "proxy %r %s %s (session %s%s)",
                     self.name,
                     "resumed its session on" if resumed else "connected to",
                     self.url,
                     session.session_id,
+                    f", after {attempt + 1} attempts" if attempt else "",
                 )
                 self._ready_sent = False  # a new connection: announce our worker again
                 connected_at = loop.time()
@@ -338,6 +372,19 @@ class ProxyClient(_ProxyWorker):
                 if self._session is held:
                     self._session = None
                     self._outbox_space.set()
+
+    async def _give_up(self, error: ProxyError, attempts: int) -> None:
+        """Stop trying: tell ``wait_connected``, then ``on_gave_up`` or the runner."""
+        self.last_error = error
+        tried = f" after {attempts} attempts" if attempts > 1 else ""
+        url = redact_url(self.url)
+        logger.error("proxy %r: giving up on %s%s: %s", self.name, url, tried, error)
+        self._settle(error)
+        if self._handlers is not None and self._handlers.get("on_gave_up"):
+            await self._call_event("on_gave_up", error)
+            return
+        error.add_note(f"proxy {self.name!r} gave up on {url}{tried}")
+        self.runner.fail(error, f"proxy {self.name!r} gave up")
 
     async def _lose(self, session: Session, why: str) -> SessionLost:
         """Report that ``session`` is gone with its unacknowledged messages."""

@@ -7,11 +7,13 @@ share in :mod:`proxy_core._link`; their log records go to the
 
 from __future__ import annotations
 
-from ._link import CodecSpec, ProxyStats, _codec_list
+from ._link import DEFAULT_CODEC, DEFAULT_SERVER_CODECS, CodecSpec, ProxyStats, _codec_list
 from .client import ProxyClient
 from .server import ProxyServer, SessionTable, accept_hello
 
 __all__ = [
+    "DEFAULT_CODEC",
+    "DEFAULT_SERVER_CODECS",
     "CodecSpec",
     "ProxyClient",
     "ProxyServer",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import ConfigurationError
 
 __all__ = ["Watch", "WorkerReadyData", "WorkerRegistry", "WatchCallback"]
 
@@ -31,7 +34,8 @@ class WorkerReadyData:
     node: str | None = None
 
 
-WatchCallback = Callable[[WorkerReadyData], Awaitable[None]]
+#: A watch callback: a coroutine function or a plain function of the data.
+WatchCallback = Callable[[WorkerReadyData], Awaitable[None] | None]
 
 
 class Watch:
@@ -76,12 +80,18 @@ class WorkerRegistry:
         self._publish: Callable[[str, WorkerReadyData | None], None] | None = None
 
     def watch(self, name: str, callback: WatchCallback) -> Watch:
-        """Call ``await callback(data)`` each time worker ``name`` becomes ready.
+        """Call ``callback(data)`` each time worker ``name`` becomes ready.
 
-        Fires at once (in a new task) if the worker is already ready, whether
-        it is local or remote.
+        ``callback`` is a coroutine function (awaited) or a plain function.
+        Each call runs in a task of the runner's, so a slow callback holds
+        nobody up; one that raises is logged and the watch stays. Fires at
+        once (in a new task) if the worker is already ready, whether it is
+        local or remote.
+
+        Raises:
+            ConfigurationError: ``callback`` is not callable.
         """
-        handle = Watch(self, name, callback)
+        handle = Watch(self, name, _check_callback(callback))
         self._watches.setdefault(name, []).append(handle)
         data = self._ready.get(name)
         if data is not None:
@@ -89,13 +99,15 @@ class WorkerRegistry:
         return handle
 
     def watch_gone(self, name: str, callback: WatchCallback) -> Watch:
-        """Call ``await callback(data)`` each time worker ``name`` stops being ready.
+        """Call ``callback(data)`` each time worker ``name`` stops being ready.
+
+        ``callback`` is a coroutine function or a plain function, as for :meth:`watch`.
 
         A local worker that ends, a remote worker whose link closed, or, on a
         shared bus, a worker whose runner left or whose process died (its
         lease expired). ``data`` is what was known of it while it was ready.
         """
-        handle = Watch(self, name, callback, gone=True)
+        handle = Watch(self, name, _check_callback(callback), gone=True)
         self._watches.setdefault(name, []).append(handle)
         return handle
 
@@ -165,6 +177,17 @@ class WorkerRegistry:
 
     async def _notify(self, handle: Watch, data: WorkerReadyData) -> None:
         try:
-            await handle.callback(data)
+            result = handle.callback(data)
+            if inspect.isawaitable(result):
+                await result
         except Exception:
             logger.exception("watch callback for worker %r failed", data.name)
+
+
+def _check_callback(callback: object) -> WatchCallback:
+    if not callable(callback):
+        raise ConfigurationError(
+            f"a watch callback must be a function (plain or async) of the worker's "
+            f"WorkerReadyData, got {callback!r}"
+        )
+    return callback

@@ -120,9 +120,10 @@ class WorkerRunner:
 
         Raises:
             ConfigurationError: the runner is already running or has finished.
-            ProxyError: the bus failed for good (a shared bus that could not
-                reach its engine within its retry policy); the workers were
-                stopped first.
+            ProxyError: what a worker or the bus reported through :meth:`fail`,
+                after the workers were stopped: a proxy client that gave up
+                (refused, or out of retries), or a shared bus that could not
+                reach its engine within its retry policy.
         """
         if self._running or self._finished:
             raise ConfigurationError(f"runner {self.name!r} can only run once")
@@ -179,10 +180,19 @@ class WorkerRunner:
 
         Called by a shared bus (its engine stayed out of reach past its retry policy).
         """
+        logger.error("runner %r: the bus failed: %s", self.name, error)
+        self.fail(error, f"bus failed: {error}")
+
+    def fail(self, error: BaseException, reason: str | None = None) -> None:
+        """End the runner gracefully because of ``error``; :meth:`run` then raises it.
+
+        For a failure the program must hear of: a proxy client that gave up
+        (see ``ProxyClient``'s ``on_gave_up`` event), a shared bus that lost its
+        engine. The first error wins; a runner already stopping still raises it.
+        """
         if self._error is None:
             self._error = error
-        logger.error("runner %r: the bus failed: %s", self.name, error)
-        self._request_stop(f"bus failed: {error}", graceful=True)
+        self._request_stop(reason or str(error) or type(error).__name__, graceful=True)
 
     # ------------------------------------------------------------ internals
 

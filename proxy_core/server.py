@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._link import CodecSpec, _codec_list, _ProxyWorker
+from ._link import DEFAULT_SERVER_CODECS, CodecSpec, _codec_list, _ProxyWorker
 from .codecs.base import Codec
 from .errors import (
     ConfigurationError,
@@ -211,7 +211,7 @@ class ProxyServer(_ProxyWorker):
         worker_name: str,
         remote_worker_name: str,
         forward_messages: Sequence[type[BusMessage]] = (),
-        codecs: CodecSpec = ("msgpack", "json"),
+        codecs: CodecSpec = DEFAULT_SERVER_CODECS,
         authenticate: Authenticator | None = None,
         end_runner_on_disconnect: bool = True,
         handshake_timeout: float = 10.0,

@@ -15,7 +15,14 @@ from .errors import ConnectionClosed
 from .messages import BusMessage
 from .plugins import resolve_transport
 from .protocol import CloseCode
-from .proxy import CodecSpec, ProxyServer, SessionTable, _codec_list, accept_hello
+from .proxy import (
+    DEFAULT_SERVER_CODECS,
+    CodecSpec,
+    ProxyServer,
+    SessionTable,
+    _codec_list,
+    accept_hello,
+)
 from .runner import WorkerRunner
 from .tls import ServerTLS
 from .transport import DEFAULT_MAX_MESSAGE_BYTES, Authenticator, Connection, Transport
@@ -75,7 +82,7 @@ async def serve_proxy(
     remote_worker_name: str,
     setup: SetupHook,
     transport: str | Transport = "websockets",
-    codecs: CodecSpec = ("msgpack", "json"),
+    codecs: CodecSpec = DEFAULT_SERVER_CODECS,
     forward_messages: Sequence[type[BusMessage]] = (),
     authenticate: Authenticator | None = None,
     ssl: SSLContext | ServerTLS | None = None,

@@ -12,8 +12,10 @@ Every method translates the wire library's exceptions into
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -35,6 +37,7 @@ __all__ = [
     "check_authentication",
     "check_max_message_bytes",
     "describe_error",
+    "plain_errno",
     "format_address",
     "format_host",
     "lower_headers",
@@ -197,6 +200,19 @@ class Transport(ABC):
         an ``ssl.SSLContext`` where the backend is built on Python's ``ssl``.
         """
 
+    def check_url(self, url: str) -> None:
+        """Refuse, before any I/O, a URL this transport cannot connect to.
+
+        ``ProxyClient`` calls it when it is constructed, so that a wrong scheme
+        fails there and not at the first connection. The default checks that
+        the scheme is one of :attr:`schemes` and that the URL has a host and
+        a valid port; a backend with other rules overrides it.
+
+        Raises:
+            ConfigurationError: the URL does not fit (the message says what would).
+        """
+        parse_url(url, transport=self.name, schemes=self.schemes)
+
     def adapt(
         self, obj: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> Connection:
@@ -277,10 +293,53 @@ def check_max_message_bytes(max_message_bytes: int) -> None:
         raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
 
 
+#: Socket errors said in plain words, the same on every backend.
+_PLAIN_ERRNO = {
+    errno.ECONNREFUSED: "connection refused (is the server running, on that port?)",
+    errno.EADDRINUSE: "address already in use (another process listens on that port)",
+    errno.EADDRNOTAVAIL: "address not available on this machine",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ECONNRESET: "connection reset by the peer",
+}
+
+
 def describe_error(exc: BaseException) -> str:
-    """Return ``"Type: message"`` (or just the type) for an error message."""
+    """Return a short description of ``exc`` for an error message.
+
+    A socket error anywhere in its chain (``__cause__``, ``__context__``, or
+    aiohttp's ``os_error``) is said in plain words (``connection refused
+    (...)``, ``address already in use (...)``, an unknown host); anything
+    else is ``"Type: message"`` (or just the type).
+    """
+    os_error = _os_error_in(exc)
+    if isinstance(os_error, socket.gaierror):
+        return f"cannot resolve the host name ({os_error.strerror or os_error})"
+    if os_error is not None and os_error.errno in _PLAIN_ERRNO:
+        return _PLAIN_ERRNO[os_error.errno]
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def plain_errno(code: int) -> str | None:
+    """Return the plain words for socket error ``code`` (an ``errno``), if there are any."""
+    return _PLAIN_ERRNO.get(code)
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """Return the first socket error (one with an ``errno``) in the chain of ``exc``."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < 8 and current not in seen:
+        seen.append(current)
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        inner = getattr(current, "os_error", None)  # aiohttp's ClientConnectorError
+        if isinstance(inner, OSError) and inner.errno is not None:
+            return inner
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def format_host(host: str | None) -> str:

@@ -26,15 +26,21 @@ PY = BIN / "python"
 
 def packages() -> list[str]:
     """Return the distributions of this repository, installed editable: the core,
-    every backend under transports/ and buses/, and the third-party plugin used by the tests."""
-    found = ["."] + sorted(
+    and every backend under transports/ and buses/.
+
+    The tests' own plug-ins (tests/thirdparty_codec) are not among them: the
+    test run makes them visible to itself alone (tests/_plugins.py), so that a
+    user's ``proxy-core plugins`` lists only what the user installed.
+    """
+    return ["."] + sorted(
         str(p.parent.relative_to(ROOT))
         for pattern in ("transports/*/pyproject.toml", "buses/*/pyproject.toml")
         for p in ROOT.glob(pattern)
     )
-    if (ROOT / "tests" / "thirdparty_codec" / "pyproject.toml").exists():
-        found.append("tests/thirdparty_codec")
-    return found
+
+
+#: Distributions an earlier version of this script installed and that must go.
+RETIRED = ("proxy-core-example-codec",)
 
 
 def typed_packages() -> list[str]:
@@ -52,17 +58,69 @@ def run(*cmd: str | Path) -> None:
     subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True)
 
 
+def quietly(what: str, *cmd: str | Path) -> None:
+    """Run ``cmd`` with its output kept back: one line saying what, then done or the log.
+
+    pip and the build backends print dozens of lines (warnings about editable
+    installs, a machine's index settings); a newcomer needs only the result,
+    and the whole log when something fails.
+    """
+    print(f"{what} ...", end=" ", flush=True)
+    done = subprocess.run(
+        [str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    if done.returncode != 0:
+        print("failed:", flush=True)
+        print(done.stdout.decode(errors="replace"), flush=True)
+        print("+", " ".join(str(c) for c in cmd), flush=True)
+        raise subprocess.CalledProcessError(done.returncode, [str(c) for c in cmd])
+    print("done", flush=True)
+
+
 def setup(dev: bool) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - this script must explain itself on old Pythons
         sys.exit(f"proxy-core needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PY.exists():
+        print(f"creating {VENV.relative_to(ROOT)} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    quietly("upgrading pip", PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     root = ".[dev]" if dev else "."
     args: list[str] = []
     for package in packages():
         args += ["-e", root if package == "." else package]
-    run(PY, "-m", "pip", "install", "--quiet", *args)
+    names = ", ".join(_distribution_name(package) for package in packages())
+    what = "the test tools and " if dev else ""
+    quietly(
+        f"installing {what}{names} (a minute the first time)",
+        PY,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        *args,
+    )
+    retired = [name for name in RETIRED if _installed(name)]
+    if retired:
+        quietly(f"removing {', '.join(retired)}", PY, "-m", "pip", "uninstall", "-y", *retired)
+
+
+def _distribution_name(package: str) -> str:
+    text = (ROOT / package / "pyproject.toml").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if line.startswith("name = "):
+            return line.split("=", 1)[1].strip().strip('"')
+    return package
+
+
+def _installed(name: str) -> bool:
+    """Whether distribution ``name`` is installed in .venv."""
+    shown = subprocess.run(
+        [str(PY), "-m", "pip", "show", "--quiet", name],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return shown.returncode == 0
 
 
 def main() -> int:

@@ -36,6 +36,7 @@ from proxy_core import (
 )
 from proxy_core.codecs.json import JsonCodec
 from proxy_core.codecs.msgpack import MsgpackCodec
+from proxy_core.errors import ProxyError
 from proxy_core.protocol import Envelope
 from proxy_core.service import ProxyService
 from proxy_core_websockets import WebSocketProxyClient, WebSocketProxyServer
@@ -322,6 +323,8 @@ class ClientSide:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     connect_errors: list[BaseException] = field(default_factory=list)
+    # What run() raised when the proxy gave up (the default: the runner ends with it).
+    run_error: ProxyError | None = None
 
     async def activate(self) -> None:
         """Activate the proxy (which connects), then wait for the remote worker to be ready."""
@@ -335,9 +338,18 @@ class ClientSide:
         return message
 
     async def end(self) -> None:
+        """End the runner; if the proxy gave up, ``run()`` ended with that error: keep it.
+
+        Any other error from ``run()`` fails the test.
+        """
         await self.runner.end("test over")
         if self.task is not None:
-            await wait(self.task)
+            try:
+                await wait(self.task)
+            except ProxyError as exc:
+                if exc is not self.proxy.last_error:
+                    raise
+                self.run_error = exc
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,12 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
+from _plugins import install_test_plugins  # noqa: E402 - needs the line above
+
+# The test-only plug-ins (the third-party example codec ``zjson``) are visible to
+# this test run alone, and to the processes it starts: never installed in .venv.
+install_test_plugins()
+
 
 # The Redis fixtures import proxy_core_redis.server only when used, so the rest of
 # the suite runs without it. Each server is private: 127.0.0.1 on a free port,

@@ -575,6 +575,34 @@ async def test_runner_registry_watch_fires_for_local_workers() -> None:
         assert await within(queue.get()) == WorkerReadyData("a")
 
 
+async def test_a_plain_function_is_a_watch_callback_too(caplog: pytest.LogCaptureFixture) -> None:
+    # A lambda or plain function used to be accepted and then fail with a traceback
+    # ("object NoneType can't be used in 'await' expression") each time the worker was ready.
+    runner = new_runner()
+    ready: asyncio.Queue[WorkerReadyData] = asyncio.Queue()
+    gone: asyncio.Queue[WorkerReadyData] = asyncio.Queue()
+    runner.registry.watch("b", lambda data: ready.put_nowait(data))
+    runner.registry.watch_gone("b", gone.put_nowait)
+    await runner.add_workers(Recorder("a"), Recorder("b"))
+    with caplog.at_level("ERROR", logger="proxy_core"):
+        async with running(runner):
+            assert await within(ready.get()) == WorkerReadyData("b")
+            await runner.registry.watch("a", ready.put_nowait)  # already ready: at once
+            assert await within(ready.get()) == WorkerReadyData("a")
+            runner.registry.set_gone("b")
+            assert await within(gone.get()) == WorkerReadyData("b")
+    assert not [r for r in caplog.records if "watch callback" in r.getMessage()]
+
+
+@pytest.mark.parametrize("callback", [None, "assistant", 42])
+def test_a_watch_callback_that_is_not_callable_is_refused_at_once(callback: Any) -> None:
+    registry, _ = recording_registry()
+    with pytest.raises(ConfigurationError, match="must be a function .plain or async."):
+        registry.watch("w", callback)
+    with pytest.raises(ConfigurationError, match="must be a function"):
+        registry.watch_gone("w", callback)
+
+
 # ================================================================ plugins
 
 

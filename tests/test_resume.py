@@ -247,6 +247,11 @@ async def test_on_session_expired_error_stops_and_raises() -> None:
         assert caught.value.unacked == 1 and lost == [caught.value]
         assert not client.proxy.connected
         assert client.proxy.last_error is caught.value
+        # The proxy gave up: the runner ends with the error (no on_gave_up handler).
+        assert client.task is not None
+        with pytest.raises(SessionLost):
+            await wait(asyncio.shield(client.task))
+        client.task = None
 
 
 async def test_ending_while_waiting_to_resume_counts_the_unacknowledged() -> None:

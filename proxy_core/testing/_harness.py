@@ -23,6 +23,7 @@ from ..errors import (
     ConnectionClosed,
     MessageTooLarge,
     ProtocolError,
+    ProxyError,
     UnknownMessageType,
 )
 from ..messages import (
@@ -342,6 +343,8 @@ class ClientSide:
     events: list[str] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    # What run() raised when the proxy gave up (by default the runner ends with it).
+    run_error: ProxyError | None = None
 
     async def activate(self) -> None:
         """Activate the proxy (it connects), then wait until the remote worker is ready."""
@@ -362,14 +365,26 @@ class ClientSide:
     async def end(self) -> None:
         """End the client runner gracefully and wait for it."""
         await self.runner.end("contract over")
-        if self.task is not None:
-            await wait(self.task)
+        await self._wait_run()
 
     async def cancel(self) -> None:
         """Cancel the client runner (no graceful goodbye) and wait for it."""
         await self.runner.cancel("contract failed")
-        if self.task is not None:
+        await self._wait_run()
+
+    async def _wait_run(self) -> None:
+        """Wait for ``run()``; if the proxy gave up, it ended with that error: keep it.
+
+        Any other error from ``run()`` fails the contract.
+        """
+        if self.task is None:
+            return
+        try:
             await wait(self.task)
+        except ProxyError as exc:
+            if exc is not self.proxy.last_error:
+                raise
+            self.run_error = exc
 
 
 @contextlib.asynccontextmanager

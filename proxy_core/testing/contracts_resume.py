@@ -367,3 +367,7 @@ class ResumeContract:
                 assert client.events == ["connect_error"]
                 assert len(attempts) == 1
                 assert server.sessions == []
+                # The client gave up: its runner ends with the error, which reaches run().
+                assert client.task is not None
+                with pytest.raises(AuthenticationError):
+                    await wait(asyncio.shield(client.task))

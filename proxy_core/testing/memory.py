@@ -380,6 +380,10 @@ class MemoryTransport(Transport):
             raise ConfigurationError("buffer_frames must be at least 1")
         self.buffer_frames = buffer_frames
 
+    def check_url(self, url: str) -> None:
+        """Refuse anything but a ``memory://name/path`` URL (``ConfigurationError``)."""
+        _parse_url(url)
+
     async def connect(
         self,
         url: str,

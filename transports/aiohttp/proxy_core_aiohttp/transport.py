@@ -311,7 +311,9 @@ class AiohttpTransport(Transport):
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {exc}") from exc
+            raise ConnectError(
+                f"could not listen on {_redact(parts.geturl())}: {_describe(exc)}"
+            ) from exc
         addresses = runner.addresses
         bound = addresses[0][1] if addresses else port
         url = f"{parts.scheme}://{_format_host(host)}:{bound}{path}"

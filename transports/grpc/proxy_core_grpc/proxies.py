@@ -7,7 +7,7 @@ from typing import Any
 
 from proxy_core import BusMessage, ProxyClient, ProxyServer
 from proxy_core.errors import ConfigurationError
-from proxy_core.proxy import CodecSpec
+from proxy_core.proxy import DEFAULT_CODEC, DEFAULT_SERVER_CODECS, CodecSpec
 from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 from .transport import GrpcServerConnection, GrpcTransport
@@ -29,7 +29,8 @@ class GrpcProxyClient(ProxyClient):
         remote_worker_name: the worker on the server's bus.
         forward_messages: the message types allowed to cross, both ways.
         headers: sent as request metadata (names lower-cased), e.g. a token.
-        codec: codec name(s) or instance(s), in order of preference.
+        codec: codec name(s) or instance(s), in order of preference
+            (default ``"msgpack"``, as for every client class).
         channel_credentials: gRPC TLS credentials for ``grpcs://``, e.g.
             ``grpc.ssl_channel_credentials(root_certificates=ca_pem)``
             (default: the system's trusted roots). ``ssl=ClientTLS(...)``,
@@ -47,7 +48,7 @@ class GrpcProxyClient(ProxyClient):
         remote_worker_name: str,
         forward_messages: Sequence[type[BusMessage]] = (),
         headers: dict[str, str] | None = None,
-        codec: CodecSpec = "msgpack",
+        codec: CodecSpec = DEFAULT_CODEC,
         channel_credentials: Any = None,
         **options: Any,
     ) -> None:
@@ -96,7 +97,7 @@ class GrpcProxyServer(ProxyServer):
         worker_name: str,
         remote_worker_name: str,
         forward_messages: Sequence[type[BusMessage]] = (),
-        codecs: CodecSpec = ("msgpack", "json"),
+        codecs: CodecSpec = DEFAULT_SERVER_CODECS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         **options: Any,
     ) -> None:

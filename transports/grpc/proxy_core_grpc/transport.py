@@ -28,8 +28,10 @@ An ``ssl.SSLContext`` is refused: it cannot be turned into gRPC credentials.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ssl import SSLContext
@@ -59,6 +61,7 @@ from proxy_core.transport import (
     Transport,
     check_authentication,
     parse_url,
+    plain_errno,
     run_connection_handler,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
@@ -530,7 +533,9 @@ class _GrpcListener(Listener):
             await self._server.start()
         except Exception as exc:
             await self._server.stop(None)
-            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {exc}") from exc
+            # gRPC says only "Failed to bind": find out why, as the other backends say it.
+            why = _bind_failure(parts.hostname, _port(parts)) or _describe(exc)
+            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {why}") from exc
         self._url = f"{parts.scheme}://{host}:{bound}"
 
     async def aclose(self) -> None:
@@ -858,6 +863,25 @@ async def _check_accepted(url: str, call: Any, limit: int) -> None:
     _refuse(url, status, await call.details() or "", limit)
 
 
+def _bind_failure(host: str | None, port: int) -> str | None:
+    """Bind ``host:port`` as gRPC would, and say why that fails (``None`` if it does not).
+
+    gRPC's own error says only "Failed to bind"; the OS error says why.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return _describe(exc)
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            return _describe(exc)
+    return None
+
+
 def _refuse(url: str, status: Any, details: str, limit: int) -> NoReturn:
     """Raise the error for a call the server ended instead of accepting it."""
     if status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -874,6 +898,8 @@ def _refuse(url: str, status: Any, details: str, limit: int) -> NoReturn:
     elif url.startswith("grpc:") and "Socket closed" in details:
         # A TLS server drops a plaintext client without a word.
         details += " (if the server expects TLS, use a grpcs:// URL)"
+    elif "Connection refused" in details:
+        details = plain_errno(errno.ECONNREFUSED) or details  # as the other backends say it
     raise ConnectError(f"could not connect to {_redact(url)}: {details}")
 
 

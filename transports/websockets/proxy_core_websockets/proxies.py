@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy_core import BusMessage, ProxyClient, ProxyServer
-from proxy_core.proxy import CodecSpec
+from proxy_core.proxy import DEFAULT_CODEC, DEFAULT_SERVER_CODECS, CodecSpec
 from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 from .transport import WebSocketsTransport
@@ -28,7 +28,8 @@ class WebSocketProxyClient(ProxyClient):
         remote_worker_name: the worker on the server's bus.
         forward_messages: the message types allowed to cross, both ways.
         headers: HTTP headers sent with the WebSocket handshake.
-        codec: codec name(s) or instance(s), in order of preference.
+        codec: codec name(s) or instance(s), in order of preference
+            (default ``"msgpack"``, as for every client class).
         **options: more :class:`~proxy_core.ProxyClient` options.
     """
 
@@ -41,7 +42,7 @@ class WebSocketProxyClient(ProxyClient):
         remote_worker_name: str,
         forward_messages: Sequence[type[BusMessage]] = (),
         headers: dict[str, str] | None = None,
-        codec: CodecSpec = "json",
+        codec: CodecSpec = DEFAULT_CODEC,
         **options: Any,
     ) -> None:
         super().__init__(
@@ -81,7 +82,7 @@ class WebSocketProxyServer(ProxyServer):
         worker_name: str,
         remote_worker_name: str,
         forward_messages: Sequence[type[BusMessage]] = (),
-        codecs: CodecSpec = ("msgpack", "json"),
+        codecs: CodecSpec = DEFAULT_SERVER_CODECS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         **options: Any,
     ) -> None:

@@ -477,7 +477,9 @@ class WebSocketsTransport(Transport):
                 ssl=ssl,
             )
         except OSError as exc:
-            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {exc}") from exc
+            raise ConnectError(
+                f"could not listen on {_redact(parts.geturl())}: {_describe(exc)}"
+            ) from exc
         bound = server.sockets[0].getsockname()[1] if server.sockets else port
         listener = _WebSocketsListener(
             server, f"{parts.scheme}://{_format_host(host)}:{bound}{path}", handlers
