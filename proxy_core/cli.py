@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .errors import ProxyError
 from .plugins import (
@@ -23,8 +24,25 @@ from .plugins import (
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line: the mistake, without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        # The usage would bury the one line that matters; --help shows it on demand.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _preferred(names: Sequence[str], name: str) -> str:
+    """Return ``name`` if it is installed, else the first installed name."""
+    return name if name in names or not names else names[0]
+
+
+def _default_transport() -> str:
+    return _preferred(available_transports(), "websockets")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="proxy-core", description="Bridge two message buses over a pluggable wire."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,13 +61,23 @@ def _parser() -> argparse.ArgumentParser:
         help="local: a proxy between two in-process buses; redis: one bus over two processes "
         "(needs proxy-core-redis) (default: %(default)s)",
     )
+    transports, codecs = available_transports(), available_codecs()
+    # None: not given, so that --bus redis can refuse an explicit --transport.
     demo.add_argument(
-        "--transport", default=None, help="with --bus local: transport name (default: websockets)"
+        "--transport",
+        default=None,
+        choices=transports,
+        metavar="NAME",
+        help=f"with --bus local: the transport, one of the installed {', '.join(transports)} "
+        f"(default: {_default_transport()})",
     )
     demo.add_argument(
         "--codec",
-        default="msgpack",
-        help="codec name, on the wire or in Redis (default: %(default)s)",
+        default=_preferred(codecs, "msgpack"),
+        choices=codecs,
+        metavar="NAME",
+        help=f"the codec, on the wire or in Redis, one of the installed {', '.join(codecs)} "
+        "(default: %(default)s)",
     )
     demo.add_argument(
         "--redis-url",
@@ -106,7 +134,12 @@ def _plugins() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``proxy-core`` command line; return the exit code."""
+    """Run the ``proxy-core`` command line; return the exit code.
+
+    A user's mistake ends in one line on stderr: a usage error exits 2 through
+    ``SystemExit`` as argparse does, and a :class:`ProxyError` returns 2. Any
+    other exception is a bug and keeps its traceback.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -132,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_bus_demo(redis_url=args.redis_url, channel=channel, codec=args.codec)
         from .demo import run_demo
 
-        transport = args.transport or "websockets"
+        transport = args.transport or _default_transport()
         return asyncio.run(run_demo(transport=transport, codec=args.codec))
     except ProxyError as exc:
         print(f"proxy-core: error: {exc}", file=sys.stderr)

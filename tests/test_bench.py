@@ -323,3 +323,98 @@ def test_a_run_of_bus_rows_only_rewrites_the_bus_section(tmp_path: Path) -> None
     fresh = tmp_path / "fresh.md"
     assert not write_markdown(bus_result(2000.0), fresh, None)  # no file yet: a whole report
     assert fresh.read_text().startswith("# proxy-core benchmark results")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _no_run(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the run started: a wrong name must fail before any work")
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "wrong"),
+    [
+        (["bench", "--transport", "nosuch"], "--transport", "nosuch"),
+        (["bench", "--transport", "websockets", "nosuch"], "--transport", "nosuch"),
+        (["bench", "--codec", "nosuch"], "--codec", "nosuch"),
+        (["bench-load", "--transport", "nosuch"], "--transport", "nosuch"),
+        (["bench-load", "--codec", "nosuch"], "--codec", "nosuch"),
+        # The load test's server is another process: the in-process transport cannot reach it.
+        (["bench-load", "--transport", "memory"], "--transport", "memory"),
+    ],
+)
+def test_unknown_names_fail_at_once_with_the_installed_ones(
+    argv: list[str],
+    option: str,
+    wrong: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from proxy_core.bench import load, orchestrate
+    from proxy_core.plugins import available_codecs, available_transports
+
+    monkeypatch.setattr(orchestrate, "run_bench", _no_run)
+    monkeypatch.setattr(load, "run_load", _no_run)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    names = available_transports() if option == "--transport" else available_codecs()
+    if argv[0] == "bench-load" and option == "--transport":
+        names = [n for n in names if n != "memory"]
+    listed = ", ".join(repr(n) for n in names)
+    assert err.splitlines() == [
+        f"proxy-core {argv[0]}: error: argument {option}: invalid choice: {wrong!r} "
+        f"(choose from {listed})"
+    ]
+
+
+def test_a_transport_without_a_baseline_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy_core.bench import orchestrate
+    from proxy_core.bench.bare_side import BARE_LABELS
+    from proxy_core.plugins import available_transports
+
+    monkeypatch.setattr(orchestrate, "run_bench", _no_run)
+    assert main(["bench", "--transport", "memory"]) == 2
+    out, err = capsys.readouterr()
+    measured = ", ".join(sorted(set(BARE_LABELS) & set(available_transports())))
+    assert out == ""
+    assert err.splitlines() == [
+        "proxy-core bench: error: no bare-library baseline for memory in the harness; "
+        f"the bench measures: {measured}"
+    ]
+
+
+def test_bench_help_lists_the_installed_names(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy_core.plugins import available_codecs, available_transports
+
+    for command in ("bench", "bench-load"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        assert exited.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert ", ".join(available_codecs()) in out
+        transports = available_transports()
+        if command == "bench-load":
+            transports = [t for t in transports if t != "memory"]
+            assert "(default websockets)" in out and "(default msgpack)" in out
+        assert ", ".join(transports) in out
+
+
+def test_a_wrong_name_exits_2_with_one_line() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy_core.cli", "bench", "--codec", "nosuch"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "invalid choice: 'nosuch'" in result.stderr and "msgpack" in result.stderr

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..plugins import available_codecs, available_transports
+from .bare_side import BARE_LABELS
 from .spec import BUS_SCENARIOS, BUSES, FULL_COUNTS, QUICK_COUNTS, SCENARIOS, BenchOptions
 
 __all__ = ["DEFAULT_REPORT", "add_arguments", "options_from", "run_command"]
@@ -17,7 +19,12 @@ DEFAULT_REPORT = "docs/benchmarks-results.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``bench`` options to ``parser``."""
+    """Add the ``bench`` options to ``parser``.
+
+    ``--transport`` and ``--codec`` accept the installed names only (as found
+    now), so a misspelt name fails before any work, with the list.
+    """
+    transports, codecs = available_transports(), available_codecs()
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -34,9 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chart", metavar="PATH.png", help="write the chart (default: beside the report)"
     )
     parser.add_argument(
-        "--transport", nargs="+", metavar="NAME", help="transports (default: all installed)"
+        "--transport",
+        nargs="+",
+        metavar="NAME",
+        choices=transports,
+        help=f"transports, of the installed {', '.join(transports)} "
+        "(default: every installed one with a bare-library baseline)",
     )
-    parser.add_argument("--codec", nargs="+", metavar="NAME", help="codecs (default: all)")
+    parser.add_argument(
+        "--codec",
+        nargs="+",
+        metavar="NAME",
+        choices=codecs,
+        help=f"codecs, of the installed {', '.join(codecs)} (default: all of them)",
+    )
     parser.add_argument(
         "--bus",
         nargs="+",
@@ -78,7 +96,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     """Build :class:`BenchOptions` from parsed arguments.
 
     Raises:
-        ValueError: ``--repeats`` is below 1.
+        ValueError: ``--repeats`` is below 1, ``--bus`` goes with ``--no-bus``, or
+            no transport of ``--transport`` has a bare baseline to measure against.
     """
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if repeats < 1:
@@ -88,6 +107,12 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     if bus and no_bus:
         raise ValueError("--bus and --no-bus exclude each other")
     transports = args.transport
+    if transports and not set(transports) & set(BARE_LABELS):
+        measured = ", ".join(sorted(set(BARE_LABELS) & set(available_transports())))
+        raise ValueError(
+            f"no bare-library baseline for {', '.join(transports)} in the harness; "
+            f"the bench measures: {measured or 'none installed'}"
+        )
     scenarios = list(args.scenario or SCENARIOS)
     if bus and transports is None and args.codec is None:
         # --bus alone selects the bus rows: no transport rows, no codec micro-benchmark.

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..plugins import available_codecs, available_transports
 from .child import Child, ChildDied, StepFailed
 from .orchestrate import machine_info
 
@@ -388,8 +389,11 @@ def format_table(result: LoadResult) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``bench-load`` options to ``parser``."""
+    """Add the ``bench-load`` options to ``parser`` (transports and codecs: the installed ones)."""
     d = LoadOptions()
+    # The memory transport cannot reach the server process: not a choice here.
+    transports = [t for t in available_transports() if t != "memory"]
+    codecs = available_codecs()
     parser.add_argument(
         "--sessions",
         type=int,
@@ -408,10 +412,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--transport",
         default=d.transport,
         metavar="NAME",
-        help=f"transport (default {d.transport})",
+        choices=transports,
+        help=f"transport, one of the installed {', '.join(transports)} (default %(default)s)",
     )
     parser.add_argument(
-        "--codec", default=d.codec, metavar="NAME", help=f"codec (default {d.codec})"
+        "--codec",
+        default=d.codec,
+        metavar="NAME",
+        choices=codecs,
+        help=f"codec, one of the installed {', '.join(codecs)} (default %(default)s)",
     )
     parser.add_argument(
         "--size",
