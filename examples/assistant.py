@@ -6,6 +6,11 @@ Run ``python examples/assistant.py --port 8765``, then, in another terminal,
 Every accepted connection gets its own runner, bus, proxy and ``Assistant``
 (``serve_proxy``), so sessions never share state. The assistant is a small
 deterministic worker: no LLM, no network.
+
+A mistake in the options (a port in use, a host that does not resolve, an
+unknown transport or codec) is one line on stderr and exit status 1: the
+library raises a typed :class:`~proxy_core.errors.ProxyError`, caught in
+:func:`main`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from typing import Any
 
 from proxy_core import (
@@ -25,6 +31,7 @@ from proxy_core import (
     WorkerRunner,
     serve_proxy,
 )
+from proxy_core.errors import ProxyError
 from proxy_core.plugins import available_codecs
 
 logger = logging.getLogger("assistant")
@@ -66,21 +73,32 @@ class Assistant(BaseWorker):
         await self.send_bus_message(BusFrameMessage(self.name, message.source, TextFrame(reply)))
 
 
-async def serve(host: str, port: int, transport: str) -> None:
-    """Serve assistant sessions until SIGINT or SIGTERM."""
+async def serve(host: str, port: int, transport: str, codecs: list[str] | None = None) -> None:
+    """Serve assistant sessions until SIGINT or SIGTERM.
+
+    Args:
+        host, port: where to listen (port 0 picks a free one).
+        transport: an installed transport's name.
+        codecs: the codecs accepted (default: every installed one).
+
+    Raises:
+        ProxyError: the port is in use, the host does not resolve, or the
+            transport or a codec is not installed.
+    """
 
     async def setup(runner: WorkerRunner) -> None:
         await runner.add_workers(Assistant())
 
-    scheme = "grpc" if transport == "grpc" else "ws"
+    url = f"grpc://{host}:{port}" if transport == "grpc" else f"ws://{host}:{port}/ws"
     async with serve_proxy(
-        f"{scheme}://{host}:{port}/ws",
+        url,
         transport=transport,
         worker_name="assistant",
         remote_worker_name="acme",
         forward_messages=(BusFrameMessage,),
         setup=setup,
-        codecs=available_codecs(),  # every installed codec; the client's preference wins
+        # Every installed codec unless told otherwise; the client's preference wins.
+        codecs=codecs or available_codecs(),
     ) as service:
         print(f"assistant listening on {service.url}", flush=True)
         stop = asyncio.Event()
@@ -96,10 +114,18 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     parser.add_argument("--transport", default="websockets")
+    parser.add_argument(
+        "--codec",
+        action="append",
+        help="a codec to accept; repeat for several (default: every installed codec)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
-    asyncio.run(serve(args.host, args.port, args.transport))
+    try:
+        asyncio.run(serve(args.host, args.port, args.transport, args.codec))
+    except ProxyError as exc:  # a user's mistake: one line, not a traceback
+        sys.exit(f"assistant: {exc}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
 """The server side in FastAPI form: one WebSocketProxyServer per accepted WebSocket.
 
-Run ``python examples/fastapi_server.py --port 8765`` and connect with
+Needs ``pip install 'proxy-core[fastapi]'`` (fastapi and uvicorn). Run
+``python examples/fastapi_server.py --port 8765`` and connect with
 ``python examples/main.py --remote-url ws://localhost:8765/ws``.
+
+The socket is bound here, before uvicorn starts, so that a port in use or a
+host that does not resolve is one line on stderr (exit status 1), and the URL
+printed is the one bound (``--port 0`` picks a free port).
 """
 
 from __future__ import annotations
@@ -9,11 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
+import sys
 from typing import Any
 
-import uvicorn
+try:
+    import uvicorn
+    from fastapi import FastAPI, WebSocket
+except ImportError as exc:  # the optional packages of this example
+    sys.exit(f"fastapi_server.py needs {exc.name}: pip install 'proxy-core[fastapi]'")
+
 from assistant import Assistant  # the deterministic worker of examples/assistant.py
-from fastapi import FastAPI, WebSocket
 
 from proxy_core import BusFrameMessage, WorkerRunner
 from proxy_core_websockets import WebSocketProxyServer
@@ -47,17 +58,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await runner.run()
 
 
-async def serve(host: str, port: int) -> None:
-    """Run the app with uvicorn and print the bound URL (useful with --port 0)."""
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    # uvicorn offers no event for "started"; poll it, bounded by the task ending.
-    while not server.started and not task.done():  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    if server.started:
-        bound = server.servers[0].sockets[0].getsockname()[1]
-        print(f"fastapi server listening on ws://{host}:{bound}/ws", flush=True)
-    await task
+async def serve(sock: socket.socket) -> None:
+    """Serve the app with uvicorn on ``sock`` until SIGINT or SIGTERM."""
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio")
+    print(f"fastapi server listening on ws://{host}:{port}/ws", flush=True)
+    await uvicorn.Server(config).serve(sockets=[sock])
 
 
 def main() -> None:
@@ -66,7 +72,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(serve(args.host, args.port))
+    try:
+        sock = socket.create_server((args.host, args.port))
+    except OSError as exc:  # a user's mistake: one line, not a traceback
+        sys.exit(f"fastapi_server: could not listen on {args.host}:{args.port}: {exc.strerror}")
+    try:
+        asyncio.run(serve(sock))
+    except KeyboardInterrupt:  # uvicorn stopped gracefully, then passed Ctrl-C on
+        pass
+    print("fastapi server stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ Start ``python examples/assistant.py --port 8765`` first, then run
 ``acme`` activates the proxy (which connects only then), waits through the
 registry until the remote ``assistant`` is ready, activates it across the
 link, and holds a short scripted conversation before ending the runner.
+
+A mistake in the options (a URL the transport cannot use, an unknown codec or
+transport) and a server that refuses the client are one line on stderr and
+exit status 1: the library raises a typed
+:class:`~proxy_core.errors.ProxyError`, caught in :func:`main`.
 """
 
 from __future__ import annotations
@@ -18,16 +23,17 @@ from typing import Any
 
 from proxy_core import (
     AudioRawFrame,
+    Backoff,
     BaseWorker,
     BusEndMessage,
     BusFrameMessage,
     BusMessage,
     ProxyClient,
-    ProxyError,
     TextFrame,
     WorkerReadyData,
     WorkerRunner,
 )
+from proxy_core.errors import ProxyError
 from proxy_core_websockets import WebSocketProxyClient
 
 SCRIPT = ["hello", "can you hear this audio?", "thank you"]
@@ -73,8 +79,16 @@ class Acme(BaseWorker):
 
 
 async def run(url: str, codec: str, timeout: float, transport: str) -> int:
+    """Hold the conversation; return the exit status.
+
+    Raises:
+        ProxyError: a bad URL, codec or transport, or the server refused us.
+    """
     runner = WorkerRunner()
     acme = Acme()
+    # A first connection that fails is reported at once (runner.run() raises it),
+    # not retried for minutes; a link lost later is reconnected and resumed.
+    reconnect = Backoff(retry_first_connect=False)
     proxy: ProxyClient
     if transport == "websockets":
         proxy = WebSocketProxyClient(
@@ -84,6 +98,7 @@ async def run(url: str, codec: str, timeout: float, transport: str) -> int:
             remote_worker_name="assistant",
             forward_messages=(BusFrameMessage,),
             codec=codec,
+            reconnect=reconnect,
         )
     else:  # any other installed backend, by name (aiohttp, grpc with a grpc:// URL...)
         proxy = ProxyClient(
@@ -94,16 +109,12 @@ async def run(url: str, codec: str, timeout: float, transport: str) -> int:
             remote_worker_name="assistant",
             forward_messages=(BusFrameMessage,),
             codec=codec,
+            reconnect=reconnect,
         )
 
     @proxy.event_handler("on_connected")
     async def on_connected(proxy: ProxyClient, connection: Any) -> None:
         print(f"proxy: connected to {url}", flush=True)
-
-    @proxy.event_handler("on_connect_error")
-    async def on_connect_error(proxy: ProxyClient, error: ProxyError) -> None:
-        print(f"proxy: could not connect: {error}", file=sys.stderr, flush=True)
-        await runner.cancel("connect failed")
 
     await runner.add_workers(acme, proxy)
     try:
@@ -123,7 +134,11 @@ def main() -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-    sys.exit(asyncio.run(run(args.remote_url, args.codec, args.timeout, args.transport)))
+    try:
+        status = asyncio.run(run(args.remote_url, args.codec, args.timeout, args.transport))
+    except ProxyError as exc:  # a user's mistake, or a refusal: one line, not a traceback
+        sys.exit(f"acme: {exc}")
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A Prometheus exporter for proxy-core, built on the observability hook.
 
-Needs ``pip install prometheus-client`` (proxy-core itself never does).
+Needs ``pip install 'proxy-core[prometheus]'`` (prometheus-client; proxy-core
+itself never does): without it, the script says so in one line and exits 1.
 
 Run ``python examples/prometheus_exporter.py --port 8765 --metrics-port 9100``:
 it serves assistant sessions, as ``examples/assistant.py`` does, and the
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import threading
 import weakref
 from collections import Counter
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy_core import ProxySnapshot, live_proxies, observe
+from proxy_core.errors import ProxyError
 from proxy_core.observe import ObservedProxy, ObserveEvent
 
 try:
@@ -215,7 +218,10 @@ class ProxyCollector:
 
     def __init__(self, metrics: ProxyMetrics | None = None, *, per_session: bool = False) -> None:
         if CounterMetricFamily is None:
-            raise RuntimeError("the Prometheus exporter needs `pip install prometheus-client`")
+            raise RuntimeError(
+                "the Prometheus exporter needs `pip install 'proxy-core[prometheus]'` "
+                "(or `pip install prometheus-client`)"
+            )
         self.metrics = metrics if metrics is not None else ProxyMetrics(per_session=per_session)
 
     def collect(self) -> Iterator[Any]:
@@ -243,14 +249,23 @@ def main() -> None:
     parser.add_argument("--transport", default="websockets")
     parser.add_argument("--per-session", action="store_true", help="label series by session")
     args = parser.parse_args()
+    if CounterMetricFamily is None:
+        need = "pip install 'proxy-core[prometheus]'"
+        sys.exit(f"prometheus_exporter.py needs prometheus-client: {need}")
     logging.basicConfig(level=logging.INFO)
     install(per_session=args.per_session)
-    started = start_http_server(args.metrics_port, addr=args.host)
+    try:
+        started = start_http_server(args.metrics_port, addr=args.host)
+    except OSError as exc:  # a user's mistake: one line, not a traceback
+        sys.exit(f"prometheus_exporter: could not serve metrics on port {args.metrics_port}: {exc}")
     port = started[0].server_port if started else args.metrics_port  # a tuple since 0.20
     print(f"metrics on http://{args.host}:{port}/metrics", flush=True)
     from assistant import serve  # examples/assistant.py, beside this script
 
-    asyncio.run(serve(args.host, args.port, args.transport))
+    try:
+        asyncio.run(serve(args.host, args.port, args.transport))
+    except ProxyError as exc:  # a port in use, an unknown transport...: one line
+        sys.exit(f"prometheus_exporter: {exc}")
 
 
 if __name__ == "__main__":
