@@ -1,4 +1,4 @@
-"""The ``proxy-core`` command: ``demo``, ``bench``, ``bench-load``, ``plugins``."""
+"""The ``proxy-core`` command: ``demo``, ``bench``, ``bench-load``, ``plugins``, ``schema``."""
 
 from __future__ import annotations
 
@@ -113,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
         "See docs/load.md.",
     )
     add_load_arguments(load)
+    from .schema.command import add_arguments as add_schema_arguments
+
+    schema = commands.add_parser(
+        "schema",
+        help="write a machine-readable description of the wire: AsyncAPI 3.0 or JSON Schema",
+        description="Write a description of what crosses the wire, generated from the code: "
+        "an AsyncAPI 3.0.0 document of the session protocol, or a JSON Schema of every frame "
+        "and registered message type, to generate a peer in another language. "
+        "docs/asyncapi.yaml is `proxy-core schema --output docs/asyncapi.yaml`.",
+    )
+    add_schema_arguments(schema)
     return parser
 
 
@@ -158,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench.load import run_command as run_load_command
 
             return run_load_command(args, None if argv is None else list(argv)[1:])
+        if args.command == "schema":
+            from .schema.command import run_command as run_schema_command
+
+            return run_schema_command(args)
         if args.bus == "redis":
             from .demo_bus import DEFAULT_CHANNEL, run_bus_demo
 

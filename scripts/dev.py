@@ -102,6 +102,19 @@ def setup(dev: bool) -> None:
     retired = [name for name in RETIRED if _installed(name)]
     if retired:
         quietly(f"removing {', '.join(retired)}", PY, "-m", "pip", "uninstall", "-y", *retired)
+    if dev:
+        # The official AsyncAPI schema that tests/test_schema.py checks `proxy-core schema`
+        # against: kept in .venv, not committed (scripts/fetch_asyncapi_spec.py).
+        try:
+            quietly(
+                "fetching the AsyncAPI 3.0 schema for the tests",
+                sys.executable,
+                ROOT / "scripts" / "fetch_asyncapi_spec.py",
+                "--prefix",
+                VENV,
+            )
+        except subprocess.CalledProcessError:
+            print("the AsyncAPI validation test will skip here (and fail in CI)", flush=True)
 
 
 def _distribution_name(package: str) -> str:
