@@ -217,7 +217,10 @@ def test_other_backends_and_their_bare_baselines_measure(transport: str) -> None
     from proxy_core.plugins import available_transports
 
     if transport not in available_transports():
-        pytest.skip(f"transport {transport!r} is not installed")
+        pytest.skip(
+            f"transport {transport!r} is not installed here "
+            "(python3 scripts/dev.py test installs every transport of this repository)"
+        )
     options = BenchOptions(
         transports=[transport],
         codecs=["msgpack"],

@@ -101,7 +101,10 @@ def test_a_port_in_use_is_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     if transport not in available_transports():
-        pytest.skip(f"transport {transport!r} is not installed")
+        pytest.skip(
+            f"transport {transport!r} is not installed here "
+            "(python3 scripts/dev.py test installs every transport of this repository)"
+        )
     serve = proxy_core.demo.serve_proxy
 
     def serve_on_the_busy_port(url: str, **options: Any) -> Any:

@@ -51,7 +51,10 @@ def narrated_drops(lines: list[str]) -> Counter[tuple[str, str, str]]:
 
 def installed(transport: str) -> str:
     if transport not in available_transports():
-        pytest.skip(f"transport {transport!r} is not installed")
+        pytest.skip(
+            f"transport {transport!r} is not installed here "
+            "(python3 scripts/dev.py test installs every transport of this repository)"
+        )
     return transport
 
 

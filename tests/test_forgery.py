@@ -111,7 +111,10 @@ def transport(request: pytest.FixtureRequest) -> Transport:
     try:
         return resolve_transport(request.param)
     except PluginError as exc:  # pragma: no cover - depends on what is installed
-        pytest.skip(f"transport {request.param!r} is not installed: {exc}")
+        pytest.skip(
+            f"transport {request.param!r} is not installed here ({exc}); "
+            "python3 scripts/dev.py test installs every transport of this repository"
+        )
 
 
 def serve_url(transport: Transport) -> str:

@@ -465,7 +465,9 @@ MSGPACK_SPECIALS = [
 ]
 
 
-@pytest.mark.skipif("msgpack" not in CODECS, reason="msgpack is not installed")
+@pytest.mark.skipif(
+    "msgpack" not in CODECS, reason="msgpack is not installed (pip install msgpack)"
+)
 @pytest.mark.parametrize("data", MSGPACK_SPECIALS, ids=range(len(MSGPACK_SPECIALS)))
 def test_msgpack_edge_cases_raise_only_codec_error(data: bytes) -> None:
     """Hand-picked shapes: extension types, lengths past the end, non-str keys, 64-bit edges."""
@@ -530,7 +532,9 @@ def test_deeply_nested_json_raises_only_codec_error(
     decode_or_codec_error(CODECS[name], _wrap(name, text.encode()))
 
 
-@pytest.mark.skipif("msgpack" not in CODECS, reason="msgpack is not installed")
+@pytest.mark.skipif(
+    "msgpack" not in CODECS, reason="msgpack is not installed (pip install msgpack)"
+)
 @fuzz_settings(150)
 @given(shape=nesting, place=st.sampled_from(["data", "frame", "message", "top", "batch"]))
 def test_deeply_nested_msgpack_raises_only_codec_error(
@@ -553,7 +557,9 @@ def test_deeply_nested_msgpack_raises_only_codec_error(
     decode_or_codec_error(CODECS["msgpack"], frame)
 
 
-@pytest.mark.skipif("protobuf" not in CODECS, reason="protobuf is not installed")
+@pytest.mark.skipif(
+    "protobuf" not in CODECS, reason="protobuf is not installed: pip install 'proxy-core[protobuf]'"
+)
 @fuzz_settings(100)
 @given(depth=st.integers(1, 5000), field=st.sampled_from([1, 2, 3, 4, 5, 6, 7]))
 def test_deeply_nested_protobuf_raises_only_codec_error(depth: int, field: int) -> None:

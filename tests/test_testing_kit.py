@@ -178,8 +178,16 @@ def test_suites_that_do_not_use_the_plugin_see_no_difference(pytester: pytest.Py
 def test_a_third_party_suite_runs_the_tls_contracts(pytester: pytest.Pytester) -> None:
     """The TLS contracts come with ``TransportContract``, run once per transport (not per
     codec), and skip a transport that declares ``supports_tls = False``, saying so."""
-    pytest.importorskip("trustme")
-    pytest.importorskip("proxy_core_websockets")
+    pytest.importorskip(
+        "trustme",
+        reason="trustme is not installed: the TLS tests make their certificates "
+        "with it (python3 scripts/dev.py test installs it)",
+    )
+    pytest.importorskip(
+        "proxy_core_websockets",
+        reason="proxy-core-websockets is not installed here "
+        "(python3 scripts/dev.py test installs it)",
+    )
     pytester.makeini(STRICT_INI)
     pytester.makepyfile(
         test_backend="""

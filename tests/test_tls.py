@@ -19,7 +19,11 @@ from proxy_core import ClientTLS, ConfigurationError, ConnectError, ServerTLS, T
 from proxy_core.tls import client_ssl_context, server_ssl_context, tls_failure
 from proxy_core.transport import Connection, Transport
 
-trustme = pytest.importorskip("trustme")
+trustme = pytest.importorskip(
+    "trustme",
+    reason="trustme is not installed: the TLS tests make their certificates "
+    "with it (python3 scripts/dev.py test installs it)",
+)
 
 T = TypeVar("T")
 
@@ -53,7 +57,11 @@ def _transports() -> list[Any]:
 @pytest.fixture(params=_transports())
 def backend(request: pytest.FixtureRequest) -> tuple[Transport, str]:
     module_name, cls_name, scheme = request.param
-    module = pytest.importorskip(module_name)
+    module = pytest.importorskip(
+        module_name,
+        reason=f"{module_name} is not installed here "
+        "(python3 scripts/dev.py test installs every transport of this repository)",
+    )
     transport: Transport = getattr(module, cls_name)()
     return transport, f"{scheme}://127.0.0.1:0/ws"
 
@@ -206,7 +214,10 @@ async def test_tls_settings_need_the_tls_scheme(
 
 
 async def test_grpc_refuses_an_ssl_context_naming_the_way() -> None:
-    grpc_module = pytest.importorskip("proxy_core_grpc")
+    grpc_module = pytest.importorskip(
+        "proxy_core_grpc",
+        reason="proxy-core-grpc is not installed here (python3 scripts/dev.py test installs it)",
+    )
     transport = grpc_module.GrpcTransport()
     context = ssl.create_default_context()
     with pytest.raises(ConfigurationError, match=r"ssl=ClientTLS\(ca_pem=\.\.\.\)"):

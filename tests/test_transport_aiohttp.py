@@ -687,7 +687,11 @@ async def test_silent_server_times_out_as_a_connect_error(transport: AiohttpTran
 
 
 async def test_wss_round_trip(transport: AiohttpTransport, probe: Probe) -> None:
-    trustme = pytest.importorskip("trustme")
+    trustme = pytest.importorskip(
+        "trustme",
+        reason="trustme is not installed: the TLS tests make their certificates "
+        "with it (python3 scripts/dev.py test installs it)",
+    )
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)

@@ -854,7 +854,11 @@ async def test_raising_handler_closes_with_1011(
 
 
 async def test_grpcs_round_trip_and_wrong_ca(probe: Probe) -> None:
-    trustme = pytest.importorskip("trustme")
+    trustme = pytest.importorskip(
+        "trustme",
+        reason="trustme is not installed: the TLS tests make their certificates "
+        "with it (python3 scripts/dev.py test installs it)",
+    )
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     server_credentials = grpc.ssl_server_credentials(

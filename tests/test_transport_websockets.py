@@ -49,7 +49,11 @@ TIMEOUT = 30.0
 LIMIT = 1000
 T = TypeVar("T")
 
-needs_fastapi = pytest.mark.skipif(uvicorn is None, reason="needs fastapi and uvicorn")
+needs_fastapi = pytest.mark.skipif(
+    uvicorn is None,
+    reason="fastapi and uvicorn are not installed: pip install 'proxy-core[fastapi]' "
+    "(python3 scripts/dev.py test installs them)",
+)
 
 
 async def wait(awaitable: Awaitable[T]) -> T:
@@ -478,7 +482,11 @@ async def test_silent_server_times_out_as_a_connect_error(
 
 
 async def test_wss_round_trip(transport: WebSocketsTransport, probe: Probe) -> None:
-    trustme = pytest.importorskip("trustme")
+    trustme = pytest.importorskip(
+        "trustme",
+        reason="trustme is not installed: the TLS tests make their certificates "
+        "with it (python3 scripts/dev.py test installs it)",
+    )
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
