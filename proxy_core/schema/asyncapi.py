@@ -256,6 +256,26 @@ def _operations(messages: list[str]) -> dict[str, Schema]:
     }
 
 
+def _channel(messages: list[str]) -> Schema:
+    headers = {
+        "type": "object",
+        "properties": {
+            "Authorization": {
+                "type": "string",
+                "description": "Credentials, if the server checks them.",
+            }
+        },
+    }
+    return {
+        "address": None,  # the WebSocket server's path, or the gRPC method: see the servers
+        "title": "A session",
+        "description": _CHANNEL_TEXT + _close_code_table(),
+        "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
+        "bindings": {"ws": {"method": "GET", "headers": headers, "bindingVersion": "0.1.0"}},
+        "x-close-codes": close_codes(),
+    }
+
+
 def asyncapi_document(registry: TypeRegistry | None = None) -> dict[str, Any]:
     """Return the AsyncAPI 3.0.0 document of the session protocol.
 
@@ -278,30 +298,7 @@ def asyncapi_document(registry: TypeRegistry | None = None) -> dict[str, Any]:
         },
         "defaultContentType": "application/json",
         "servers": _servers(),
-        "channels": {
-            "session": {
-                "address": None,
-                "title": "A session",
-                "description": _CHANNEL_TEXT + _close_code_table(),
-                "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
-                "bindings": {
-                    "ws": {
-                        "method": "GET",
-                        "headers": {
-                            "type": "object",
-                            "properties": {
-                                "Authorization": {
-                                    "type": "string",
-                                    "description": "Credentials, if the server checks them.",
-                                }
-                            },
-                        },
-                        "bindingVersion": "0.1.0",
-                    }
-                },
-                "x-close-codes": close_codes(),
-            }
-        },
+        "channels": {"session": _channel(list(messages))},
         "operations": _operations(list(messages)),
         "components": {
             "schemas": {name: to_asyncapi_schema(node) for name, node in schema["$defs"].items()},

@@ -227,7 +227,10 @@ class TypeSchemas:
                 schema = {**schema, "default": default}
             properties[name] = schema
         out: Schema = {"title": cls.__name__}
-        description = " ".join(filter(None, (summary(cls), _role(cls))))
+        text, role = summary(cls), _role(cls)
+        if text and role and role.split(":")[0] + ":" in text:
+            role = None  # the docstring says it already
+        description = " ".join(filter(None, (text, role)))
         if description:
             out["description"] = description
         out.update(
@@ -260,6 +263,8 @@ class TypeSchemas:
             return _tuple(self._tuple_items(args))
         if hint is dict or origin is dict:
             values = self.annotation(args[1] if len(args) == 2 else Any)
+            if values == ref(VALUE):
+                return any_of([ref(MAP), ref(ESCAPED_MAP)])
             return any_of([_plain_map(values), _escaped_map(values)])
         if isinstance(hint, type):
             return self._class(hint)
@@ -274,7 +279,10 @@ class TypeSchemas:
         return {"type": "array", "prefixItems": items, "items": False, "minItems": len(items)}
 
     def _class(self, cls: type[Any]) -> Schema:
-        members = [c for c in self.types if issubclass(c, cls)]
+        try:
+            members = [c for c in self.types if issubclass(c, cls)]
+        except TypeError:  # a class issubclass() refuses, such as a typing.Protocol
+            members = []
         if not members:
             return ref(VALUE)  # not a registered type: the codec cannot send it anyway
         if members == [cls]:

@@ -143,8 +143,8 @@ _FRAME_FIELDS: Final[dict[tuple[str, str], Schema]] = {
     ("Msg", "message"): {"description": "The bus message, a `$type` map."},
     ("Ack", "seq"): {"minimum": 0, "description": "Every MSG up to this number arrived."},
     ("Ready", "worker"): {"description": "The sender's served worker."},
-    ("Ping", "nonce"): {"minimum": 0, "maximum": 2**63 - 1, "description": "Any number."},
-    ("Pong", "nonce"): {"minimum": 0, "maximum": 2**63 - 1, "description": "The PING's."},
+    ("Ping", "nonce"): {"minimum": 0, "maximum": 2**63 - 1, "description": "The PONG copies it."},
+    ("Pong", "nonce"): {"minimum": 0, "maximum": 2**63 - 1, "description": "The PING's nonce."},
     ("Bye", "code"): {
         "minimum": 1000,
         "maximum": 4999,
