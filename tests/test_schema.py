@@ -406,6 +406,16 @@ def test_an_unwritable_output_is_one_line(
     assert err.count("\n") == 1 and "cannot write" in err
 
 
+def test_the_schema_module_needs_no_yaml_or_jsonschema() -> None:
+    code = (
+        "import sys\n"
+        "from proxy_core.schema import asyncapi_document, to_yaml\n"
+        "to_yaml(asyncapi_document())\n"
+        "assert not {'yaml', 'jsonschema'} & set(sys.modules), 'a runtime dependency'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 # ---------------------------------------------------------------- the official AsyncAPI schema
 
 

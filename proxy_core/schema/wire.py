@@ -205,26 +205,34 @@ def _handshake(name: str, cls: type[Any]) -> Schema:
     }
 
 
+def _frame(types: TypeSchemas, cls: type[Any]) -> tuple[Kind, Schema]:
+    """Return the kind of envelope class ``cls`` and its frame: the kind, then its fields."""
+    try:
+        kind = Kind[cls.__name__.upper()]
+    except KeyError:
+        raise ConfigurationError(f"{__name__}: no frame kind for {cls.__name__}") from None
+    hints = typing.get_type_hints(cls)
+    items: list[Schema] = [{"const": int(kind)}]
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        base = ref(MESSAGE) if hint is BusMessage else types.annotation(hint)
+        items.append({**base, **_FRAME_FIELDS.get((cls.__name__, field.name), {})})
+    return kind, {
+        "title": kind.name,
+        "description": summary(cls) or kind.name,
+        "type": "array",
+        "prefixItems": items,
+        "items": False,
+        "minItems": len(items),
+    }
+
+
 def _frames(types: TypeSchemas) -> dict[str, Schema]:
     defs: dict[str, Schema] = {}
     for cls in typing.get_args(Envelope):
-        kind = Kind[cls.__name__.upper()]
-        hints = typing.get_type_hints(cls)
-        items: list[Schema] = [{"const": int(kind)}]
-        for field in dataclasses.fields(cls):
-            hint = hints[field.name]
-            base = ref(MESSAGE) if hint is BusMessage else types.annotation(hint)
-            items.append({**base, **_FRAME_FIELDS.get((cls.__name__, field.name), {})})
-        defs[frame_name(kind)] = {
-            "title": kind.name,
-            "description": summary(cls) or kind.name,
-            "type": "array",
-            "prefixItems": items,
-            "items": False,
-            "minItems": len(items),
-        }
-    batch = frame_name(Kind.BATCH)
-    defs[batch] = {
+        kind, schema = _frame(types, cls)
+        defs[frame_name(kind)] = schema
+    defs[frame_name(Kind.BATCH)] = {
         "title": Kind.BATCH.name,
         "description": "Several frames in one transport message, each exactly as it would "
         "travel alone, to be processed in order; never a BATCH in a BATCH. Sent only when the "
@@ -245,7 +253,7 @@ def _frames(types: TypeSchemas) -> dict[str, Schema]:
     }
     defs[SESSION_FRAME] = {
         "description": "Any frame after the handshake: an array whose first element is the kind.",
-        "oneOf": [*singles, ref(batch)],
+        "oneOf": [*singles, ref(frame_name(Kind.BATCH))],
     }
     return defs
 
