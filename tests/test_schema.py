@@ -302,6 +302,7 @@ def test_jsonschema_format_describes_every_registered_type(
     assert main(["schema", "--format", "jsonschema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator.check_schema(json_schema(TypeRegistry()))  # no type at all
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     defs = schema["$defs"]
     tags = {
@@ -451,7 +452,8 @@ def asyncapi_validator() -> jsonschema.Draft7Validator:
 def test_the_document_validates_against_the_official_schema(
     asyncapi_validator: jsonschema.Draft7Validator,
 ) -> None:
-    for document in (asyncapi_document(), DOCUMENT, yaml.safe_load(COMMITTED.read_text("utf-8"))):
+    committed = yaml.safe_load(COMMITTED.read_text("utf-8"))
+    for document in (asyncapi_document(), DOCUMENT, committed, asyncapi_document(TypeRegistry())):
         errors = [
             f"{list(e.absolute_path)}: {e.message}"
             for e in asyncapi_validator.iter_errors(document)

@@ -104,6 +104,11 @@ def _tuple(items: Schema) -> Schema:
     return _escape("$tuple", items, "A tuple (distinct from a list): its items.")
 
 
+def _one_of(description: str, schemas: list[Schema]) -> Schema:
+    # With no type registered, nothing matches (an empty oneOf is not a schema).
+    return {"description": description, **({"oneOf": schemas} if schemas else {"not": {}})}
+
+
 def _safe_name(name: str) -> str:
     # Component names in AsyncAPI are limited to these characters.
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
@@ -194,19 +199,19 @@ class TypeSchemas:
             ),
             TUPLE: _tuple({"type": "array", "items": ref(VALUE)}),
             ESCAPED_MAP: _escaped_map(ref(VALUE)),
-            OBJECT: {
-                "description": "Any registered object: a map whose `$type` is a wire tag.",
-                "oneOf": [ref(self.names[cls]) for cls in self.types],
-            },
-            MESSAGE: {
-                "description": "A bus message that may cross a proxy: a registered BusMessage "
-                "type that is not local.",
-                "oneOf": [
+            OBJECT: _one_of(
+                "Any registered object: a map whose `$type` is a wire tag.",
+                [ref(self.names[cls]) for cls in self.types],
+            ),
+            MESSAGE: _one_of(
+                "A bus message that may cross a proxy: a registered BusMessage type that is "
+                "not local.",
+                [
                     ref(self.names[cls])
                     for cls in self.types
                     if issubclass(cls, BusMessage) and not issubclass(cls, BusLocalMessage)
                 ],
-            },
+            ),
         }
         for cls in self.types:
             defs[self.names[cls]] = self._object(cls)
