@@ -756,7 +756,10 @@ async def refused_client(url: str, transport: Transport) -> AsyncIterator[ProxyC
         yield proxy
     finally:
         await runner.end("test over")
-        await wait(task)
+        # The refusal is final: the runner ends with the same error.
+        with pytest.raises(AuthenticationError) as ended:
+            await wait(task)
+    assert ended.value is proxy.last_error
     assert errors == [proxy.last_error]  # one attempt: the client did not try again
 
 

@@ -208,8 +208,10 @@ async def test_an_authenticate_hook_that_hangs_is_a_refusal() -> None:
         with pytest.raises(AuthenticationError, match="authentication timed out"):
             await proxy.wait_connected(TIMEOUT)
         await asyncio.wait_for(done.wait(), TIMEOUT)
-        await runner.end()
-        await asyncio.wait_for(task, TIMEOUT)
+        # The refusal is final: the runner ends with the same error.
+        with pytest.raises(AuthenticationError) as ended:
+            await asyncio.wait_for(task, TIMEOUT)
+        assert ended.value is proxy.last_error
 
 
 async def test_a_write_that_makes_no_progress_closes_the_link(

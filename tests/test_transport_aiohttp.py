@@ -937,8 +937,10 @@ async def test_serve_proxy_refusal_reaches_the_client() -> None:
         with pytest.raises(AuthenticationError, match="bad token"):
             await proxy.wait_connected(TIMEOUT)
         assert gateway.assistants.empty()
-        await runner.end("test over")
-        await wait(task)
+        # The refusal is final: the runner ends with the same error.
+        with pytest.raises(AuthenticationError) as ended:
+            await wait(task)
+        assert ended.value is proxy.last_error
     await assert_tasks_settle()
 
 

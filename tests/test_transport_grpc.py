@@ -1019,7 +1019,10 @@ async def test_proxy_client_refused_by_metadata_authentication() -> None:
                 await client.wait_connected(TIMEOUT)
         finally:
             await runner.end("test over")
-            await wait(task)
+            # The refusal is final: the runner ends with the same error.
+            with pytest.raises(AuthenticationError) as ended:
+                await wait(task)
+        assert ended.value is client.last_error
         assert service.sessions_served == 0
 
 
