@@ -181,13 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         transport = args.transport or _default_transport()
-        return asyncio.run(run_demo(transport=transport, codec=args.codec))
+        try:
+            return asyncio.run(run_demo(transport=transport, codec=args.codec))
+        except TimeoutError:
+            print("proxy-core: error: the demo did not complete within 30 s", file=sys.stderr)
+            return 1
     except ProxyError as exc:
         print(f"proxy-core: error: {exc}", file=sys.stderr)
         return 2
-    except TimeoutError:
-        print("proxy-core: error: the demo did not complete within 30 s", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
 

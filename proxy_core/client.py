@@ -378,11 +378,19 @@ class ProxyClient(_ProxyWorker):
         self.last_error = error
         tried = f" after {attempts} attempts" if attempts > 1 else ""
         url = redact_url(self.url)
-        logger.error("proxy %r: giving up on %s%s: %s", self.name, url, tried, error)
         self._settle(error)
         if self._handlers is not None and self._handlers.get("on_gave_up"):
+            logger.warning(
+                "proxy %r: giving up on %s%s (on_gave_up decides what next): %s",
+                *(self.name, url, tried, error),
+            )
             await self._call_event("on_gave_up", error)
             return
+        # The error reaches the program through run(); logging it as an error
+        # here as well would report one failure twice.
+        logger.info(
+            "proxy %r: giving up on %s%s; runner.run() raises: %s", self.name, url, tried, error
+        )
         error.add_note(f"proxy {self.name!r} gave up on {url}{tried}")
         self.runner.fail(error, f"proxy {self.name!r} gave up")
 

@@ -128,7 +128,9 @@ async def test_no_common_codec_ends_run_with_the_refusal(transport: str) -> None
             await asyncio.wait_for(runner.run(), TIMEOUT)
 
 
-async def test_on_gave_up_replaces_the_default_and_the_runner_goes_on() -> None:
+async def test_on_gave_up_replaces_the_default_and_the_runner_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with serve_proxy(
         BACKENDS["websockets"],
         worker_name="assistant",
@@ -156,6 +158,10 @@ async def test_on_gave_up_replaces_the_default_and_the_runner_goes_on() -> None:
         finally:
             await runner.end("test over")
             await asyncio.wait_for(run, TIMEOUT)  # returns: no error to raise
+    # Nothing else will report it, so the log does, once, as a warning.
+    gave_up = [r for r in caplog.records if "giving up" in r.getMessage()]
+    assert [r.levelno for r in gave_up] == [logging.WARNING]
+    assert "on_gave_up" in gave_up[0].getMessage()
 
 
 # ---------------------------------------------------------------- retries against nothing
@@ -181,8 +187,11 @@ async def test_retries_say_so_once_then_the_last_error_ends_run(
     assert "connection refused" in warnings[0]
     assert "trying again in the background for up to 4 attempts" in warnings[0]
     assert "reconnect=Backoff(...)" in warnings[0] and "reconnect=None" in warnings[0]
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "giving up" in errors[0] and "after 4 attempts" in errors[0]
+    # The failure is reported once, by run(): the log says it gave up, not as an error.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert len(gave_up) == 1 and "after 4 attempts" in gave_up[0], gave_up
+    assert "runner.run() raises" in gave_up[0]
     # The refused connection's message names the URL once, not twice.
     assert str(caught.value).count("could not connect to") == 1
     assert all(r.getMessage().count("could not connect to") <= 1 for r in caplog.records)

@@ -524,6 +524,11 @@ class _GrpcListener(Listener):
             ConnectError: the address could not be bound.
         """
         host = _format_host(parts.hostname)
+        # Try the address first: gRPC's C core writes its own error line to
+        # stderr when it cannot bind, and says only "Failed to bind".
+        if _port(parts) and (why := _bind_failure(parts.hostname, _port(parts))) is not None:
+            await self._server.stop(None)
+            raise ConnectError(f"could not listen on {_redact(parts.geturl())}: {why}")
         try:
             address = f"{host}:{_port(parts)}"
             if parts.scheme == "grpcs":
@@ -866,20 +871,25 @@ async def _check_accepted(url: str, call: Any, limit: int) -> None:
 def _bind_failure(host: str | None, port: int) -> str | None:
     """Bind ``host:port`` as gRPC would, and say why that fails (``None`` if it does not).
 
-    gRPC's own error says only "Failed to bind"; the OS error says why.
+    gRPC serves if it binds any of the addresses the host resolves to, so this
+    fails only if every one fails, and then names the first one's OS error:
+    gRPC's own error says only "Failed to bind".
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         return _describe(exc)
+    first: OSError | None = None
     for family, kind, proto, _, address in infos:
         try:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
         except OSError as exc:
-            return _describe(exc)
-    return None
+            first = first or exc
+        else:
+            return None
+    return None if first is None else _describe(first)
 
 
 def _refuse(url: str, status: Any, details: str, limit: int) -> NoReturn:
