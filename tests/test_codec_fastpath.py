@@ -151,7 +151,7 @@ messages = st.one_of(
     st.builds(BusMessage, headers, headers),
     st.builds(SubData, headers, headers, flat_maps),
 )
-envelopes = st.builds(Msg, st.integers(1, 2**63 - 1), messages) | st.builds(Ack, st.integers(0, 9))
+envelopes = st.builds(Msg, st.integers(1, 2**53 - 1), messages) | st.builds(Ack, st.integers(0, 9))
 
 
 # ---------------------------------------------------------------- encoding

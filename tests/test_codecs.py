@@ -39,6 +39,10 @@ from proxy_core.protocol import Ack, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
 
 CODECS: dict[str, Codec] = {"json": JsonCodec(), "msgpack": MsgpackCodec()}
 INT64 = st.integers(-(2**63), 2**63 - 1)
+#: Sequence numbers, ACK numbers and nonces stop at 2**53 - 1 (docs/protocol.md section 8);
+#: a MSG's seq below 1 still crosses (the receiving session refuses it).
+COUNTERS = st.integers(0, 2**53 - 1)
+SEQS = st.integers(-(2**63), 2**53 - 1)
 
 
 @pytest.fixture(params=sorted(CODECS))
@@ -160,11 +164,11 @@ def message_of(cls: type[BusMessage]) -> st.SearchStrategy[BusMessage]:
 
 messages = st.one_of(*(message_of(cls) for cls in BUILTIN_MESSAGE_TYPES))
 envelopes = st.one_of(
-    st.builds(Msg, INT64, messages),
-    st.builds(Ack, INT64),
+    st.builds(Msg, SEQS, messages),
+    st.builds(Ack, COUNTERS),
     st.builds(Ready, texts),
-    st.builds(Ping, INT64),
-    st.builds(Pong, INT64),
+    st.builds(Ping, COUNTERS),
+    st.builds(Pong, COUNTERS),
     st.builds(Bye, INT64, texts),
 )
 
@@ -204,7 +208,7 @@ def test_msgpack_round_trip(envelope: Envelope) -> None:
 @settings(max_examples=20, deadline=None)
 @given(
     blob=st.builds(_large_bytes, st.integers(50_000, 100_000), st.integers(0, 2**32)),
-    seq=INT64,
+    seq=SEQS,
 )
 def test_large_bytes_round_trip(blob: bytes, seq: int) -> None:
     for codec in CODECS.values():
@@ -220,7 +224,7 @@ def test_large_bytes_round_trip(blob: bytes, seq: int) -> None:
 def test_every_message_type_round_trips_in_both_codecs(
     cls: type[BusMessage], data: st.DataObject
 ) -> None:
-    envelope = Msg(data.draw(INT64), data.draw(message_of(cls)))
+    envelope = Msg(data.draw(SEQS), data.draw(message_of(cls)))
     for codec in CODECS.values():
         assert_round_trip(codec, envelope)
 

@@ -36,9 +36,9 @@ from ..messages import (
     TypeRegistry,
 )
 from ..protocol import Ack, Batch, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
-from .base import MAX_BATCH_FRAMES
+from .base import MAX_BATCH_FRAMES, MAX_SAFE_INTEGER
 
-__all__ = ["TreeConverter"]
+__all__ = ["Invalid", "TreeConverter"]
 
 _SCALARS: Final[frozenset[type[Any]]] = frozenset((str, int, float, bool, type(None)))
 #: Values a decoded tree holds as they are (both codecs pass bytes through).
@@ -55,6 +55,30 @@ _BYE: Final = int(Kind.BYE)
 _BATCH: Final = int(Kind.BATCH)
 
 _MISSING: Final[Any] = object()  # a field absent from a map (not a leaf: fails every fast check)
+
+
+class Invalid:
+    """A value the bytes held that the tree model has no place for.
+
+    A codec's parser puts one where it met a value it cannot represent (a map
+    with a key that is not a string, a string that is not UTF-8, an extension
+    type, a JSON ``NaN``), so that the rest of the frame still parses: the
+    envelope, its kind and a MSG's seq are read, and only what holds the bad
+    value is refused. :class:`TreeConverter` refuses it as malformed wherever
+    it stands (it is no leaf, map or array).
+
+    Attributes:
+        reason: what the value was (``"an extension type"``), for the CodecError.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Invalid({self.reason!r})"
+
 
 #: Writes a registered object of one built-in class as its ``$type`` map, given its
 #: tag; ``None`` when a value is not of the shape the fast path was written for.
@@ -125,15 +149,20 @@ class TreeConverter:
             CodecError: a value cannot be encoded.
         """
         if isinstance(envelope, Msg):
-            return [_MSG, envelope.seq, self._object_out(envelope.message)]
+            seq = envelope.seq  # below 1 it reaches the peer, whose session refuses it
+            if type(seq) is not int or seq > MAX_SAFE_INTEGER:
+                raise CodecError(
+                    f"Msg.seq must be an integer up to {MAX_SAFE_INTEGER}, got {seq!r}"
+                )
+            return [_MSG, seq, self._object_out(envelope.message)]
         if isinstance(envelope, Ack):
-            return [_ACK, envelope.seq]
+            return [_ACK, _counter_out(envelope.seq, "Ack.seq")]
         if isinstance(envelope, Ready):
             return [_READY, envelope.worker]
         if isinstance(envelope, Ping):
-            return [_PING, envelope.nonce]
+            return [_PING, _counter_out(envelope.nonce, "Ping.nonce")]
         if isinstance(envelope, Pong):
-            return [_PONG, envelope.nonce]
+            return [_PONG, _counter_out(envelope.nonce, "Pong.nonce")]
         if isinstance(envelope, Bye):
             return [_BYE, envelope.code, envelope.reason]
         raise CodecError(f"not an envelope: {type(envelope).__qualname__}")
@@ -192,13 +221,16 @@ class TreeConverter:
     def tree_to_frame(self, tree: Any) -> Envelope | Batch:
         """Return the envelope, or the BATCH, that ``tree`` encodes.
 
-        A BATCH is ``[7, frame, frame, ...]``; each frame is decoded on its own.
+        A BATCH is ``[7, frame, frame, ...]`` with at least one frame; each frame
+        is decoded on its own.
 
         Raises:
             UnknownMessageType: a type tag is not registered (not in a BATCH).
             CodecError: the tree is not a valid frame (not in a BATCH).
         """
         if type(tree) is list and tree and type(tree[0]) is int and tree[0] == _BATCH:
+            if len(tree) == 1:
+                raise CodecError("an empty BATCH")
             if len(tree) - 1 > MAX_BATCH_FRAMES:
                 raise CodecError(f"BATCH of {len(tree) - 1} frames; at most {MAX_BATCH_FRAMES}")
             items: list[Envelope | CodecError] = []
@@ -226,7 +258,9 @@ class TreeConverter:
             raise CodecError(f"frame kind must be an integer, got {type(kind).__qualname__}")
         size = len(tree)
         if kind == _MSG and size == 3:
-            seq = _int(tree[1], "seq")
+            seq = tree[1]
+            if type(seq) is not int or seq > MAX_SAFE_INTEGER:  # no readable seq
+                raise CodecError(_not_a_counter(seq, "seq"))
             try:
                 message = self._object_in(tree[2])
             except CodecError as exc:
@@ -244,24 +278,31 @@ class TreeConverter:
                 raise CodecError("message source must be str and target str or null", seq=seq)
             return Msg(seq, message)
         if kind == _ACK and size == 2:
-            return Ack(_int(tree[1], "seq"))
+            return Ack(_counter_in(tree[1], "seq"))
         if kind == _READY and size == 2 and type(tree[1]) is str:
             return Ready(tree[1])
         if kind == _PING and size == 2:
-            return Ping(_int(tree[1], "nonce"))
+            return Ping(_counter_in(tree[1], "nonce"))
         if kind == _PONG and size == 2:
-            return Pong(_int(tree[1], "nonce"))
+            return Pong(_counter_in(tree[1], "nonce"))
         if kind == _BYE and size == 3 and type(tree[2]) is str:
-            return Bye(_int(tree[1], "code"), tree[2])
+            code = tree[1]
+            if type(code) is not int:
+                raise CodecError(f"code must be an integer, got {_type_name(code)}")
+            return Bye(code, tree[2])
         if kind == _BATCH:
             raise CodecError("a BATCH cannot hold another BATCH")
         raise CodecError(f"malformed frame of kind {kind!r} with {size} elements")
 
     def _object_in(self, node: Any) -> Any:
         if type(node) is not dict or "$type" not in node:
+            if type(node) is Invalid:
+                raise CodecError(f"invalid message: {node.reason}")
             raise CodecError("a message must be a map with a $type")
         tag = node["$type"]
         if type(tag) is not str:
+            if type(tag) is Invalid:
+                raise CodecError(f"invalid $type: {tag.reason}")
             raise UnknownMessageType(tag)
         cls, fast = self._classes.get(tag) or self._class_in(tag)
         if fast is not None:
@@ -297,6 +338,8 @@ class TreeConverter:
         if kind is list:
             return [self._value_in(v) for v in node]
         if kind is not dict:
+            if kind is Invalid:
+                raise CodecError(f"invalid value: {node.reason}")
             raise CodecError(f"unexpected value of type {kind.__qualname__}")
         if "$type" in node:
             return self._object_in(node)
@@ -320,10 +363,28 @@ class TreeConverter:
         return out
 
 
-def _int(value: Any, what: str) -> int:
-    if type(value) is not int:
-        raise CodecError(f"{what} must be an integer, got {type(value).__qualname__}")
+def _counter_in(value: Any, what: str) -> int:
+    """Return ``value``, an ACK number or a nonce: an integer in 0..MAX_SAFE_INTEGER."""
+    if type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER:
+        raise CodecError(_not_a_counter(value, what))
     return value
+
+
+def _counter_out(value: Any, what: str) -> int:
+    """Return ``value`` if a receiver can read it as a seq, ACK number or nonce."""
+    if type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER:
+        raise CodecError(f"{what} must be an integer in [0, {MAX_SAFE_INTEGER}], got {value!r}")
+    return value
+
+
+def _not_a_counter(value: Any, what: str) -> str:
+    if type(value) is int:
+        return f"{what} {value} is outside [0, {MAX_SAFE_INTEGER}]"
+    return f"{what} must be an integer, got {_type_name(value)}"
+
+
+def _type_name(value: Any) -> str:
+    return value.reason if type(value) is Invalid else type(value).__qualname__
 
 
 def _b64(value: Any) -> bytes:

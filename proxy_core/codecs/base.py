@@ -9,7 +9,7 @@ from typing import ClassVar, Final
 from ..errors import CodecError
 from ..protocol import Batch, Envelope
 
-__all__ = ["MAX_BATCH_FRAMES", "Codec", "batch_size_bound"]
+__all__ = ["MAX_BATCH_FRAMES", "MAX_SAFE_INTEGER", "Codec", "batch_size_bound"]
 
 #: The most frames a decoder accepts in one BATCH (131072); a larger one is malformed
 #: as a whole, before any of its frames is decoded. Without a bound, one 1 MiB BATCH
@@ -17,6 +17,11 @@ __all__ = ["MAX_BATCH_FRAMES", "Codec", "batch_size_bound"]
 #: on the event loop, hundreds of MB). A sender that keeps its batches within
 #: :func:`batch_size_bound` of 256 KiB never comes near it (8 bytes per frame).
 MAX_BATCH_FRAMES: Final = 1 << 17
+
+#: The largest sequence number, ACK number or PING/PONG nonce on the wire (2**53 - 1):
+#: the largest integer a JavaScript peer holds exactly. Encoders refuse a larger
+#: one; decoders make the frame malformed (a MSG with one has no readable seq).
+MAX_SAFE_INTEGER: Final = (1 << 53) - 1
 
 
 def batch_size_bound(total: int, count: int) -> int:

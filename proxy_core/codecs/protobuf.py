@@ -14,7 +14,7 @@ value model round-trips exactly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import CodecError, ConfigurationError, UnknownMessageType
@@ -31,7 +31,7 @@ from ..messages import (
     TypeRegistry,
 )
 from ..protocol import Ack, Batch, Bye, Envelope, Msg, Ping, Pong, Ready
-from .base import MAX_BATCH_FRAMES, Codec
+from .base import MAX_BATCH_FRAMES, MAX_SAFE_INTEGER, Codec
 
 if TYPE_CHECKING:
     from ._generated import envelope_pb2 as pb
@@ -130,16 +130,16 @@ class ProtobufCodec(Codec):
         try:
             if isinstance(envelope, Msg):
                 out = env.msg
-                out.seq = _checked(envelope.seq, 0, _UINT64_MAX, "Msg.seq")
+                out.seq = _checked(envelope.seq, 0, MAX_SAFE_INTEGER, "Msg.seq")
                 self._message_out(envelope.message, out.message)
             elif isinstance(envelope, Ack):
-                env.ack.seq = _checked(envelope.seq, 0, _UINT64_MAX, "Ack.seq")
+                env.ack.seq = _checked(envelope.seq, 0, MAX_SAFE_INTEGER, "Ack.seq")
             elif isinstance(envelope, Ready):
                 env.ready.worker = _text(envelope.worker, "Ready.worker")
             elif isinstance(envelope, Ping):
-                env.ping.nonce = _checked(envelope.nonce, 0, _UINT64_MAX, "Ping.nonce")
+                env.ping.nonce = _checked(envelope.nonce, 0, MAX_SAFE_INTEGER, "Ping.nonce")
             elif isinstance(envelope, Pong):
-                env.pong.nonce = _checked(envelope.nonce, 0, _UINT64_MAX, "Pong.nonce")
+                env.pong.nonce = _checked(envelope.nonce, 0, MAX_SAFE_INTEGER, "Pong.nonce")
             elif isinstance(envelope, Bye):
                 bye = env.bye
                 bye.code = _checked(envelope.code, _INT32_MIN, _INT32_MAX, "Bye.code")
@@ -332,29 +332,22 @@ class ProtobufCodec(Codec):
     def decode(self, data: bytes) -> Envelope | Batch:
         try:
             env = self._pb.Envelope.FromString(data)
-        except self._decode_error as exc:
-            raise CodecError(
-                f"not a valid protobuf Envelope: {exc}", seq=_salvage_seq(data)
-            ) from None
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise CodecError(f"not a valid protobuf Envelope: {exc}") from None
+        except (self._decode_error, TypeError, ValueError, RecursionError) as exc:
+            raise _unparsed(data, exc) from None
         if env.WhichOneof("kind") == "batch":
-            if len(env.batch.frames) > MAX_BATCH_FRAMES:
-                raise CodecError(
-                    f"BATCH of {len(env.batch.frames)} frames; at most {MAX_BATCH_FRAMES}"
-                )
+            frames = env.batch.frames
+            if not frames:
+                raise CodecError("an empty BATCH")
+            if len(frames) > MAX_BATCH_FRAMES:
+                raise CodecError(f"BATCH of {len(frames)} frames; at most {MAX_BATCH_FRAMES}")
             items: list[Envelope | CodecError] = []
-            for frame in env.batch.frames:
+            for frame in frames:
                 try:
                     items.append(self._envelope_in(self._pb.Envelope.FromString(frame)))
-                except self._decode_error as exc:
-                    items.append(
-                        CodecError(f"not a valid protobuf Envelope: {exc}", seq=_salvage_seq(frame))
-                    )
+                except (self._decode_error, TypeError, ValueError, RecursionError) as exc:
+                    items.append(_unparsed(frame, exc))
                 except CodecError as exc:
                     items.append(exc.with_traceback(None))  # kept: not its frames
-                except (TypeError, ValueError, RecursionError) as exc:
-                    items.append(CodecError(f"not a valid protobuf Envelope: {exc}"))
             return Batch(tuple(items))
         return self._envelope_in(env)
 
@@ -363,6 +356,8 @@ class ProtobufCodec(Codec):
         if kind == "msg":
             frame = env.msg
             seq = frame.seq
+            if seq > MAX_SAFE_INTEGER:  # no readable seq
+                raise CodecError(f"seq {seq} is outside [0, {MAX_SAFE_INTEGER}]")
             # A MSG without a message reads as an empty Message: no body, refused below.
             try:
                 message = self._message_in(frame.message)
@@ -373,13 +368,13 @@ class ProtobufCodec(Codec):
                 raise CodecError("message nests too deeply", seq=seq) from None
             return Msg(seq, message)
         if kind == "ack":
-            return Ack(env.ack.seq)
+            return Ack(_counter_in(env.ack.seq, "seq"))
         if kind == "ready":
             return Ready(env.ready.worker)
         if kind == "ping":
-            return Ping(env.ping.nonce)
+            return Ping(_counter_in(env.ping.nonce, "nonce"))
         if kind == "pong":
-            return Pong(env.pong.nonce)
+            return Pong(_counter_in(env.pong.nonce, "nonce"))
         if kind == "bye":
             return Bye(env.bye.code, env.bye.reason)
         if kind == "batch":
@@ -546,47 +541,68 @@ def _too_deep(owner: type, field: str) -> CodecError:
     )
 
 
+def _counter_in(value: int, what: str) -> int:
+    if value > MAX_SAFE_INTEGER:
+        raise CodecError(f"{what} {value} is outside [0, {MAX_SAFE_INTEGER}]")
+    return value
+
+
+def _unparsed(data: bytes, exc: BaseException) -> CodecError:
+    """The CodecError for a frame whose Envelope does not parse (with a MSG's seq)."""
+    seq = _salvage_seq(data) if type(data) is bytes else None
+    return CodecError(f"not a valid protobuf Envelope: {exc}", seq=seq)
+
+
 def _salvage_seq(data: bytes) -> int | None:
-    """Return the seq of a MSG frame whose message does not parse, if it can be read.
+    """Return the seq of a MSG whose Envelope does not parse, if it can be read.
 
-    The session needs the seq of an undecodable MSG to acknowledge it; a frame
-    nested too deeply for protobuf's parser still has a readable seq at the top.
+    The session needs the seq of an undecodable MSG to acknowledge it. Whatever
+    broke the parse (a string that is not UTF-8, nesting deeper than the
+    parser's limit, a frame cut short), the seq is read by hand: the fields of
+    the Envelope as far as they are well formed, in each ``msg`` (field 1) the
+    ``seq`` (its field 1, a varint), the last one winning as in a parser; a
+    field cut short at the end is read as far as it goes. Another kind after
+    the ``msg`` (fields 2 to 7: a oneof keeps the last) leaves no seq.
     """
-    try:
-        seq = None
-        for number, value in _wire_fields(data):
-            if number == 1 and isinstance(value, bytes):  # Envelope.msg
-                for inner, item in _wire_fields(value):
-                    if inner == 1 and isinstance(item, int):  # Msg.seq
-                        seq = item
-            elif 2 <= number <= 6:  # another kind came later: a oneof keeps the last
-                seq = None
-        return seq
-    except (IndexError, ValueError):
-        return None
+    seq = None
+    for number, value in _wire_fields(data):
+        if number == 1 and type(value) is bytes:  # Envelope.msg
+            for inner, item in _wire_fields(value):
+                if inner == 1 and type(item) is int:  # Msg.seq
+                    seq = item
+        elif 2 <= number <= 7:
+            seq = None
+    return seq if seq is not None and seq <= MAX_SAFE_INTEGER else None
 
 
-def _wire_fields(data: bytes) -> Any:
-    """Yield (field number, int or bytes) for each field of a serialized message."""
+def _wire_fields(data: bytes) -> Iterator[tuple[int, int | bytes | None]]:
+    """Yield (field number, value) for the fields of a serialized message, as far as they go.
+
+    The value is an int (varint), bytes (length-delimited, cut short if the
+    data ends first: it is then the last field) or None (fixed-size). A field
+    that cannot be read ends the walk.
+    """
     pos, end = 0, len(data)
-    while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, pos = _varint(data, pos)
-            yield number, value
-        elif wire_type == 2:
-            size, pos = _varint(data, pos)
-            if pos + size > end:
-                raise ValueError("truncated field")
-            yield number, data[pos : pos + size]
-            pos += size
-        elif wire_type == 1 or wire_type == 5:
-            pos += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"wire type {wire_type}")
-    if pos != end:
-        raise ValueError("truncated field")
+    try:
+        while pos < end:
+            key, pos = _varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                value, pos = _varint(data, pos)
+                yield number, value
+            elif wire_type == 2:
+                size, pos = _varint(data, pos)
+                yield number, data[pos : pos + size]
+                pos += size
+            elif wire_type == 1 or wire_type == 5:
+                pos += 8 if wire_type == 1 else 4
+                if pos > end:
+                    return
+                yield number, None
+            else:  # groups (3, 4) and the undefined 6 and 7
+                return
+    except (IndexError, ValueError):  # a varint cut short, or longer than 10 bytes
+        return
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import dataclasses
 import typing
 from typing import Any, Final
 
-from ..codecs.base import MAX_BATCH_FRAMES
+from ..codecs.base import MAX_BATCH_FRAMES, MAX_SAFE_INTEGER
 from ..errors import ConfigurationError
 from ..messages import DEFAULT_TYPES, BusMessage, TypeRegistry
 from ..protocol import (
@@ -139,12 +139,28 @@ _HANDSHAKE_FIELDS: Final[dict[str, dict[str, tuple[bool, Schema, str]]]] = {
 
 #: Constraints and meanings of the elements of the frames after the handshake.
 _FRAME_FIELDS: Final[dict[tuple[str, str], Schema]] = {
-    ("Msg", "seq"): {"minimum": 1, "description": "1, 2, 3... per direction and session."},
+    ("Msg", "seq"): {
+        "minimum": 1,
+        "maximum": MAX_SAFE_INTEGER,
+        "description": "1, 2, 3... per direction and session.",
+    },
     ("Msg", "message"): {"description": "The bus message, a `$type` map."},
-    ("Ack", "seq"): {"minimum": 0, "description": "Every MSG up to this number arrived."},
+    ("Ack", "seq"): {
+        "minimum": 0,
+        "maximum": MAX_SAFE_INTEGER,
+        "description": "Every MSG up to this number arrived.",
+    },
     ("Ready", "worker"): {"description": "The sender's served worker."},
-    ("Ping", "nonce"): {"minimum": 0, "maximum": 2**63 - 1, "description": "The PONG copies it."},
-    ("Pong", "nonce"): {"minimum": 0, "maximum": 2**63 - 1, "description": "The PING's nonce."},
+    ("Ping", "nonce"): {
+        "minimum": 0,
+        "maximum": MAX_SAFE_INTEGER,
+        "description": "The PONG copies it.",
+    },
+    ("Pong", "nonce"): {
+        "minimum": 0,
+        "maximum": MAX_SAFE_INTEGER,
+        "description": "The PING's nonce.",
+    },
     ("Bye", "code"): {
         "minimum": 1000,
         "maximum": 4999,
