@@ -168,7 +168,7 @@ async def test_undecodable_frames_are_counted_and_the_session_goes_on(server: Se
         await side.assistant.wait_text("one")
         peer.seq = 1
         await ws.send(b"\xc1\xc1\xc1 random garbage \x00\xff")  # 0xc1 is never valid msgpack
-        await ws.send(good[: len(good) // 2])  # truncated msgpack
+        await ws.send(good[: len(good) // 2])  # truncated msgpack: its seq, 1, is a duplicate
         await ws.send(pack({"not": "a frame"}))  # valid msgpack, not a frame
         await ws.send(pack([99, 1]))  # unknown frame kind
         await ws.send("a text frame")
@@ -186,7 +186,8 @@ async def test_undecodable_frames_are_counted_and_the_session_goes_on(server: Se
         assert await side.assistant.wait_text("after") == frame(
             CLIENT_WORKER, SERVER_WORKER, "after"
         )
-        assert side.server_proxy.stats.dropped_in == Counter(malformed=6, unknown_type=2)
+        assert side.server_proxy.stats.dropped_in == Counter(malformed=5, unknown_type=2)
+        assert side.server_proxy.stats.duplicates == 1
         assert side.assistant.texts() == ["one", "after"]
         # And the other way still works on this very session.
         await side.assistant.send_bus_message(frame(SERVER_WORKER, CLIENT_WORKER, "back"))

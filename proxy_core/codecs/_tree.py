@@ -292,6 +292,10 @@ class TreeConverter:
             return Bye(code, tree[2])
         if kind == _BATCH:
             raise CodecError("a BATCH cannot hold another BATCH")
+        if kind == _MSG and size > 1:  # another length: its seq is still read
+            seq = tree[1]
+            if type(seq) is int and seq <= MAX_SAFE_INTEGER:
+                raise CodecError(f"a MSG has 3 elements, not {size}", seq=seq)
         raise CodecError(f"malformed frame of kind {kind!r} with {size} elements")
 
     def _object_in(self, node: Any) -> Any:

@@ -31,12 +31,12 @@ _CONSTANTS: Final = {
 }
 _LONG_INT: Final = Invalid("an integer of too many digits")
 
-#: The start of a MSG, ``[1,<seq>,``, with the JSON whitespace a peer may put
-#: between the tokens; read only in the first bytes of a frame that does not parse.
-#: A seq of more than 16 digits is above MAX_SAFE_INTEGER: no match.
+#: The start of a MSG, ``[1,<seq>,`` (or ``]``), with the JSON whitespace a peer may
+#: put between the tokens; read only in the first bytes of a frame that does not
+#: parse. A seq of more than 16 digits is above MAX_SAFE_INTEGER: no match.
 _MSG_HEAD: Final = re.compile(
     rb"(?:\xef\xbb\xbf)?[ \t\n\r]*\[[ \t\n\r]*1[ \t\n\r]*,"
-    rb"[ \t\n\r]*(-?(?:0|[1-9][0-9]{0,15}))[ \t\n\r]*,"
+    rb"[ \t\n\r]*(-?(?:0|[1-9][0-9]{0,15}))[ \t\n\r]*[,\]]"
 )
 _HEAD_BYTES: Final = 64
 

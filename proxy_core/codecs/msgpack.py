@@ -199,7 +199,7 @@ class MsgpackCodec(Codec):
         """Return the seq of a MSG from its first bytes, if it starts as one: ``[1, seq, ...``."""
         unpacker = self._unpacker(data)
         try:
-            if unpacker.read_array_header() != 3:
+            if unpacker.read_array_header() < 2:
                 return None
             kind = unpacker.unpack()
             seq = unpacker.unpack()

@@ -14,7 +14,7 @@ value model round-trips exactly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import CodecError, ConfigurationError, UnknownMessageType
@@ -558,30 +558,35 @@ def _salvage_seq(data: bytes) -> int | None:
 
     The session needs the seq of an undecodable MSG to acknowledge it. Whatever
     broke the parse (a string that is not UTF-8, nesting deeper than the
-    parser's limit, a frame cut short), the seq is read by hand: the fields of
-    the Envelope as far as they are well formed, in each ``msg`` (field 1) the
-    ``seq`` (its field 1, a varint), the last one winning as in a parser; a
-    field cut short at the end is read as far as it goes. Another kind after
+    parser's limit, a frame cut short), the seq is read by hand as a parser
+    would: the fields of the Envelope as far as they are well formed; in each
+    ``msg`` (field 1) its ``seq`` (field 1, a varint), the last one winning; a
+    ``msg`` read whole without a ``seq`` has the default, 0. Another kind after
     the ``msg`` (fields 2 to 7: a oneof keeps the last) leaves no seq.
     """
     seq = None
-    for number, value in _wire_fields(data):
-        if number == 1 and type(value) is bytes:  # Envelope.msg
-            for inner, item in _wire_fields(value):
-                if inner == 1 and type(item) is int:  # Msg.seq
-                    seq = item
+    fields, whole = _wire_fields(data)
+    for i, (number, value) in enumerate(fields):
+        if number == 1 and type(value) is bytes:  # Envelope.msg; repeated, they merge
+            inner, inner_whole = _wire_fields(value)
+            seqs = [item for n, item in inner if n == 1 and type(item) is int]  # Msg.seq
+            if seqs:
+                seq = seqs[-1]
+            elif seq is None and inner_whole and (whole or i < len(fields) - 1):
+                seq = 0
         elif 2 <= number <= 7:
             seq = None
     return seq if seq is not None and seq <= MAX_SAFE_INTEGER else None
 
 
-def _wire_fields(data: bytes) -> Iterator[tuple[int, int | bytes | None]]:
-    """Yield (field number, value) for the fields of a serialized message, as far as they go.
+def _wire_fields(data: bytes) -> tuple[list[tuple[int, int | bytes | None]], bool]:
+    """Return the fields of a serialized message as far as they go, and whether that is the end.
 
-    The value is an int (varint), bytes (length-delimited, cut short if the
-    data ends first: it is then the last field) or None (fixed-size). A field
-    that cannot be read ends the walk.
+    Each field is (number, value): an int (varint), bytes (length-delimited;
+    cut short if the data ends first, and then the last field) or None
+    (fixed-size). A field that cannot be read ends the list.
     """
+    fields: list[tuple[int, int | bytes | None]] = []
     pos, end = 0, len(data)
     try:
         while pos < end:
@@ -589,20 +594,20 @@ def _wire_fields(data: bytes) -> Iterator[tuple[int, int | bytes | None]]:
             number, wire_type = key >> 3, key & 7
             if wire_type == 0:
                 value, pos = _varint(data, pos)
-                yield number, value
+                fields.append((number, value))
             elif wire_type == 2:
                 size, pos = _varint(data, pos)
-                yield number, data[pos : pos + size]
+                fields.append((number, data[pos : pos + size]))
                 pos += size
             elif wire_type == 1 or wire_type == 5:
                 pos += 8 if wire_type == 1 else 4
-                if pos > end:
-                    return
-                yield number, None
+                if pos <= end:
+                    fields.append((number, None))
             else:  # groups (3, 4) and the undefined 6 and 7
-                return
+                return fields, False
     except (IndexError, ValueError):  # a varint cut short, or longer than 10 bytes
-        return
+        return fields, False
+    return fields, pos == end
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
