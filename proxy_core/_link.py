@@ -67,6 +67,10 @@ logger = logging.getLogger("proxy_core.proxy")
 #: How long a closing session waits for its queued frames (its BYE) to be written.
 _CLOSE_DRAIN_SECONDS = 2.0
 
+#: How long a close handshake may take (``close_timeout``): the side that says
+#: BYE waits this long for the answer; the other side answers within half of it.
+DEFAULT_CLOSE_TIMEOUT = 5.0
+
 _NO_RESUME = tuple(f for f in FEATURES if f != "resume")
 
 #: The reconnect policy of a client that names none.
@@ -152,23 +156,29 @@ class _ProxyWorker(BaseWorker):
     # Slots: a server holds one proxy per session (idle memory).
     __slots__ = (
         "_ack_timer",
+        "_bye_sent",
+        "_close_with",
+        "_closer",
         "_closing",
         "_conn",
         "_deliverer",
         "_inbound",
         "_inbound_space",
+        "_link_closed",
         "_link_lost",
         "_observed",
         "_opening",
         "_out",
         "_out_drained",
         "_outbox_space",
+        "_peer_bye",
         "_ready_sent",
         "_remote_ready_warned",
         "_session",
         "_session_task",
         "_writer_task",
         "_writing",
+        "close_timeout",
         "codecs",
         "heartbeat_interval",
         "heartbeat_timeout",
@@ -193,6 +203,7 @@ class _ProxyWorker(BaseWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         max_queue: int = DEFAULT_MAX_QUEUE,
         overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
         put_timeout: float = DEFAULT_PUT_TIMEOUT,
@@ -220,6 +231,8 @@ class _ProxyWorker(BaseWorker):
             raise ConfigurationError("max_unacked must be at least 1")
         if heartbeat_interval <= 0 or heartbeat_timeout <= heartbeat_interval:
             raise ConfigurationError("need 0 < heartbeat_interval < heartbeat_timeout")
+        if not close_timeout > 0:
+            raise ConfigurationError(f"close_timeout must be positive, got {close_timeout!r}")
         self.rules = FilterRules(
             local_worker_name, remote_worker_name, tuple(forward_messages), forward_broadcasts
         )
@@ -228,6 +241,7 @@ class _ProxyWorker(BaseWorker):
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.max_unacked = max_unacked
+        self.close_timeout = close_timeout
         self._conn: Connection | None = None
         self._session: Session | None = None
         self._session_task: asyncio.Task[None] | None = None
@@ -255,6 +269,15 @@ class _ProxyWorker(BaseWorker):
         self._opening = False
         self._closing = False  # we are closing on purpose: not a lost link
         self._link_lost = False  # the last connection ended without a BYE either way
+        # The close handshake (see _close_session): our BYE's code and reason
+        # once sent (no MSG follows it), whether the peer said BYE, the task
+        # that answers or finishes it, the code and reason the session ends
+        # with, and whether the connection is closed.
+        self._bye_sent: tuple[int, str] | None = None
+        self._peer_bye = False
+        self._closer: asyncio.Task[None] | None = None
+        self._close_with: tuple[int, str] | None = None
+        self._link_closed = Flag()
         self._observed = False  # "started" was emitted, "stopped" not yet
 
     def routed_names(self) -> tuple[str, ...]:
@@ -341,7 +364,7 @@ class _ProxyWorker(BaseWorker):
                     )
                     await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "no acknowledgements")
             session = self._session
-        if session is None:
+        if session is None or self._bye_sent is not None:  # none open, or we said BYE
             self._count_drop(self.stats.dropped_out, DropReason.NOT_CONNECTED, message)
             return
         try:
@@ -503,7 +526,9 @@ class _ProxyWorker(BaseWorker):
             is kept, with its outbox, for a resume: only when ``resumable``.
         """
         self._conn, self._session = conn, session
-        self._closing = self._link_lost = False
+        self._closing = self._link_lost = self._peer_bye = False
+        self._bye_sent = self._close_with = None
+        self._link_closed = Flag()
         self._outbox_space.set()
         self._out.clear()
         self._out.extend(replay)
@@ -536,6 +561,8 @@ class _ProxyWorker(BaseWorker):
             # during the awaits below cannot leave stale state behind.
             watch.cancel()
             heartbeat.cancel()
+            self._link_closed.set()
+            closer, self._closer = self._closer, None
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
                 self._ack_timer = None
@@ -548,9 +575,15 @@ class _ProxyWorker(BaseWorker):
             self._remote_ready_warned = False
             _emit("disconnected", self)
             try:
+                if closer is not None and not closer.done():
+                    # Let it finish closing the connection (cut short, the close
+                    # would be abnormal), within its own bounds.
+                    await asyncio.wait({closer}, timeout=self.close_timeout)
                 if code == CloseCode.PROTOCOL_ERROR:
                     await self._drain(_CLOSE_DRAIN_SECONDS)  # let our BYE out first
             finally:
+                if closer is not None and not closer.done():
+                    closer.cancel()
                 if self._writer_task is not None:
                     self._writer_task.cancel()
                     self._writer_task = None
@@ -578,7 +611,10 @@ class _ProxyWorker(BaseWorker):
                 data = await conn.receive()
             except ConnectionClosed as exc:
                 self._link_lost = not self._closing
-                return (exc.code or CloseCode.GOING_AWAY), "connection closed"
+                self._link_closed.set()
+                if self._close_with is not None:  # we closed it, after the BYEs
+                    return self._close_with
+                return (exc.code or CloseCode.GOING_AWAY), exc.reason or "connection closed"
             except MessageTooLarge as exc:
                 logger.warning("proxy %r: peer sent an oversized frame: %s", self.name, exc)
                 return CloseCode.TOO_LARGE, "frame too large"
@@ -593,18 +629,24 @@ class _ProxyWorker(BaseWorker):
                 event = session.receive(data, loop.time())
             except ProtocolError as exc:
                 logger.warning("proxy %r: protocol error from peer: %s", self.name, exc)
-                self._enqueue(session.bye_frame(CloseCode.PROTOCOL_ERROR, str(exc)))
-                return CloseCode.PROTOCOL_ERROR, "protocol error"
+                # No close handshake with a peer that broke the protocol: BYE,
+                # then the close, with the same code and reason.
+                self._closing = True
+                self._bye_sent = (CloseCode.PROTOCOL_ERROR, str(exc))
+                self._enqueue(session.bye_frame(*self._bye_sent))
+                return self._bye_sent
             if isinstance(event, BatchReceived):
                 self.stats.batches_in += 1
                 for item in event.events:
                     if isinstance(item, ByeReceived):
-                        return self._bye(item)
-                    await self._on_event(item)
+                        self._on_peer_bye(conn, session, item)
+                    else:
+                        await self._on_event(item)
             elif event is not None:
                 if isinstance(event, ByeReceived):
-                    return self._bye(event)
-                await self._on_event(event)
+                    self._on_peer_bye(conn, session, event)
+                else:
+                    await self._on_event(event)
             for frame in session.data_to_send():
                 self._enqueue(frame)
             if not session.outbox_full:
@@ -612,9 +654,88 @@ class _ProxyWorker(BaseWorker):
             if self._ack_timer is None and session.last_received_seq:
                 self._ack_timer = loop.call_later(session.ack_delay, self._flush_ack, session)
 
-    def _bye(self, event: ByeReceived) -> tuple[int, str]:
+    # ------------------------------------------------------------ closing
+
+    def _on_peer_bye(self, conn: Connection, session: Session, event: ByeReceived) -> None:
+        """The peer said BYE: answer it, or, if it answers ours, finish the close.
+
+        The receive loop goes on reading (ACKs, and our peer's last MSGs when
+        it answers ours) until the connection closes.
+        """
+        if self._peer_bye:
+            return  # one BYE per side; a second one changes nothing
+        self._peer_bye = True
+        self._closing = True  # ended on purpose: not a lost link, never resumed
         logger.info("proxy %r: peer said bye (%d %s)", self.name, event.code, event.reason)
-        return CloseCode.NORMAL, "bye"
+        work = (
+            self._answer_bye(conn, session)
+            if self._bye_sent is None
+            else self._finish_close(conn, session)
+        )
+        self._closer = self.create_task(work, name=f"{self.name}-close")
+
+    async def _answer_bye(self, conn: Connection, session: Session) -> None:
+        """The peer closes: deliver and acknowledge what it sent, send what we have, say BYE.
+
+        Within half of ``close_timeout``: every MSG that came before the BYE
+        goes to the served worker and is acknowledged; what that worker sends
+        while handling them goes out; then our BYE. The peer closes the
+        connection once it has our BYE; if it does not within the other half,
+        we close it.
+        """
+        half = self.close_timeout / 2
+        try:
+            async with asyncio.timeout(half):
+                await self._until_delivered()
+                self._flush_ack(session)  # the peer learns at once what arrived
+                await self._until_local_idle()
+        except TimeoutError:
+            logger.info(
+                "proxy %r: answering BYE after %.1fs with %d message(s) undelivered",
+                self.name,
+                half,
+                len(self._inbound or ()),
+            )
+        if self._bye_sent is None:  # else we started closing too: our BYE is out
+            self._flush_ack(session)
+            self._bye_sent = (CloseCode.NORMAL, "bye")
+            self._enqueue(session.bye_frame(*self._bye_sent))
+        try:
+            async with asyncio.timeout(half):
+                await self._link_closed.wait()
+        except TimeoutError:
+            self._close_with = self._bye_sent
+            await conn.aclose(*self._bye_sent)
+
+    async def _finish_close(self, conn: Connection, session: Session) -> None:
+        """The peer answered our BYE: deliver and acknowledge its last MSGs, then close."""
+        try:
+            async with asyncio.timeout(self.close_timeout / 2):
+                await self._until_delivered()
+        except TimeoutError:
+            pass
+        self._flush_ack(session)
+        await self._drain(_CLOSE_DRAIN_SECONDS)
+        assert self._bye_sent is not None
+        self._close_with = self._bye_sent
+        await conn.aclose(*self._bye_sent)
+
+    async def _until_delivered(self) -> None:
+        """Wait until every MSG received went to the served worker's inbox."""
+        while self._inbound:
+            self._inbound_space.clear()
+            await self._inbound_space.wait()
+
+    async def _until_local_idle(self) -> None:
+        """Wait until the served worker (when in this process) and this proxy handled their inboxes.
+
+        So a message the served worker sends while handling one from the peer
+        has been given to this proxy, and sent, before the BYE.
+        """
+        worker = self.bus.endpoint(self.rules.local_worker)
+        if isinstance(worker, BaseWorker):
+            await worker.wait_idle()
+        await self.wait_idle()
 
     async def _on_event(self, event: FrameEvent) -> None:
         if isinstance(event, MessageReceived):
@@ -751,13 +872,33 @@ class _ProxyWorker(BaseWorker):
         return True
 
     async def _close_session(self, code: int, reason: str) -> None:
-        """Say BYE, close the connection, and wait (bounded) for the session to wind down."""
+        """Close the session with the close handshake, and wait (bounded) for it to wind down.
+
+        We say BYE after our last MSG; the peer delivers and acknowledges
+        everything, sends what it still has and answers BYE; we deliver and
+        acknowledge that, then close the connection with ``code`` and
+        ``reason``. Within ``close_timeout``: a peer that does not answer (or
+        one that closes without answering) ends it sooner.
+        """
         session, conn, task = self._session, self._conn, self._session_task
         self._closing = True
         if session is not None and conn is not None:
-            self._enqueue(session.bye_frame(code, reason))
-            await self._drain(_CLOSE_DRAIN_SECONDS)
-            await conn.aclose(code, reason)
+            if self._bye_sent is None:
+                self._bye_sent = (code, reason)
+                self._enqueue(session.bye_frame(code, reason))
+            running = task is not None and task is not asyncio.current_task() and not task.done()
+            if running and task is not None:
+                await asyncio.wait({task}, timeout=self.close_timeout)
+            if self._conn is conn:  # no answer in time (or no session task to see one)
+                if running:
+                    logger.info(
+                        "proxy %r: no answer to BYE within %.1fs; closing",
+                        self.name,
+                        self.close_timeout,
+                    )
+                await self._drain(_CLOSE_DRAIN_SECONDS)
+                self._close_with = self._bye_sent
+                await conn.aclose(*self._bye_sent)
         if task is not None and task is not asyncio.current_task() and not task.done():
             if self._opening:
                 # No live session to close: abandon the attempt (or the wait

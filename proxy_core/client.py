@@ -11,6 +11,7 @@ from typing import Any
 from ._link import (
     _DEFAULT_BACKOFF,
     _NO_RESUME,
+    DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_CODEC,
     CodecSpec,
     _codec_list,
@@ -111,6 +112,8 @@ class ProxyClient(_ProxyWorker):
         on_session_expired: what to do when the server no longer holds the
             session being resumed: ``"new"`` (go on with a new session) or
             ``"error"`` (stop; ``wait_connected`` raises ``SessionLost``).
+        close_timeout: seconds the close handshake may take: after our BYE,
+            how long to wait for the server's answer before closing anyway.
         forward_broadcasts, max_message_bytes, heartbeat_interval,
         heartbeat_timeout, max_unacked: see ``docs/concepts.md``.
         active: connect as soon as the runner starts.
@@ -162,6 +165,7 @@ class ProxyClient(_ProxyWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         max_queue: int = DEFAULT_MAX_QUEUE,
         overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
         put_timeout: float = DEFAULT_PUT_TIMEOUT,
@@ -177,6 +181,7 @@ class ProxyClient(_ProxyWorker):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             max_unacked=max_unacked,
+            close_timeout=close_timeout,
             max_queue=max_queue,
             overflow=overflow,
             put_timeout=put_timeout,

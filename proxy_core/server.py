@@ -7,7 +7,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._link import DEFAULT_SERVER_CODECS, CodecSpec, _codec_list, _ProxyWorker
+from ._link import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_SERVER_CODECS,
+    CodecSpec,
+    _codec_list,
+    _ProxyWorker,
+)
 from .codecs.base import Codec
 from .errors import (
     ConfigurationError,
@@ -132,7 +138,7 @@ async def accept_hello(
                 await conn.send(encode_handshake(result))
         except (TransportError, TimeoutError):
             pass
-        await conn.aclose(result.code, result.reason[:120])
+        await conn.aclose(result.code, result.reason)  # the transport cuts it (truncate_reason)
         return None
     return result
 
@@ -175,6 +181,9 @@ class ProxyServer(_ProxyWorker):
         authenticate: ``authenticate(headers)`` run before the session exists.
         end_runner_on_disconnect: end the runner when the session ends.
         handshake_timeout: seconds the client has to send HELLO.
+        close_timeout: seconds the close handshake may take (our answer to a
+            client's BYE comes within half of it; after our own BYE, how long
+            we wait for the client's answer).
         sessions: the table through which clients resume (``None``: no resume).
         resume_grace: seconds a lost session is held for a resume.
         hello: the client's HELLO and chosen codec, if already read with
@@ -220,6 +229,7 @@ class ProxyServer(_ProxyWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         max_queue: int = DEFAULT_MAX_QUEUE,
         overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
         put_timeout: float = DEFAULT_PUT_TIMEOUT,
@@ -237,6 +247,7 @@ class ProxyServer(_ProxyWorker):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             max_unacked=max_unacked,
+            close_timeout=close_timeout,
             max_queue=max_queue,
             overflow=overflow,
             put_timeout=put_timeout,

@@ -91,6 +91,10 @@ class BaseWorker:
         # many never start a task (an idle session holds thousands of workers).
         self._tasks: set[asyncio.Task[Any]] | None = None
         self._handlers: dict[str, list[Callable[..., Any]]] | None = None
+        # The message loop waits for a message (handles none); and who waits
+        # for that (wait_idle), made on first use.
+        self._waiting = False
+        self._idle_waiters: list[asyncio.Future[None]] | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -304,7 +308,13 @@ class BaseWorker:
         inbox = self._inbox
         while True:
             if not inbox:
-                await inbox._new_getter()
+                self._waiting = True
+                if self._idle_waiters is not None:
+                    self._wake_idle_waiters()
+                try:
+                    await inbox._new_getter()
+                finally:
+                    self._waiting = False
                 continue
             message = inbox.get_nowait()
             try:
@@ -314,6 +324,34 @@ class BaseWorker:
             finished = self._finished
             if finished is not None:
                 finished(self, message)
+
+    async def wait_idle(self) -> None:
+        """Wait until this worker has handled every message in its inbox and waits for more.
+
+        A message the worker sends while handling another is on its way when
+        this returns. Returns at once for a worker that is not running (and
+        when the worker waits for itself); wrap it in a timeout for a worker
+        that may never be idle.
+        """
+        task = self._task
+        if (
+            task is None
+            or task.done()
+            or task is asyncio.current_task()
+            or (self._waiting and not self._inbox)
+        ):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._idle_waiters is None:
+            self._idle_waiters = []
+        self._idle_waiters.append(waiter)
+        await waiter
+
+    def _wake_idle_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _dispatch(self, message: BusMessage) -> None:
         if message.target == self._name:
@@ -352,5 +390,6 @@ class BaseWorker:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+        self._wake_idle_waiters()  # a stopped worker handles nothing
         # Nobody will empty the inbox again: release the senders waiting for room.
         self._inbox.close()

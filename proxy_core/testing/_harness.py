@@ -24,6 +24,7 @@ from ..errors import (
     MessageTooLarge,
     ProtocolError,
     ProxyError,
+    TransportError,
     UnknownMessageType,
 )
 from ..messages import (
@@ -36,6 +37,7 @@ from ..messages import (
 )
 from ..protocol import (
     Batch,
+    Bye,
     Envelope,
     Hello,
     Msg,
@@ -462,11 +464,16 @@ def _resolver(future: asyncio.Future[WorkerReadyData]) -> Any:
 class RawPeer:
     """One side of a session spoken by hand over a bare :class:`Connection`.
 
+    Like a compliant peer, it answers the other side's BYE with ``BYE 1000
+    "bye"`` as soon as it reads it (unless ``answer_bye`` is false), so that
+    the other side's close handshake ends at once.
+
     Args:
         conn: the connection.
         codec: the codec of the session.
         inbox: where a background reader puts what ``conn`` received (frames,
             then the exception that ended it); ``None`` to read ``conn`` directly.
+        answer_bye: answer a BYE by itself.
     """
 
     def __init__(
@@ -474,17 +481,37 @@ class RawPeer:
         conn: Connection,
         codec: Codec,
         inbox: asyncio.Queue[bytes | Exception] | None = None,
+        *,
+        answer_bye: bool = True,
     ) -> None:
         self.conn = conn
         self.codec = codec
         self.seq = 0
         self.received: list[Envelope | bytes] = []
+        self.answer_bye = answer_bye
+        self.answered_bye = False
         self._inbox = inbox
+
+    async def answer_if_bye(self, data: bytes) -> None:
+        """Answer ``data`` with BYE 1000 if it is (or holds) the other side's BYE."""
+        if not self.answer_bye or self.answered_bye:
+            return
+        try:
+            decoded = self.codec.decode(data)
+        except CodecError:
+            return
+        items = decoded.items if isinstance(decoded, Batch) else (decoded,)
+        if any(isinstance(item, Bye) for item in items):
+            self.answered_bye = True
+            with contextlib.suppress(TransportError):
+                await self.send(Bye(1000, "bye"))
 
     async def receive(self) -> bytes:
         """Return the next frame received, or raise what ended the connection."""
         if self._inbox is None:
-            return await self.conn.receive()
+            data = await self.conn.receive()
+            await self.answer_if_bye(data)
+            return data
         item = await self._inbox.get()
         if isinstance(item, ConnectionClosed):
             self._inbox.put_nowait(item)  # over is over: later calls raise it again
@@ -564,6 +591,7 @@ async def raw_client(
     *,
     offer: Sequence[str] | None = None,
     max_message_bytes: int = 1 << 22,
+    answer_bye: bool = True,
 ) -> AsyncIterator[tuple[RawPeer, Welcome]]:
     """Open a bare connection and complete the handshake as ``acme``."""
     conn = await wait(transport.connect(url, max_message_bytes=max_message_bytes))
@@ -572,19 +600,25 @@ async def raw_client(
         answer = decode_handshake(await wait(conn.receive()))
         assert isinstance(answer, Welcome), f"expected WELCOME, got {answer}"
         assert answer.codec == codec.name, answer
-        yield RawPeer(conn, codec), answer
+        yield RawPeer(conn, codec, answer_bye=answer_bye), answer
     finally:
         await conn.aclose()
 
 
 @contextlib.asynccontextmanager
 async def raw_server(
-    transport: Transport, url: str, codec: Codec, *, max_message_bytes: int = 1 << 22
+    transport: Transport,
+    url: str,
+    codec: Codec,
+    *,
+    max_message_bytes: int = 1 << 22,
+    answer_bye: bool = True,
 ) -> AsyncIterator[tuple[str, asyncio.Queue[RawPeer]]]:
     """Serve bare connections that complete the handshake by hand; yield the URL and peers.
 
     Like a real proxy, each connection is read all the time (into the peer's
-    inbox), so a closing client is answered at once on every backend.
+    inbox), so a closing client is answered at once on every backend (its BYE
+    too, unless ``answer_bye`` is false).
     """
     peers: asyncio.Queue[RawPeer] = asyncio.Queue()
 
@@ -599,10 +633,13 @@ async def raw_server(
         )
         await conn.send(encode_handshake(welcome))
         inbox: asyncio.Queue[bytes | Exception] = asyncio.Queue()
-        peers.put_nowait(RawPeer(conn, codec, inbox))
+        peer = RawPeer(conn, codec, inbox, answer_bye=answer_bye)
+        peers.put_nowait(peer)
         while True:
             try:
-                inbox.put_nowait(await conn.receive())
+                data = await conn.receive()
+                inbox.put_nowait(data)
+                await peer.answer_if_bye(data)
             except ConnectionClosed as exc:
                 inbox.put_nowait(exc)
                 return

@@ -101,6 +101,7 @@ from ._harness import (
     wait,
     wait_counts,
 )
+from .contracts_close import CloseContract
 from .contracts_resume import ResumeContract
 from .contracts_tls import TLSContract
 from .memory import MemoryTransport
@@ -299,12 +300,14 @@ class CodecContract(_Parametrized):
 # =========================================================================== transports
 
 
-class TransportContract(TLSContract, ResumeContract, _Parametrized):
+class TransportContract(TLSContract, ResumeContract, CloseContract, _Parametrized):
     """The live contracts of a transport, with each codec of ``codecs``.
 
     The TLS contracts (:class:`~proxy_core.testing.contracts_tls.TLSContract`,
-    ``test_tls_*``) and the resume contracts
-    (:class:`~proxy_core.testing.contracts_resume.ResumeContract`) are
+    ``test_tls_*``), the resume contracts
+    (:class:`~proxy_core.testing.contracts_resume.ResumeContract`) and the
+    close-handshake contracts
+    (:class:`~proxy_core.testing.contracts_close.CloseContract`) are
     included; they run once, with the first codec.
 
     Attributes:

@@ -323,7 +323,11 @@ class ResumeContract:
                 frames.append(rng.randbytes(rng.randint(0, 64)))
             else:
                 frames.append(_mutate(rng.choice(seeds), rng))
-        async with running_server(transport, serve_url, codecs=[codec]) as server:
+        # A mutated frame may read as a BYE: the server then waits close_timeout
+        # for the hostile peer to close; keep that short.
+        async with running_server(
+            transport, serve_url, codecs=[codec], close_timeout=0.5
+        ) as server:
             async with running_client(transport, server.url, codec=codec) as client:
                 await client.activate()
                 good = await server.of(client)
