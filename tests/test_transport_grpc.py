@@ -234,6 +234,34 @@ async def test_echo_round_trip(transport: GrpcTransport, probe: Probe) -> None:
     await assert_no_leaked_tasks()
 
 
+async def test_writes_into_a_call_the_server_ended_leave_nothing_behind(
+    transport: GrpcTransport,
+) -> None:
+    """The server sends a frame and ends the call (1002) while the client goes on writing
+    without reading: a write fails,
+    the client's sends and receives raise ConnectionClosed, and after aclose no task of
+    gRPC's own is left waiting for a status that its core would never deliver."""
+    ended = asyncio.Event()
+
+    async def handler(conn: Connection) -> None:
+        await conn.receive()
+        await conn.send(b"goodbye")  # a frame the client never reads
+        await conn.aclose(1002, "protocol error")
+        ended.set()
+
+    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
+        conn = await wait(transport.connect(listener.url))
+        await conn.send(b"first")
+        await wait(ended.wait())
+        with pytest.raises(ConnectionClosed):
+            for _ in range(10_000):  # bounded: the call ended, a write soon fails
+                await conn.send(b"more")
+        with pytest.raises(ConnectionClosed):
+            await conn.send(b"after")
+        await wait(conn.aclose())
+    await assert_no_leaked_tasks()
+
+
 async def test_thousand_frames_keep_their_order(
     transport: GrpcTransport, echo_server: Listener
 ) -> None:

@@ -158,6 +158,26 @@ class GrpcConnection(Connection):
             raise MessageTooLarge(len(data), self._limit)
 
 
+def _cancel_core_call(call: Any) -> None:
+    """Cancel a call that ``grpc.aio`` thinks is over but its core does not.
+
+    A write that fails because the server ended the call marks the Python call
+    done (status INTERNAL) without ending it in gRPC's core, whose status
+    operation then waits for ever: a task of gRPC's own that never ends, and a
+    call that is never freed. ``Call.cancel()`` does nothing for a done call;
+    the core call's own ``cancel`` ends it. Private API, so guarded: if gRPC
+    changes it, the task stays, as before.
+    """
+    core = getattr(call, "_cython_call", None)
+    cancel = getattr(core, "cancel", None)
+    if cancel is None:
+        return
+    try:
+        cancel("proxy_core_grpc: the call ended during a write")
+    except Exception:  # pragma: no cover - depends on gRPC's internals
+        logger.debug("cancelling the gRPC core call failed", exc_info=True)
+
+
 class GrpcClientConnection(GrpcConnection):
     """The client end: a ``grpc.aio`` stream-stream call on a channel it owns.
 
@@ -165,7 +185,7 @@ class GrpcClientConnection(GrpcConnection):
     closes in the background once the server answered (at most 10 seconds).
     """
 
-    __slots__ = ("_call", "_channel", "_closing", "_ended", "_target")
+    __slots__ = ("_call", "_channel", "_closing", "_ended", "_target", "_write_failed")
 
     def __init__(
         self,
@@ -181,6 +201,7 @@ class GrpcClientConnection(GrpcConnection):
         self._target = target
         self._closing: tuple[int, str] | None = None  # set by aclose
         self._ended: ConnectionClosed | None = None  # how the call ended, once known
+        self._write_failed = False  # a write found the call over (see _release)
 
     async def send(self, data: bytes) -> None:
         """Send one binary frame.
@@ -203,6 +224,7 @@ class GrpcClientConnection(GrpcConnection):
                 raise
             raise self._closed() from None
         except grpc.aio.AioRpcError as exc:
+            self._write_failed = True
             raise self._end_by_write(exc) from exc
         except Exception as exc:  # InvalidStateError: the call is over, its status intact
             error = await self._end_from_call()
@@ -284,7 +306,8 @@ class GrpcClientConnection(GrpcConnection):
             await self._release()
 
     async def _release(self) -> None:
-        self._call.cancel()
+        if not self._call.cancel() and self._write_failed:
+            _cancel_core_call(self._call)
         try:
             await self._channel.close()
         except Exception:
