@@ -155,14 +155,24 @@ class TreeConverter:
                     f"Msg.seq must be an integer up to {MAX_SAFE_INTEGER}, got {seq!r}"
                 )
             return [_MSG, seq, self._object_out(envelope.message)]
+        # The range checks are written out: a call costs as much as the rest here.
         if isinstance(envelope, Ack):
-            return [_ACK, _counter_out(envelope.seq, "Ack.seq")]
+            seq = envelope.seq
+            if type(seq) is int and 0 <= seq <= MAX_SAFE_INTEGER:
+                return [_ACK, seq]
+            raise _bad_counter_out(seq, "Ack.seq")
         if isinstance(envelope, Ready):
             return [_READY, envelope.worker]
         if isinstance(envelope, Ping):
-            return [_PING, _counter_out(envelope.nonce, "Ping.nonce")]
+            nonce = envelope.nonce
+            if type(nonce) is int and 0 <= nonce <= MAX_SAFE_INTEGER:
+                return [_PING, nonce]
+            raise _bad_counter_out(nonce, "Ping.nonce")
         if isinstance(envelope, Pong):
-            return [_PONG, _counter_out(envelope.nonce, "Pong.nonce")]
+            nonce = envelope.nonce
+            if type(nonce) is int and 0 <= nonce <= MAX_SAFE_INTEGER:
+                return [_PONG, nonce]
+            raise _bad_counter_out(nonce, "Pong.nonce")
         if isinstance(envelope, Bye):
             return [_BYE, envelope.code, envelope.reason]
         raise CodecError(f"not an envelope: {type(envelope).__qualname__}")
@@ -278,13 +288,22 @@ class TreeConverter:
                 raise CodecError("message source must be str and target str or null", seq=seq)
             return Msg(seq, message)
         if kind == _ACK and size == 2:
-            return Ack(_counter_in(tree[1], "seq"))
+            seq = tree[1]
+            if type(seq) is int and 0 <= seq <= MAX_SAFE_INTEGER:
+                return Ack(seq)
+            raise CodecError(_not_a_counter(seq, "seq"))
         if kind == _READY and size == 2 and type(tree[1]) is str:
             return Ready(tree[1])
         if kind == _PING and size == 2:
-            return Ping(_counter_in(tree[1], "nonce"))
+            nonce = tree[1]
+            if type(nonce) is int and 0 <= nonce <= MAX_SAFE_INTEGER:
+                return Ping(nonce)
+            raise CodecError(_not_a_counter(nonce, "nonce"))
         if kind == _PONG and size == 2:
-            return Pong(_counter_in(tree[1], "nonce"))
+            nonce = tree[1]
+            if type(nonce) is int and 0 <= nonce <= MAX_SAFE_INTEGER:
+                return Pong(nonce)
+            raise CodecError(_not_a_counter(nonce, "nonce"))
         if kind == _BYE and size == 3 and type(tree[2]) is str:
             code = tree[1]
             if type(code) is not int:
@@ -367,21 +386,13 @@ class TreeConverter:
         return out
 
 
-def _counter_in(value: Any, what: str) -> int:
-    """Return ``value``, an ACK number or a nonce: an integer in 0..MAX_SAFE_INTEGER."""
-    if type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER:
-        raise CodecError(_not_a_counter(value, what))
-    return value
-
-
-def _counter_out(value: Any, what: str) -> int:
-    """Return ``value`` if a receiver can read it as a seq, ACK number or nonce."""
-    if type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER:
-        raise CodecError(f"{what} must be an integer in [0, {MAX_SAFE_INTEGER}], got {value!r}")
-    return value
+def _bad_counter_out(value: Any, what: str) -> CodecError:
+    """The error for an ACK number or nonce a receiver could not read."""
+    return CodecError(f"{what} must be an integer in [0, {MAX_SAFE_INTEGER}], got {value!r}")
 
 
 def _not_a_counter(value: Any, what: str) -> str:
+    """Why a seq, an ACK number or a nonce is not an integer in [0, MAX_SAFE_INTEGER]."""
     if type(value) is int:
         return f"{what} {value} is outside [0, {MAX_SAFE_INTEGER}]"
     return f"{what} must be an integer, got {_type_name(value)}"

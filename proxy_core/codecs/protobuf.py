@@ -357,7 +357,7 @@ class ProtobufCodec(Codec):
             frame = env.msg
             seq = frame.seq
             if seq > MAX_SAFE_INTEGER:  # no readable seq
-                raise CodecError(f"seq {seq} is outside [0, {MAX_SAFE_INTEGER}]")
+                raise _bad_counter(seq, "seq")
             # A MSG without a message reads as an empty Message: no body, refused below.
             try:
                 message = self._message_in(frame.message)
@@ -368,13 +368,22 @@ class ProtobufCodec(Codec):
                 raise CodecError("message nests too deeply", seq=seq) from None
             return Msg(seq, message)
         if kind == "ack":
-            return Ack(_counter_in(env.ack.seq, "seq"))
+            seq = env.ack.seq
+            if seq <= MAX_SAFE_INTEGER:
+                return Ack(seq)
+            raise _bad_counter(seq, "seq")
         if kind == "ready":
             return Ready(env.ready.worker)
         if kind == "ping":
-            return Ping(_counter_in(env.ping.nonce, "nonce"))
+            nonce = env.ping.nonce
+            if nonce <= MAX_SAFE_INTEGER:
+                return Ping(nonce)
+            raise _bad_counter(nonce, "nonce")
         if kind == "pong":
-            return Pong(_counter_in(env.pong.nonce, "nonce"))
+            nonce = env.pong.nonce
+            if nonce <= MAX_SAFE_INTEGER:
+                return Pong(nonce)
+            raise _bad_counter(nonce, "nonce")
         if kind == "bye":
             return Bye(env.bye.code, env.bye.reason)
         if kind == "batch":
@@ -541,10 +550,8 @@ def _too_deep(owner: type, field: str) -> CodecError:
     )
 
 
-def _counter_in(value: int, what: str) -> int:
-    if value > MAX_SAFE_INTEGER:
-        raise CodecError(f"{what} {value} is outside [0, {MAX_SAFE_INTEGER}]")
-    return value
+def _bad_counter(value: int, what: str) -> CodecError:
+    return CodecError(f"{what} {value} is outside [0, {MAX_SAFE_INTEGER}]")
 
 
 def _unparsed(data: bytes, exc: BaseException) -> CodecError:
