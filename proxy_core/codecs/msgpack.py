@@ -172,8 +172,8 @@ class MsgpackCodec(Codec):
         Raises:
             CodecError: an empty BATCH, or one of more than MAX_BATCH_FRAMES frames.
         """
-        unpacker = self._unpacker(data)
         try:
+            unpacker = self._unpacker(data)
             size = unpacker.read_array_header()
             kind = unpacker.unpack() if size else None
             if type(kind) is not int or kind != _BATCH:
@@ -197,8 +197,8 @@ class MsgpackCodec(Codec):
 
     def _msg_seq(self, data: bytes) -> int | None:
         """Return the seq of a MSG from its first bytes, if it starts as one: ``[1, seq, ...``."""
-        unpacker = self._unpacker(data)
         try:
+            unpacker = self._unpacker(data)
             if unpacker.read_array_header() < 2:
                 return None
             kind = unpacker.unpack()
