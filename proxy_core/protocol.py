@@ -10,12 +10,14 @@ server chose.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
 from .errors import CodecError, HandshakeError
 from .messages import BusMessage
+from .transport import truncate_reason
 
 __all__ = [
     "PROTOCOL_NAME",
@@ -190,7 +192,14 @@ Handshake = Hello | Welcome | Reject
 
 
 def encode_handshake(frame: Handshake) -> bytes:
-    """Encode a handshake frame in the bootstrap encoding (UTF-8 JSON)."""
+    """Encode a handshake frame in the bootstrap encoding (UTF-8 JSON).
+
+    Fields are written in the order of ``docs/protocol.md``, without
+    whitespace; optional fields only when they differ from their default (an
+    empty ``features`` is left out). Non-ASCII characters are written as UTF-8,
+    as the json codec writes them. A REJECT's reason is cut by
+    :func:`~proxy_core.transport.truncate_reason`, like the close that follows.
+    """
     body: dict[str, Any] = {"protocol": PROTOCOL_NAME}
     if isinstance(frame, Hello):
         body.update(
@@ -200,8 +209,9 @@ def encode_handshake(frame: Handshake) -> bytes:
             client_worker=frame.client_worker,
             server_worker=frame.server_worker,
             max_message_bytes=frame.max_message_bytes,
-            features=list(frame.features),
         )
+        if frame.features:
+            body.update(features=list(frame.features))
         if frame.resume_session_id is not None:
             body.update(
                 resume_session_id=frame.resume_session_id, resume_received=frame.resume_received
@@ -214,82 +224,148 @@ def encode_handshake(frame: Handshake) -> bytes:
             session_id=frame.session_id,
             ready=list(frame.ready),
             max_message_bytes=frame.max_message_bytes,
-            features=list(frame.features),
         )
+        if frame.features:
+            body.update(features=list(frame.features))
         if frame.resumed:
             body.update(resumed=True, received=frame.received)
     else:
-        body.update(type="reject", code=frame.code, reason=frame.reason)
-    return json.dumps(body, separators=(",", ":")).encode()
+        body.update(type="reject", code=frame.code, reason=truncate_reason(frame.reason))
+    # A lone surrogate (which UTF-8 cannot carry) can only stand inside a JSON
+    # string, where "backslashreplace" writes it as the JSON escape \udxxx.
+    return _ENCODER.encode(body).encode("utf-8", "backslashreplace")
 
 
-def decode_handshake(data: bytes) -> Handshake:
-    """Decode a handshake frame.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+#: Every handshake type, in the order the words are listed in a reason.
+_TYPES: Final = ("hello", "welcome", "reject")
+
+
+def decode_handshake(data: bytes, *, expect: Collection[str] = _TYPES) -> Handshake:
+    """Decode a handshake frame of one of the ``expect``ed types.
+
+    Strings may be written as UTF-8 or as ``\\u`` escapes (both are JSON).
+    The error names the fault: not UTF-8 or not JSON, not an object, another
+    ``protocol``, an unexpected ``type``, or the field that is missing or of
+    the wrong type (and the type it should have).
+
+    Args:
+        data: the frame.
+        expect: the types (``"hello"``, ``"welcome"``, ``"reject"``) acceptable here.
 
     Raises:
-        HandshakeError: the bytes are not a well-formed handshake frame.
+        HandshakeError: the bytes are not a well-formed handshake frame of those types.
     """
     try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise HandshakeError(f"handshake frame is not JSON: {exc}") from None
-    if not isinstance(body, dict) or body.get("protocol") != PROTOCOL_NAME:
-        raise HandshakeError(f"not a {PROTOCOL_NAME} handshake frame")
+        body = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise HandshakeError(f"the handshake frame is not UTF-8: {exc.reason}") from None
+    except RecursionError:
+        raise HandshakeError("the handshake frame is not JSON: it nests too deeply") from None
+    except ValueError as exc:
+        raise HandshakeError(f"the handshake frame is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HandshakeError(f"the handshake frame must be a JSON object, got {_show(body)}")
+    if "protocol" not in body:
+        raise HandshakeError(
+            f'the handshake frame has no "protocol" (it must be "{PROTOCOL_NAME}")'
+        )
+    if body["protocol"] != PROTOCOL_NAME:
+        raise HandshakeError(f'"protocol" must be "{PROTOCOL_NAME}", got {_show(body["protocol"])}')
     kind = body.get("type")
-    try:
-        if kind == "hello":
-            return Hello(
-                version=_get(body, "version", int),
-                codecs=tuple(_str_list(body, "codecs")),
-                client_worker=_get(body, "client_worker", str),
-                server_worker=_get(body, "server_worker", str),
-                max_message_bytes=_get(body, "max_message_bytes", int),
-                features=_features(body),
-                resume_session_id=_optional(body, "resume_session_id", str, None),
-                resume_received=_optional(body, "resume_received", int, 0),
-            )
-        if kind == "welcome":
-            return Welcome(
-                version=_get(body, "version", int),
-                codec=_get(body, "codec", str),
-                session_id=_get(body, "session_id", str),
-                ready=tuple(_str_list(body, "ready")),
-                max_message_bytes=_get(body, "max_message_bytes", int),
-                features=_features(body),
-                resumed=_optional(body, "resumed", bool, False),
-                received=_optional(body, "received", int, 0),
-            )
-        if kind == "reject":
-            return Reject(code=_get(body, "code", int), reason=_get(body, "reason", str))
-    except KeyError as exc:
-        raise HandshakeError(f"{kind} frame is missing or has a bad field {exc}") from None
-    raise HandshakeError(f"unknown handshake frame type {kind!r}")
+    wanted = " or ".join(f'"{t}"' for t in _TYPES if t in expect)
+    if "type" not in body:
+        raise HandshakeError(f'the handshake frame has no "type" (expected {wanted})')
+    if not isinstance(kind, str):
+        raise HandshakeError(f'"type" must be a string, got {_show(kind)}')
+    if kind not in expect:
+        raise HandshakeError(f"expected a {wanted}, got {_show(kind)}")
+    if kind == "hello":
+        return Hello(
+            version=_get(body, kind, "version", int),
+            codecs=_str_list(body, kind, "codecs"),
+            client_worker=_get(body, kind, "client_worker", str),
+            server_worker=_get(body, kind, "server_worker", str),
+            max_message_bytes=_get(body, kind, "max_message_bytes", int),
+            features=_features(body, kind),
+            resume_session_id=_optional(body, kind, "resume_session_id", str, None),
+            resume_received=_optional(body, kind, "resume_received", int, 0),
+        )
+    if kind == "welcome":
+        return Welcome(
+            version=_get(body, kind, "version", int),
+            codec=_get(body, kind, "codec", str),
+            session_id=_get(body, kind, "session_id", str),
+            ready=_str_list(body, kind, "ready"),
+            max_message_bytes=_get(body, kind, "max_message_bytes", int),
+            features=_features(body, kind),
+            resumed=_optional(body, kind, "resumed", bool, False),
+            received=_optional(body, kind, "received", int, 0),
+        )
+    return Reject(code=_get(body, kind, "code", int), reason=_get(body, kind, "reason", str))
 
 
-def _get(body: dict[str, Any], key: str, kind: type[Any]) -> Any:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_TYPE_NAMES: Final[dict[type[Any], str]] = {
+    int: "an integer",
+    str: "a string",
+    bool: "a boolean",
+    list: "an array of strings",
+}
+
+
+def _show(value: Any) -> str:
+    """Show a JSON value in an error: scalars as JSON (strings cut), containers by kind."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:36] + '..."'
+
+
+def _fault(body: dict[str, Any], kind: str, key: str, wanted: type[Any]) -> HandshakeError:
+    if key not in body:
+        return HandshakeError(f'{kind.upper()} has no "{key}" (it must be {_TYPE_NAMES[wanted]})')
+    return HandshakeError(
+        f'{kind.upper()} "{key}" must be {_TYPE_NAMES[wanted]}, got {_show(body[key])}'
+    )
+
+
+def _get(body: dict[str, Any], kind: str, key: str, wanted: type[Any]) -> Any:
     value = body.get(key)
     # bool is an int in Python; a version of `true` is still malformed.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise KeyError(key)
+    if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+        raise _fault(body, kind, key, wanted)
     return value
 
 
-def _str_list(body: dict[str, Any], key: str) -> list[str]:
+def _str_list(body: dict[str, Any], kind: str, key: str) -> tuple[str, ...]:
     value = body.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise KeyError(key)
-    return value
+    if not isinstance(value, list):
+        raise _fault(body, kind, key, list)
+    for item in value:
+        if not isinstance(item, str):
+            raise HandshakeError(
+                f'{kind.upper()} "{key}" must be an array of strings, '
+                f"got an array holding {_show(item)}"
+            )
+    return tuple(value)
 
 
-def _features(body: dict[str, Any]) -> tuple[str, ...]:
-    # Optional: a peer that predates features sends none.
-    return tuple(_str_list(body, "features")) if "features" in body else ()
+def _features(body: dict[str, Any], kind: str) -> tuple[str, ...]:
+    # Optional: absent means none (our encoder leaves an empty list out).
+    return _str_list(body, kind, "features") if "features" in body else ()
 
 
-def _optional(body: dict[str, Any], key: str, kind: type[Any], default: Any) -> Any:
+def _optional(body: dict[str, Any], kind: str, key: str, wanted: type[Any], default: Any) -> Any:
     if key not in body:
         return default
-    value = _get(body, key, kind)
-    if kind is int and value < 0:
-        raise KeyError(key)
+    value = _get(body, kind, key, wanted)
+    if wanted is int and value < 0:
+        raise HandshakeError(f'{kind.upper()} "{key}" must be an integer >= 0, got {value}')
     return value

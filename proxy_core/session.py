@@ -42,6 +42,7 @@ from .protocol import (
     encode_handshake,
 )
 from .rules import DropReason
+from .transport import truncate_reason
 
 __all__ = [
     "BatchReceived",
@@ -110,13 +111,12 @@ def client_accept(data: bytes, codecs: Sequence[Codec]) -> tuple[Welcome, Codec]
         SessionRejected: any other REJECT.
         HandshakeError: a malformed answer, or a codec we did not offer.
     """
-    frame = decode_handshake(data)
+    frame = decode_handshake(data, expect=("welcome", "reject"))
     if isinstance(frame, Reject):
         if frame.code == RejectCode.UNAUTHORIZED:
             raise AuthenticationError(frame.reason, frame.code)
         raise SessionRejected(frame.code, frame.reason)
-    if not isinstance(frame, Welcome):
-        raise HandshakeError("expected WELCOME or REJECT from the server")
+    assert isinstance(frame, Welcome)
     if frame.version != PROTOCOL_VERSION:
         raise HandshakeError(f"server answered with protocol version {frame.version}")
     for codec in codecs:
@@ -138,11 +138,10 @@ def server_negotiate(
     server also has.
     """
     try:
-        hello = decode_handshake(data)
-    except HandshakeError as exc:
+        hello = decode_handshake(data, expect=("hello",))
+    except HandshakeError as exc:  # its message names the fault
         return Reject(RejectCode.BAD_HELLO, str(exc))
-    if not isinstance(hello, Hello):
-        return Reject(RejectCode.BAD_HELLO, "the first frame must be HELLO")
+    assert isinstance(hello, Hello)
     if hello.version != PROTOCOL_VERSION:
         return Reject(
             RejectCode.UNSUPPORTED_VERSION,
@@ -373,8 +372,8 @@ class Session:
         return self.codec.encode(Ready(worker))
 
     def bye_frame(self, code: int, reason: str) -> bytes:
-        """Return a BYE frame (the reason is cut to 120 characters, as in a WebSocket close)."""
-        return self.codec.encode(Bye(code, reason[:120]))
+        """Return a BYE frame (the reason cut by :func:`~proxy_core.transport.truncate_reason`)."""
+        return self.codec.encode(Bye(code, truncate_reason(reason)))
 
     def ping_frame(self, now: float) -> bytes:
         """Return a PING frame and remember when it left."""

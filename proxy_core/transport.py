@@ -29,6 +29,7 @@ from .tls import ClientTLS, ServerTLS
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_REASON_BYTES",
     "Authenticator",
     "Connection",
     "ConnectionHandler",
@@ -44,12 +45,18 @@ __all__ = [
     "parse_url",
     "redact_url",
     "run_connection_handler",
+    "truncate_reason",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: The default limit on one frame, in either direction: 1 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+#: The longest close reason, in bytes of UTF-8: what a WebSocket close frame
+#: carries (125 bytes of payload, less the 2-byte code). One limit for every
+#: reason that travels: close reasons on every backend, BYE and REJECT reasons.
+MAX_REASON_BYTES = 123
 
 #: ``authenticate(headers)``: return true to accept, false (or raise
 #: :class:`~proxy_core.errors.AuthenticationError` with a reason) to refuse.
@@ -291,6 +298,18 @@ def check_max_message_bytes(max_message_bytes: int) -> None:
     """
     if max_message_bytes < 1:
         raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
+
+
+def truncate_reason(reason: str) -> str:
+    """Return ``reason`` cut to at most 123 bytes of UTF-8, on a character boundary.
+
+    The one rule for every reason that travels (``docs/protocol.md``, section
+    1): a close reason on any backend, and the reason of a BYE or a REJECT.
+    A character cut in the middle is left out whole. A lone surrogate, which
+    UTF-8 cannot carry, becomes ``?``.
+    """
+    # Only the last character can be cut, so "ignore" drops just that one.
+    return reason.encode("utf-8", "replace")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
 
 
 #: Socket errors said in plain words, the same on every backend.

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from proxy_core.errors import ConfigurationError, ConnectionClosed, MessageTooLarge, ProtocolError
-from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES, Connection
+from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES, Connection, truncate_reason
 from proxy_core.transport import format_address as _format_address
 from proxy_core.transport import lower_headers as _lower_headers
 
@@ -37,8 +37,6 @@ _MESSAGE_TOO_BIG = 1009
 _SENDABLE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )
-# A WebSocket close reason fits in 123 bytes of UTF-8.
-_MAX_REASON_BYTES = 123
 _REFUSED_SIZE = re.compile(r"[Mm]essage size (\d+)")
 
 
@@ -188,7 +186,7 @@ class AiohttpConnection(Connection):
             self._close = (code, reason) if sendable else (_ABNORMAL_CLOSURE, "")
         try:
             if sendable:
-                await self._ws.close(code=code, message=_truncate_reason(reason))
+                await self._ws.close(code=code, message=truncate_reason(reason).encode())
             else:
                 await self._drop()
         except Exception:
@@ -256,7 +254,3 @@ def _refused_size(exc: BaseException) -> int | None:
     """Return the size of the message aiohttp refused, when its message says."""
     match = _REFUSED_SIZE.search(str(exc))
     return int(match.group(1)) if match else None
-
-
-def _truncate_reason(reason: str) -> bytes:
-    return reason.encode("utf-8")[:_MAX_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")

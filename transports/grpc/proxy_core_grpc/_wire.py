@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
 from proxy_core.errors import MessageTooLarge, ProtocolError
+from proxy_core.transport import truncate_reason
 
 __all__ = [
     "CLOSE_CODE_KEY",
@@ -40,9 +41,6 @@ _MAX_VARINT_BYTES = 10
 
 CLOSE_CODE_KEY = "proxy-core-close-code"
 CLOSE_REASON_KEY = "proxy-core-close-reason"
-# A WebSocket close reason fits in 123 bytes of UTF-8; the same bound keeps
-# trailing metadata small.
-_MAX_REASON_BYTES = 123
 # Printable ASCII that may stay as is in a metadata value ("%" is the escape).
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
@@ -158,9 +156,8 @@ def parse_refusal(details: str) -> tuple[str, int] | None:
 
 def close_metadata(code: int, reason: str) -> tuple[tuple[str, str], ...]:
     """Return the trailing metadata that carries a close code and reason."""
-    encoded = reason.encode("utf-8")
-    if len(encoded) > _MAX_REASON_BYTES:
-        reason = encoded[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
+    # The rule of every close reason (as on WebSocket); it keeps the trailers small too.
+    reason = truncate_reason(reason)
     return ((CLOSE_CODE_KEY, str(code)), (CLOSE_REASON_KEY, quote(reason, safe=_SAFE)))
 
 

@@ -63,6 +63,7 @@ from proxy_core.transport import (
     parse_url,
     plain_errno,
     run_connection_handler,
+    truncate_reason,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
 from proxy_core.transport import describe_error as _describe
@@ -506,6 +507,7 @@ class GrpcServerConnection(GrpcConnection):
             self._finished.set()
         assert self._close is not None
         code, reason = self._close
+        reason = truncate_reason(reason)  # the trailer's and the status message's
         context = self._context
         context.set_trailing_metadata(_wire.close_metadata(code, reason))
         if self._status != grpc.StatusCode.OK:

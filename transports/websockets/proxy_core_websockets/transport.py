@@ -57,6 +57,7 @@ from proxy_core.transport import (
     check_authentication,
     parse_url,
     run_connection_handler,
+    truncate_reason,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
 from proxy_core.transport import describe_error as _describe
@@ -77,8 +78,6 @@ _INTERNAL_ERROR = 1011
 _CLOSE_TIMEOUT = 10.0
 # After this long, a server shutting down cancels handlers that ignore the close.
 _SHUTDOWN_GRACE = _CLOSE_TIMEOUT + 5.0
-# A WebSocket close reason fits in 123 bytes of UTF-8.
-_MAX_REASON_BYTES = 123
 
 
 class WebSocketsConnection(Connection):
@@ -137,7 +136,7 @@ class WebSocketsConnection(Connection):
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with ``code`` and ``reason``; idempotent, never raises."""
         try:
-            await self._ws.close(code, _truncate_reason(reason))
+            await self._ws.close(code, truncate_reason(reason))
         except Exception:
             # An invalid close code (1005, 1006...) or a broken transport: the
             # goal is a closed connection, so drop it rather than raise.
@@ -270,7 +269,7 @@ class StarletteConnection(Connection):
             return
         self._close = (code, reason)
         try:
-            await self._ws.close(code, _truncate_reason(reason))
+            await self._ws.close(code, truncate_reason(reason))
         except Exception:
             # Already closed by the peer or the server: that was the goal.
             logger.debug("closing a Starlette WebSocket failed", exc_info=True)
@@ -556,13 +555,6 @@ def _refused_size(cause: BaseException | None) -> int | None:
         return None
     # For a fragmented message, the fragments received before the one refused.
     return cause.size + (cause.current_size or 0)
-
-
-def _truncate_reason(reason: str) -> str:
-    encoded = reason.encode("utf-8")
-    if len(encoded) <= _MAX_REASON_BYTES:
-        return reason
-    return encoded[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
 
 
 def _is_starlette_websocket(obj: object) -> bool:
