@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from proxy_core.codecs.base import Codec
 from proxy_core.codecs.json import JsonCodec
 from proxy_core.codecs.msgpack import MsgpackCodec
-from proxy_core.errors import ConnectionClosed
+from proxy_core.errors import AuthenticationError, ConnectionClosed
 from proxy_core.plugins import load_transport
 from proxy_core.protocol import Bye, Reject, decode_handshake, encode_handshake
 from proxy_core.session import Session, server_negotiate
@@ -117,7 +117,7 @@ async def test_reject_and_close_carry_the_same_cut_ascii_reason() -> None:
 
 # ================================================================ every backend
 
-BACKENDS = ["websockets", "aiohttp", "grpc"]
+BACKENDS = ["websockets", "aiohttp", "grpc", "memory"]  # memory: the kit's reference
 
 
 @pytest.fixture(params=BACKENDS)
@@ -150,7 +150,7 @@ async def test_server_close_reason(transport: Transport, reason: str, expected: 
     assert (closed.code, closed.reason) == (4000, expected)
 
 
-@pytest.fixture(params=["websockets", "aiohttp"])
+@pytest.fixture(params=["websockets", "aiohttp", "memory"])
 async def ws_transport(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
     yield load_transport(request.param)()
 
@@ -166,8 +166,28 @@ async def test_client_close_reason(ws_transport: Transport, reason: str, expecte
         except ConnectionClosed as exc:
             seen.set_result(exc)
 
-    async with ws_transport.serve("ws://127.0.0.1:0/ws", handler) as listener:
+    url = f"{ws_transport.schemes[0]}://127.0.0.1:0/ws"
+    async with ws_transport.serve(url, handler) as listener:
         conn = await wait(ws_transport.connect(listener.url))
         await conn.aclose(4000, reason)
         closed = await wait(seen)
     assert (closed.code, closed.reason) == (4000, expected)
+
+
+async def test_a_grpc_refusal_whose_reason_utf8_cannot_carry_is_still_a_refusal() -> None:
+    """An ``authenticate`` hook's reason with a lone surrogate: gRPC needs a UTF-8 status
+    message, so the client gets UNAUTHENTICATED with ``?`` in its place, not a broken call."""
+    transport = load_transport("grpc")()
+
+    async def handler(conn: Connection) -> None:  # pragma: no cover - never accepted
+        await conn.aclose()
+
+    def authenticate(headers: object) -> bool:
+        raise AuthenticationError("no \ud800 entry")
+
+    async with transport.serve(
+        "grpc://127.0.0.1:0", handler, authenticate=authenticate
+    ) as listener:
+        with pytest.raises(AuthenticationError) as refused:
+            await wait(transport.connect(listener.url))
+    assert "no ? entry" in str(refused.value)

@@ -52,6 +52,7 @@ from ..transport import (
     Transport,
     check_authentication,
     run_connection_handler,
+    truncate_reason,
 )
 
 __all__ = ["MemoryConnection", "MemoryListener", "MemoryTransport", "served_names"]
@@ -194,8 +195,9 @@ class MemoryConnection(Connection):
         return item
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
-        """Close both directions; the peer sees ``code`` and ``reason``. Idempotent."""
-        self._close(code, reason, discard=False)
+        """Close both directions; the peer sees ``code`` and ``reason`` (cut as every
+        backend cuts it: ``truncate_reason``). Idempotent."""
+        self._close(code, truncate_reason(reason), discard=False)
 
     def abort(self) -> None:
         """Drop the connection as a dead network would: no flush, the peer sees code 1006.

@@ -593,7 +593,10 @@ class _GrpcListener(Listener):
         headers = _request_headers(context.invocation_metadata() or ())
         refusal = await check_authentication(self._authenticate, headers)
         if refusal is not None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+            # A status message must be valid UTF-8: a lone surrogate in the
+            # hook's reason would fail the call instead of refusing it.
+            message = refusal.encode("utf-8", "replace").decode("utf-8")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         if self._closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
         conn = GrpcServerConnection(context, headers, max_message_bytes=self._limit)
