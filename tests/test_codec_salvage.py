@@ -552,3 +552,10 @@ def test_an_empty_batch_is_malformed(name: str, data: bytes) -> None:
     assert session.receive(CODECS[name].encode(envelope), 0.0) == MessageReceived(
         1, text(1).message
     )
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+@pytest.mark.parametrize("data", ["[4,1]", None, 7, [4, 1]], ids=["str", "None", "int", "list"])
+def test_a_frame_that_is_not_bytes_is_a_codec_error(name: str, data: Any) -> None:
+    with pytest.raises(CodecError):
+        CODECS[name].decode(data)

@@ -100,6 +100,8 @@ class JsonCodec(Codec):
         return b"".join((b"[7,", b",".join(frames), b"]"))
 
     def decode(self, data: bytes) -> Envelope | Batch:
+        if not isinstance(data, (bytes, bytearray)):
+            raise CodecError(f"a frame is bytes, got {type(data).__qualname__}")
         try:
             text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads
         except ValueError as exc:
