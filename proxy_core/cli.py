@@ -1,4 +1,5 @@
-"""The ``proxy-core`` command: ``demo``, ``bench``, ``bench-load``, ``plugins``, ``schema``."""
+"""The ``proxy-core`` command: ``demo``, ``bench``, ``bench-load``, ``bench-costs``, ``plugins``,
+``schema``."""
 
 from __future__ import annotations
 
@@ -113,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
         "See docs/load.md.",
     )
     add_load_arguments(load)
+    from .bench.costs import add_arguments as add_costs_arguments
+
+    costs = commands.add_parser(
+        "bench-costs",
+        help="count wake-ups, frames, system calls and copies per message, against the bare "
+        "library",
+        description="Count, per message and per side, event-loop iterations, task steps, "
+        "timers, transport messages, system calls (strace) and large copies, through the "
+        "proxy and through the bare library. See docs/benchmarks.md.",
+    )
+    add_costs_arguments(costs)
     from .schema.command import add_arguments as add_schema_arguments
 
     schema = commands.add_parser(
@@ -169,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench.load import run_command as run_load_command
 
             return run_load_command(args, None if argv is None else list(argv)[1:])
+        if args.command == "bench-costs":
+            from .bench.costs import run_command as run_costs_command
+
+            return run_costs_command(args, None if argv is None else list(argv)[1:])
         if args.command == "schema":
             from .schema.command import run_command as run_schema_command
 
