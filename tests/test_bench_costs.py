@@ -100,7 +100,8 @@ def test_strace_windows_count_calls_by_kind(tmp_path: Path) -> None:
     assert counts["sys_total"] == 7 and counts["threads"] == 2
     assert counts["sys_tcp_send"] == 1 and counts["sys_tcp_recv"] == 1
     assert counts["sys_poll"] == 1 and counts["sys_futex"] == 1 and counts["sys_other_io"] == 1
-    assert counts["sys_memory"] == 1 and counts["call:getpid"] == 1
+    assert counts["sys_memory"] == 1 and counts["sys_no_memory"] == 6
+    assert counts["call:getpid"] == 1
 
 
 def test_tables_show_ours_over_bare_per_message() -> None:
