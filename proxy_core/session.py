@@ -22,7 +22,7 @@ from .errors import (
     SessionRejected,
     UnknownMessageType,
 )
-from .messages import BusMessage
+from .messages import BusMessage, check_fields
 from .protocol import (
     FEATURES,
     PROTOCOL_VERSION,
@@ -465,6 +465,15 @@ class Session:
                 raise ProtocolError(f"message sequence numbers start at 1, got {envelope.seq}")
             if envelope.seq <= self.last_received_seq:
                 return DuplicateDiscarded(envelope.seq)
+            # -- field types (docs/protocol.md 4.1): whatever the codec, a value that
+            # does not fit its field's annotation makes the MSG malformed, as one that
+            # does not decode; its number is still consumed and acknowledged.
+            try:
+                check_fields(envelope.message)
+            except CodecError as exc:
+                exc.seq = envelope.seq
+                return self._undecodable(exc, now)
+            # -- end of field types
             self._accept_seq(envelope.seq, now)
             return MessageReceived(envelope.seq, envelope.message)
         if isinstance(envelope, Ack):
