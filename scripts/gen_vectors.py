@@ -1086,6 +1086,34 @@ def largest_seq_first(w: Wire) -> Scenario:
     return Scenario("largest-seq-first", description, steps)
 
 
+@scenario
+def bye_code_out_of_range(w: Wire) -> Scenario:
+    if w.trees:
+        bad = w.tree([6, 999, "too low"])
+    else:
+
+        def change(envelope: Any) -> None:
+            envelope.bye.code = 999
+
+        bad = pb_from(w.env(Bye(1000, "too low")), change)
+    steps = [("BYE 999", bad), ("MSG 1", w.msg(1))]
+    description = "a BYE's code is a close code, 1000-4999: another makes it malformed"
+    return Scenario("bye-code-out-of-range", description, steps)
+
+
+@scenario
+def json_not_utf8(w: Wire) -> Scenario | None:
+    if w.name != "json":
+        return None
+    steps = [
+        ("MSG 1 after a UTF-8 byte-order mark", b"\xef\xbb\xbf" + w.msg(1)),
+        ("MSG 1 in UTF-16", w.msg(1).decode().encode("utf-16-le")),
+        ("MSG 1", w.msg(1)),
+    ]
+    description = "json frames are UTF-8 without a byte-order mark; others are not JSON"
+    return Scenario("json-not-utf8", description, steps)
+
+
 EMPTY_BATCH = {"json": b"[7]", "msgpack": b"\x91\x07", "protobuf": b"\x3a\x00"}
 
 

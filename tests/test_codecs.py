@@ -169,7 +169,7 @@ envelopes = st.one_of(
     st.builds(Ready, texts),
     st.builds(Ping, COUNTERS),
     st.builds(Pong, COUNTERS),
-    st.builds(Bye, INT64, texts),
+    st.builds(Bye, st.integers(1000, 4999), texts),  # close codes
 )
 
 

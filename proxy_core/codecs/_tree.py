@@ -36,7 +36,7 @@ from ..messages import (
     TypeRegistry,
 )
 from ..protocol import Ack, Batch, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
-from .base import MAX_BATCH_FRAMES, MAX_SAFE_INTEGER
+from .base import MAX_BATCH_FRAMES, MAX_SAFE_INTEGER, bye_code_error
 
 __all__ = ["Invalid", "TreeConverter"]
 
@@ -174,6 +174,8 @@ class TreeConverter:
                 return [_PONG, nonce]
             raise _bad_counter_out(nonce, "Pong.nonce")
         if isinstance(envelope, Bye):
+            if (why := bye_code_error(envelope.code)) is not None:
+                raise CodecError(f"Bye.{why}")
             return [_BYE, envelope.code, envelope.reason]
         raise CodecError(f"not an envelope: {type(envelope).__qualname__}")
 
@@ -306,8 +308,8 @@ class TreeConverter:
             raise CodecError(_not_a_counter(nonce, "nonce"))
         if kind == _BYE and size == 3 and type(tree[2]) is str:
             code = tree[1]
-            if type(code) is not int:
-                raise CodecError(f"code must be an integer, got {_type_name(code)}")
+            if (why := bye_code_error(code)) is not None:
+                raise CodecError(why)
             return Bye(code, tree[2])
         if kind == _BATCH:
             raise CodecError("a BATCH cannot hold another BATCH")

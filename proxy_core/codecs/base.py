@@ -9,7 +9,15 @@ from typing import ClassVar, Final
 from ..errors import CodecError
 from ..protocol import Batch, Envelope
 
-__all__ = ["MAX_BATCH_FRAMES", "MAX_SAFE_INTEGER", "Codec", "batch_size_bound"]
+__all__ = [
+    "MAX_BATCH_FRAMES",
+    "MAX_CLOSE_CODE",
+    "MAX_SAFE_INTEGER",
+    "MIN_CLOSE_CODE",
+    "Codec",
+    "batch_size_bound",
+    "bye_code_error",
+]
 
 #: The most frames a decoder accepts in one BATCH (131072); a larger one is malformed
 #: as a whole, before any of its frames is decoded. Without a bound, one 1 MiB BATCH
@@ -22,6 +30,20 @@ MAX_BATCH_FRAMES: Final = 1 << 17
 #: the largest integer a JavaScript peer holds exactly. Encoders refuse a larger
 #: one; decoders make the frame malformed (a MSG with one has no readable seq).
 MAX_SAFE_INTEGER: Final = (1 << 53) - 1
+
+#: The close codes a BYE may carry (1000-4999, as in a WebSocket close); a BYE
+#: with another code is malformed.
+MIN_CLOSE_CODE: Final = 1000
+MAX_CLOSE_CODE: Final = 4999
+
+
+def bye_code_error(code: object) -> str | None:
+    """Why ``code`` cannot be a BYE's code, or ``None`` if it can."""
+    if not isinstance(code, int) or isinstance(code, bool):  # CloseCode is an int
+        return f"code must be an integer, got {type(code).__qualname__}"
+    if not MIN_CLOSE_CODE <= code <= MAX_CLOSE_CODE:
+        return f"code must be a close code ({MIN_CLOSE_CODE}-{MAX_CLOSE_CODE}), got {code}"
+    return None
 
 
 def batch_size_bound(total: int, count: int) -> int:

@@ -103,7 +103,7 @@ class JsonCodec(Codec):
         if not isinstance(data, (bytes, bytearray)):
             raise CodecError(f"a frame is bytes, got {type(data).__qualname__}")
         try:
-            text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads
+            text = data.decode("utf-8")  # only UTF-8 (no BOM, no UTF-16/32), as section 4.3 says
         except ValueError as exc:
             raise _unreadable(data, exc) from None
         try:

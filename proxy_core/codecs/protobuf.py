@@ -31,7 +31,14 @@ from ..messages import (
     TypeRegistry,
 )
 from ..protocol import Ack, Batch, Bye, Envelope, Msg, Ping, Pong, Ready
-from .base import MAX_BATCH_FRAMES, MAX_SAFE_INTEGER, Codec
+from .base import (
+    MAX_BATCH_FRAMES,
+    MAX_CLOSE_CODE,
+    MAX_SAFE_INTEGER,
+    MIN_CLOSE_CODE,
+    Codec,
+    bye_code_error,
+)
 
 if TYPE_CHECKING:
     from ._generated import envelope_pb2 as pb
@@ -142,7 +149,7 @@ class ProtobufCodec(Codec):
                 env.pong.nonce = _checked(envelope.nonce, 0, MAX_SAFE_INTEGER, "Pong.nonce")
             elif isinstance(envelope, Bye):
                 bye = env.bye
-                bye.code = _checked(envelope.code, _INT32_MIN, _INT32_MAX, "Bye.code")
+                bye.code = _checked(envelope.code, MIN_CLOSE_CODE, MAX_CLOSE_CODE, "Bye.code")
                 bye.reason = _text(envelope.reason, "Bye.reason")
             else:
                 raise CodecError(f"not an envelope: {type(envelope).__qualname__}")
@@ -385,6 +392,8 @@ class ProtobufCodec(Codec):
                 return Pong(nonce)
             raise _bad_counter(nonce, "nonce")
         if kind == "bye":
+            if (why := bye_code_error(env.bye.code)) is not None:
+                raise CodecError(why)
             return Bye(env.bye.code, env.bye.reason)
         if kind == "batch":
             raise CodecError("a BATCH cannot hold another BATCH")

@@ -14,7 +14,7 @@ import dataclasses
 import typing
 from typing import Any, Final
 
-from ..codecs.base import MAX_BATCH_FRAMES, MAX_SAFE_INTEGER
+from ..codecs.base import MAX_BATCH_FRAMES, MAX_CLOSE_CODE, MAX_SAFE_INTEGER, MIN_CLOSE_CODE
 from ..errors import ConfigurationError
 from ..messages import DEFAULT_TYPES, BusMessage, TypeRegistry
 from ..protocol import (
@@ -162,11 +162,14 @@ _FRAME_FIELDS: Final[dict[tuple[str, str], Schema]] = {
         "description": "The PING's nonce.",
     },
     ("Bye", "code"): {
-        "minimum": 1000,
-        "maximum": 4999,
-        "description": "A close code (CloseCode); the sender closes the connection with it.",
+        "minimum": MIN_CLOSE_CODE,
+        "maximum": MAX_CLOSE_CODE,
+        "description": (
+            "A close code (CloseCode). The side that says BYE first closes the connection "
+            "with it once the other side answered (its answer: 1000)."
+        ),
     },
-    ("Bye", "reason"): {"description": "Human-readable."},
+    ("Bye", "reason"): {"description": "Human-readable; at most 123 bytes of UTF-8."},
 }
 
 
