@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from .errors import ProxyError
+from .loops import LOOPS, run
 from .plugins import (
     BUS_GROUP,
     CODEC_GROUP,
@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="with --bus redis: the bus channel; its keys start with pc:{NAME}: "
         "(default: proxy-core-demo)",
     )
+    demo.add_argument(
+        "--loop",
+        default=None,
+        choices=LOOPS,
+        help="with --bus local: the event loop to run on (default: asyncio; uvloop needs "
+        "pip install 'proxy-core[uvloop]')",
+    )
     commands.add_parser("plugins", help="list the installed transports, codecs and buses")
     from .bench.command import add_arguments as add_bench_arguments
 
@@ -170,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--redis-url and --channel go with --bus redis")
         if args.bus == "redis" and args.transport is not None:
             parser.error("--transport goes with --bus local (the Redis demo has no proxy)")
+        if args.bus == "redis" and args.loop is not None:
+            parser.error("--loop goes with --bus local (the Redis demo runs its own processes)")
     try:
         if args.command == "plugins":
             return _plugins()
@@ -198,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         transport = args.transport or _default_transport()
         try:
-            return asyncio.run(run_demo(transport=transport, codec=args.codec))
+            return run(run_demo(transport=transport, codec=args.codec), loop=args.loop or "asyncio")
         except TimeoutError:
             print("proxy-core: error: the demo did not complete within 30 s", file=sys.stderr)
             return 1

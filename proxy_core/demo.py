@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from .loops import loop_name
 from .messages import (
     AudioRawFrame,
     BusDataMessage,
@@ -178,7 +179,12 @@ async def run_demo(*, transport: str = "websockets", codec: str = "msgpack") -> 
     backend = resolve_transport(transport)
     resolve_codec(codec)
     offered = tuple(available_codecs())
-    out("demo", f"transport: {transport}; codec: {codec} (the server accepts {', '.join(offered)})")
+    kind = loop_name().split(".")[0]  # say so when it is not asyncio's own loop
+    on = "" if kind == "asyncio" else f"; loop: {kind}"
+    out(
+        "demo",
+        f"transport: {transport}; codec: {codec}{on} (the server accepts {', '.join(offered)})",
+    )
     log = logging.getLogger("proxy_core.proxy")
     handler = _DropLog(out)
     previous = log.level
