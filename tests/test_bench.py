@@ -18,6 +18,7 @@ import pytest
 from proxy_core.bench import (
     METRICS,
     QUICK_COUNTS,
+    SCENARIOS,
     BenchOptions,
     Counts,
     Record,
@@ -163,7 +164,11 @@ def test_quick_bench_writes_complete_positive_records(
     records = json.loads(out.read_text())
     assert code == 0, printed
     assert "websockets/msgpack" in printed and "ratio" in printed
-    assert report.read_text().startswith("# proxy-core benchmark results")
+    text = report.read_text()
+    assert text.startswith("# proxy-core benchmark results")
+    assert "stream_200b_b2b.rate" in text and "cpu_b2b.server" in text
+    assert "- Event loop of every server and client process: asyncio (Python " in text
+    assert "event loop: asyncio" in printed
     seen = {(r["scenario"], r["metric"]) for r in records}
     assert seen == {(m.scenario, m.name) for m in METRICS}
     for r in records:
@@ -176,6 +181,8 @@ def test_quick_bench_writes_complete_positive_records(
         assert r["spread"] == 0.0 and r["repeats"] == 1  # one repeat in quick mode
         assert r["better"] in ("higher", "lower") and r["unit"]
         assert r["machine"]["cores"] and r["machine"]["python"] and r["date"]
+        assert r["machine"]["loop"]["name"] == "asyncio"
+        assert all(c.startswith("asyncio.") for c in r["machine"]["loop"]["classes"])
 
 
 def test_a_step_past_its_deadline_fails_instead_of_hanging() -> None:
@@ -195,6 +202,86 @@ def test_a_step_past_its_deadline_fails_instead_of_hanging() -> None:
     assert [r.metric for r in result.records] == ["rate"]
     assert result.records[0].status == "failed"
     assert "TimeoutError" in (result.records[0].error or "")
+
+
+def test_a_back_to_back_producer_past_its_deadline_fails_instead_of_hanging() -> None:
+    """It yields only when a send blocks: the deadlines still end it, in the child or the parent."""
+    counts = Counts(stream_200b=1_000_000, stream_16k=10, rtt=10, idle_sessions=2, deadline=0.05)
+    options = BenchOptions(
+        transports=["websockets"],
+        codecs=["msgpack"],
+        scenarios=["stream_200b_b2b"],
+        repeats=1,
+        counts=counts,
+        pin=False,
+        pipecat=False,
+    )
+    start = time.monotonic()
+    result = asyncio.run(run_bench(options))
+    assert time.monotonic() - start < 60
+    assert [(r.scenario, r.metric) for r in result.records] == [("stream_200b_b2b", "rate")]
+    assert result.records[0].status == "failed"
+    assert "TimeoutError" in (result.records[0].error or "")
+
+
+def test_which_timed_runs_a_row_makes() -> None:
+    from proxy_core.bench.orchestrate import timed_runs
+
+    def names(scenarios: list[str]) -> list[str]:
+        return [r if isinstance(r, str) else r.scenario for r in timed_runs(scenarios)]
+
+    assert names(list(SCENARIOS)) == [
+        "stream_200b",
+        "stream_200b_b2b",
+        "stream_16k",
+        "stream_16k_b2b",
+        "rtt",
+    ]
+    assert names(["cpu_b2b"]) == ["stream_200b_b2b"]  # measured during the 200 B b2b stream
+    assert names(["cpu", "rtt"]) == ["stream_200b", "rtt"]
+    assert names(["stream_16k_b2b", "idle_memory"]) == ["stream_16k_b2b"]
+
+
+async def test_a_back_to_back_producer_yields_only_when_a_send_waits() -> None:
+    from proxy_core.bench.links import YIELD_EVERY, produce
+
+    ran: list[int] = []  # how many sends had happened each time another task ran
+    sent: list[int] = []
+    stop = asyncio.Event()
+
+    async def other() -> None:
+        while not stop.is_set():
+            ran.append(len(sent))
+            await asyncio.sleep(0)
+
+    async def send(item: int) -> None:  # never suspends, as a send with room does
+        sent.append(item)
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    ran.clear()
+    await produce(send, 1, 3 * YIELD_EVERY, back_to_back=True)
+    assert ran == [] and len(sent) == 3 * YIELD_EVERY  # nothing else ran in between
+    sent.clear()
+    await produce(send, 1, 3 * YIELD_EVERY, back_to_back=False)
+    assert ran[:3] == [YIELD_EVERY, 2 * YIELD_EVERY, 3 * YIELD_EVERY]
+    room = asyncio.Semaphore(5)
+
+    async def blocking_send(item: int) -> None:  # backpressure: waits until there is room
+        await room.acquire()
+        sent.append(item)
+
+    async def make_room() -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+            room.release()
+
+    sent.clear()
+    freer = asyncio.create_task(make_room())
+    await asyncio.wait_for(produce(blocking_send, 1, 15, back_to_back=True), 30)
+    assert len(sent) == 15
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(task, freer), 30)
 
 
 def test_transports_without_a_baseline_are_skipped_with_a_note() -> None:
@@ -421,3 +508,66 @@ def test_a_wrong_name_exits_2_with_one_line() -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "invalid choice: 'nosuch'" in result.stderr and "msgpack" in result.stderr
+
+
+# ---------------------------------------------------------------- the event loop
+
+
+def test_loop_uvloop_without_uvloop_fails_at_once_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from proxy_core.bench import orchestrate
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now fails, as if absent
+    monkeypatch.setattr(orchestrate, "run_bench", _no_run)
+    assert main(["bench", "--quick", "--loop", "uvloop"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "proxy-core bench: error: --loop uvloop: uvloop is not installed "
+        "(pip install 'proxy-core[uvloop]')"
+    ]
+
+
+def test_loop_is_asyncio_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from proxy_core.bench.command import add_arguments, options_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_from(parser.parse_args([])).loop == "asyncio"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--loop", "trio"])
+    assert "invalid choice: 'trio'" in capsys.readouterr().err
+
+
+def test_quick_rows_on_uvloop_run_both_sides_on_it() -> None:
+    pytest.importorskip(
+        "uvloop", reason="uvloop is not installed (pip install 'proxy-core[uvloop]')"
+    )
+    options = BenchOptions(
+        transports=["websockets"],
+        codecs=["msgpack"],
+        scenarios=["stream_200b_b2b", "cpu_b2b", "rtt"],
+        repeats=1,
+        counts=QUICK_COUNTS,
+        pipecat=False,
+        loop="uvloop",
+    )
+    result = asyncio.run(run_bench(options))
+    assert {(r.scenario, r.metric) for r in result.records} == {
+        ("stream_200b_b2b", "rate"),
+        ("cpu_b2b", "client"),
+        ("cpu_b2b", "server"),
+        ("rtt", "p50"),
+        ("rtt", "p99"),
+    }
+    for r in result.records:
+        assert r.status == "ok", r.error
+        assert r.proxy and r.bare and r.ratio and r.ratio > 0
+    loop = result.machine["loop"]
+    assert loop["name"] == "uvloop" and loop["version"] and loop["classes"] == ["uvloop.Loop"]
+    assert f"uvloop {loop['version']}; the children ran on uvloop.Loop" in markdown(result, None)

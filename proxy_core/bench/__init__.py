@@ -3,8 +3,12 @@
 Every figure is a ratio against the bare library doing the same work in the
 same run. Scenarios (see ``benchmarks/README.md``): ``stream_200b``,
 ``stream_16k``, ``rtt``, ``cpu``, ``idle_memory`` bus to bus through both
-proxies, for every installed transport x codec, and ``codec``, the envelope
-encode+decode of each codec against its raw library. Bus rows
+proxies, for every installed transport x codec; ``stream_200b_b2b``,
+``stream_16k_b2b`` and ``cpu_b2b``, the same streams with a producer that
+sends back to back instead of yielding to the loop now and then; and
+``codec``, the envelope encode+decode of each codec against its raw library.
+Every child process runs on asyncio's loop or, with ``BenchOptions(loop="uvloop")``
+(``--loop uvloop``), on uvloop. Bus rows
 (:mod:`proxy_core.bench.bus`): worker to worker on ``RedisBus`` across two
 processes against redis-py, and on ``InProcessBus`` against an
 ``asyncio.Queue``.

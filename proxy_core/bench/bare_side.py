@@ -23,7 +23,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
 from ..transport import DEFAULT_MAX_MESSAGE_BYTES
-from .links import Link, SinkState, chunks, yield_to_loop
+from .links import Link, SinkState, produce
 from .spec import CONTROL_MAX
 
 __all__ = ["BARE_LABELS", "BareLink", "connect", "open_idle_sessions", "serve"]
@@ -180,13 +180,8 @@ class BareLink(Link):
         reply: dict[str, Any] = json.loads(await self._receive())
         return reply
 
-    async def stream(self, size: int, count: int) -> None:
-        payload = _payload(size)
-        send = self._send
-        for run in chunks(count):
-            for _ in range(run):
-                await send(payload)
-            await yield_to_loop()
+    async def stream(self, size: int, count: int, *, back_to_back: bool = False) -> None:
+        await produce(self._send, _payload(size), count, back_to_back=back_to_back)
 
     async def round_trips(self, size: int, count: int) -> list[float]:
         payload = _payload(size)

@@ -128,6 +128,8 @@ class BusBench:
             more per implementation under cProfile, each side written to
             ``profile-bus-redis-<ours|bare>-rtt-<sender|receiver>.txt`` there
             (not counted in the results).
+        loop: the event loop the children run on (``asyncio`` or ``uvloop``);
+            the classes they report are gathered in ``loops_seen``.
     """
 
     buses: list[str]
@@ -139,6 +141,8 @@ class BusBench:
     progress: Progress
     notes: list[str]
     profile_dir: str | None = None
+    loop: str = "asyncio"
+    loops_seen: set[str] = field(default_factory=set)
     server: Any = None
     machine: dict[str, Any] = field(default_factory=dict)
     _token: str = field(default_factory=lambda: secrets.token_hex(3))
@@ -257,7 +261,7 @@ class BusBench:
         self._n += 1
         tag = f"bus-{bus}-{impl}-{scenario}-r{repeat}"
         receiver_core, sender_core = self.cores if self.cores else (None, None)
-        base: dict[str, Any] = {"impl": impl, "deadline": max(c.deadline, 30)}
+        base: dict[str, Any] = {"impl": impl, "deadline": max(c.deadline, 30), "loop": self.loop}
         profiles: dict[str, dict[str, Any]] = {}
         if profile is not None:
             what = f"bus:{bus} {impl} {scenario}, {count} round trips or messages"
@@ -275,7 +279,7 @@ class BusBench:
                     tag, "local", base | {"core": sender_core}, self.log_dir, module=_SIDE
                 )
                 children.append(sender)
-                await sender.read(max(self._timeout, 30))
+                self.loops_seen.add(str((await sender.read(max(self._timeout, 30))).get("loop")))
             else:
                 assert self.server is not None
                 base |= {
@@ -308,8 +312,8 @@ class BusBench:
                     if isinstance(failed, BaseException):
                         raise ChildDied(str(failed))
                 receiver, sender = children
-                await receiver.read(max(self._timeout, 30))
-                await sender.read(max(self._timeout, 30))
+                for child in (receiver, sender):
+                    self.loops_seen.add(str((await child.read(max(self._timeout, 30))).get("loop")))
             reply = await sender.ask(command, self._timeout)
         finally:
             await asyncio.gather(*(child.stop() for child in children), return_exceptions=True)

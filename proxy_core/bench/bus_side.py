@@ -41,10 +41,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..inbox import DEFAULT_MAX_QUEUE
+from ..loops import loop_name
 from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ..worker import BaseWorker
-from .links import Link, SinkState, chunks, yield_to_loop
+from .links import Link, SinkState, chunks, produce, yield_to_loop
 from .proxy_side import Sink, Source, SourceLink
 from .stats import percentile
 from .worker import _Channel, _Profiler, run_role
@@ -127,13 +128,8 @@ class QueueLink(Link):
             raise RuntimeError("expected a control reply, got a payload")
         return reply
 
-    async def stream(self, size: int, count: int) -> None:
-        payload = os.urandom(size)
-        put = self.requests.put
-        for run in chunks(count):
-            for _ in range(run):
-                await put(payload)
-            await yield_to_loop()
+    async def stream(self, size: int, count: int, *, back_to_back: bool = False) -> None:
+        await produce(self.requests.put, os.urandom(size), count, back_to_back=back_to_back)
 
     async def round_trips(self, size: int, count: int) -> list[float]:
         payload = os.urandom(size)
@@ -191,13 +187,14 @@ class RedisBareLink(Link):
         reply: dict[str, Any] = json.loads(fields[b"r"])
         return reply
 
-    async def stream(self, size: int, count: int) -> None:
+    async def stream(self, size: int, count: int, *, back_to_back: bool = False) -> None:
         fields = {"m": os.urandom(size)}
         xadd, req = self._r.xadd, self._req
-        for run in chunks(count):
+        for run in (count,) if back_to_back else chunks(count):
             for _ in range(run):
                 await xadd(req, fields)
-            await yield_to_loop()
+            if not back_to_back:
+                await yield_to_loop()
 
     async def round_trips(self, size: int, count: int) -> list[float]:
         fields = {"m": os.urandom(size)}
@@ -366,7 +363,7 @@ async def _local_role(spec: dict[str, Any]) -> int:
         link = WorkerLink(source, lambda: _stop_runner(runner, task))
     else:
         link = QueueLink()
-    channel.send({"event": "ready", "pid": os.getpid()})
+    channel.send({"event": "ready", "pid": os.getpid(), "loop": loop_name()})
     try:
         await _serve_commands(channel, link, _EngineClock(None), spec)
     finally:
@@ -386,7 +383,7 @@ async def _receiver_role(spec: dict[str, Any]) -> int:
     if spec["impl"] == "ours":
         runner = WorkerRunner("bench-receiver", bus=_redis_bus(spec), handle_sigint=False)
         task = await _start_runner(runner, Sink(TARGET), TARGET, timeout)
-        channel.send({"event": "ready", "pid": os.getpid()})
+        channel.send({"event": "ready", "pid": os.getpid(), "loop": loop_name()})
         try:
             await _serve_commands(channel, None, _EngineClock(None), spec)
         finally:
@@ -396,7 +393,7 @@ async def _receiver_role(spec: dict[str, Any]) -> int:
     req, rep = spec["streams"]
     await _bare_streams(client, req, rep)
     receive = asyncio.get_running_loop().create_task(_bare_receive(client, req, rep))
-    channel.send({"event": "ready", "pid": os.getpid()})
+    channel.send({"event": "ready", "pid": os.getpid(), "loop": loop_name()})
     try:
         await _serve_commands(channel, None, _EngineClock(None), spec)
     finally:
@@ -422,7 +419,7 @@ async def _sender_role(spec: dict[str, Any]) -> int:
         req, rep = spec["streams"]
         link = RedisBareLink(_bare_client(spec["url"]), req, rep, int(timeout * 1000))
     engine = _EngineClock(spec["url"])
-    channel.send({"event": "ready", "pid": os.getpid()})
+    channel.send({"event": "ready", "pid": os.getpid(), "loop": loop_name()})
     try:
         await _serve_commands(channel, link, engine, spec)
     finally:

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import ConfigurationError
+from ..loops import LOOPS, loop_factory
 from ..plugins import available_codecs, available_transports
 from .bare_side import BARE_LABELS
 from .spec import BUS_SCENARIOS, BUSES, FULL_COUNTS, QUICK_COUNTS, SCENARIOS, BenchOptions
@@ -74,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repeats", type=int, metavar="N", help="repeats (default 3; quick: 1)")
     parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="the event loop of every child process, server and client, proxy and bare "
+        "(default: %(default)s; uvloop needs pip install 'proxy-core[uvloop]')",
+    )
+    parser.add_argument(
         "--no-pin", action="store_true", help="do not pin server and client to separate cores"
     )
     parser.add_argument(
@@ -96,9 +105,15 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     """Build :class:`BenchOptions` from parsed arguments.
 
     Raises:
-        ValueError: ``--repeats`` is below 1, ``--bus`` goes with ``--no-bus``, or
-            no transport of ``--transport`` has a bare baseline to measure against.
+        ValueError: ``--repeats`` is below 1, ``--bus`` goes with ``--no-bus``,
+            no transport of ``--transport`` has a bare baseline to measure against,
+            or ``--loop uvloop`` without uvloop installed.
     """
+    loop = getattr(args, "loop", "asyncio")
+    try:
+        loop_factory(loop)  # uvloop missing: fail now, not in every child
+    except ConfigurationError as exc:
+        raise ValueError(f"--loop {loop}: {exc}") from None
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if repeats < 1:
         raise ValueError("--repeats must be at least 1")
@@ -131,6 +146,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         profile_dir=args.profile,
         quick=args.quick,
         buses=[] if no_bus else bus,
+        loop=loop,
     )
 
 
@@ -140,6 +156,7 @@ def run_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> 
     from .report import (
         ProgressBar,
         format_table,
+        loop_line,
         only_bus_rows,
         write_chart,
         write_json,
@@ -157,6 +174,7 @@ def run_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> 
     shown = list(argv if argv is not None else sys.argv[2:])
     result.command = " ".join(["proxy-core bench", *shown])
     print(format_table(result.records))
+    print(f"event loop: {loop_line(result.machine)}")
     for note in result.notes:
         print(f"note: {note}")
     if args.json:

@@ -2,11 +2,12 @@
 
 For each repeat and transport, a server and a client process start for the
 proxy, for the bare library (and for the pipecat peer, on ``websockets``),
-servers pinned to one core and clients to another. Idle memory is measured
-first, in the fresh servers. Then, for each codec, every scenario runs once
-through the proxy and once through the bare library, back to back (the
-order alternates between repeats), so each ratio compares two runs a few
-seconds apart. Every command to a child has a deadline; a child that
+servers pinned to one core and clients to another, all on the event loop
+the options name (asyncio's or uvloop). Idle memory is measured first, in
+the fresh servers. Then, for each codec, every scenario runs once through
+the proxy and once through the bare library, one after the other (the order
+alternates between repeats), so each ratio compares two runs a few seconds
+apart. Every command to a child has a deadline; a child that
 misses it is killed and the rest of its group is reported as failed.
 """
 
@@ -28,17 +29,37 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PluginError
+from ..loops import loop_version
 from ..plugins import available_codecs, available_transports, load_transport, resolve_codec
 from .bare_side import BARE_LABELS
 from .bus import BUS_LABELS, BusBench, select_buses
 from .child import ROOT, Child, ChildDied, StepFailed
-from .spec import METRICS, BenchOptions, Counts, Metric, Record, metric_of, order_records
+from .spec import (
+    METRICS,
+    STREAMS,
+    BenchOptions,
+    Counts,
+    Metric,
+    Record,
+    Stream,
+    metric_of,
+    order_records,
+)
 from .stats import median, ratio, spread
 
 __all__ = ["BenchResult", "machine_info", "run_bench"]
 
 #: Scenarios that need processes talking over loopback.
-WIRE_SCENARIOS = ("stream_200b", "stream_16k", "rtt", "cpu", "idle_memory")
+WIRE_SCENARIOS = (
+    "stream_200b",
+    "stream_200b_b2b",
+    "stream_16k",
+    "stream_16k_b2b",
+    "rtt",
+    "cpu",
+    "cpu_b2b",
+    "idle_memory",
+)
 _GRACE = 5.0  # seconds the parent waits past a child's own deadline
 _WARMUP_SESSIONS = 3
 _BUSY_CORES = 0.25  # other processes using this many cores before the run is worth a note
@@ -57,6 +78,7 @@ _LIBRARIES = (
     "pipecat-ai",
     "redis",
     "hiredis",
+    "uvloop",
 )
 
 
@@ -106,8 +128,18 @@ class _Plan:
     keys: list[Key] = field(default_factory=list)
 
     def steps(self) -> int:
-        wire = [s for s in ("stream_200b", "stream_16k", "rtt") if s in self.scenarios]
-        return 1 + (len(self.impls) if self.idle else 0) + len(self.rows) * len(wire) * 2
+        runs = timed_runs(self.scenarios)
+        return 1 + (len(self.impls) if self.idle else 0) + len(self.rows) * len(runs) * 2
+
+
+def timed_runs(scenarios: Iterable[str]) -> list[Stream | str]:
+    """Return the timed runs a row makes for ``scenarios``, in order: streams, then ``rtt``.
+
+    A stream runs when its own scenario or the CPU scenario measured during it is asked for.
+    """
+    wanted = set(scenarios)
+    runs: list[Stream | str] = [s for s in STREAMS if {s.scenario, s.cpu} & wanted]
+    return runs + (["rtt"] if "rtt" in wanted else [])
 
 
 # ---------------------------------------------------------------- child processes
@@ -128,6 +160,7 @@ class _Run:
         self._cores_chosen = False
         self.pipecat_python: str | None = None
         self.pipecat_version: str | None = None
+        self.loops_seen: set[str] = set()  # the event loop classes the children reported
         self.log_dir = Path(tempfile.mkdtemp(prefix="proxy-core-bench-"))
 
     # -------------------------------------------------------- selection
@@ -255,6 +288,13 @@ class _Run:
     def _connect(self, server: Child, codec: str) -> dict[str, Any]:
         return {"cmd": "connect", "url": server.url, "codec": codec, "deadline": 30}
 
+    def _check_loop(self, child: Child, ready: dict[str, Any]) -> None:
+        """Fail the group if ``child`` does not run on the loop asked for (checked, not assumed)."""
+        seen = str(ready.get("loop", "unknown"))
+        self.loops_seen.add(seen)
+        if not seen.startswith(f"{self.options.loop}."):
+            raise ChildDied(f"{child.name} runs on {seen}, not on {self.options.loop}")
+
     async def _start(
         self, plan: _Plan, repeat: int, servers: dict[str, Child], clients: dict[str, Child]
     ) -> None:
@@ -264,7 +304,7 @@ class _Run:
             python = sys.executable
             if impl == "pipecat" and self.pipecat_python:
                 python = self.pipecat_python
-            base = {"impl": impl, "transport": plan.transport}
+            base = {"impl": impl, "transport": plan.transport, "loop": self.options.loop}
             tag = f"{plan.transport}-{impl}-r{repeat}"
             spawns.append(
                 Child.spawn(
@@ -299,7 +339,8 @@ class _Run:
         for impl in plan.impls:
             ready = await servers[impl].read(max(self._timeout, 30))
             servers[impl].url = ready["url"]
-            await clients[impl].read(max(self._timeout, 30))
+            self._check_loop(servers[impl], ready)
+            self._check_loop(clients[impl], await clients[impl].read(max(self._timeout, 30)))
 
     async def _idle_all(
         self,
@@ -367,16 +408,15 @@ class _Run:
         steps = 0
         client = clients[row.impl]
         await client.ask(self._connect(servers[row.impl], row.codec), self._timeout)
-        for scenario in ("stream_200b", "stream_16k", "rtt"):
-            metrics = self._metrics_of(scenario)
-            if not metrics:
-                continue
+        for run in timed_runs(self.options.scenarios):
+            scenario = run if isinstance(run, str) else run.scenario
+            metrics = self._metrics_of(run)
             order = [row.impl, "bare"] if repeat % 2 == 0 else ["bare", row.impl]
             results: dict[str, dict[str, float] | str] = {}
             for who in order:
                 label = f"{plan.transport}/{row.codec} {scenario} ({who})"
                 try:
-                    results[who] = await self._measure(clients[who], scenario)
+                    results[who] = await self._measure(clients[who], run)
                 except StepFailed as exc:
                     results[who] = str(exc)
                 self.progress(label, 1)
@@ -398,27 +438,23 @@ class _Run:
         await client.ask({"cmd": "disconnect", "deadline": self.counts.deadline}, self._timeout)
         return steps
 
-    def _metrics_of(self, scenario: str) -> list[Metric]:
+    def _metrics_of(self, run: Stream | str) -> list[Metric]:
+        """Return the wanted metrics that ``run`` measures (a stream's CPU scenario among them)."""
         wanted = set(self.options.scenarios)
-        if scenario == "stream_200b":
-            return [
-                m
-                for m in METRICS
-                if (m.scenario == "stream_200b" and "stream_200b" in wanted)
-                or (m.scenario == "cpu" and "cpu" in wanted)
-            ]
-        return [m for m in METRICS if m.scenario == scenario and scenario in wanted]
+        scenarios = {run} if isinstance(run, str) else {run.scenario, run.cpu or run.scenario}
+        return [m for m in METRICS if m.scenario in scenarios & wanted]
 
-    async def _measure(self, client: Child, scenario: str) -> dict[str, float]:
+    async def _measure(self, client: Child, run: Stream | str) -> dict[str, float]:
         c = self.counts
         deadline = {"deadline": c.deadline}
-        if scenario == "rtt":
+        if isinstance(run, str):  # rtt
             cmd = {"cmd": "rtt", "size": 200, "count": c.rtt, "warmup": c.warmup}
             reply = await client.ask(cmd | deadline, self._timeout)
             return {"p50": reply["p50"], "p99": reply["p99"]}
-        size, count = (200, c.stream_200b) if scenario == "stream_200b" else (16384, c.stream_16k)
+        size, count = run.size, c.of(run)
         warmup = c.warmup if size == 200 else max(10, c.warmup // 5)
         cmd = {"cmd": "stream", "size": size, "count": count, "warmup": warmup}
+        cmd["back_to_back"] = run.back_to_back
         reply = await client.ask(cmd | deadline, self._timeout)
         elapsed = reply["elapsed"]
         return {
@@ -443,7 +479,7 @@ class _Run:
         try:
             for child in (server, client):
                 await child.ask({"cmd": "profile", "action": "start"}, t)
-            await self._measure(client, "stream_200b")
+            await self._measure(client, STREAMS[0])
         finally:
             for side, child in (("server", server), ("client", client)):
                 with contextlib.suppress(StepFailed):
@@ -554,8 +590,8 @@ def _check_other_python(python: str) -> tuple[str | None, str | None]:
     return why.strip() or None, found.strip() or None
 
 
-def machine_info(cores: Iterable[int] | None = None) -> dict[str, Any]:
-    """Describe this machine and the library versions, for the records."""
+def machine_info(cores: Iterable[int] | None = None, loop: str = "asyncio") -> dict[str, Any]:
+    """Describe this machine, the event loop the children run on and the library versions."""
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -575,6 +611,7 @@ def machine_info(cores: Iterable[int] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "libraries": versions,
         "pinned": {"server": list(cores)[0], "client": list(cores)[1]} if cores else None,
+        "loop": {"name": loop, "version": loop_version(loop)},
     }
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -711,10 +748,11 @@ async def run_bench(
             run.progress,
             run.notes,
             options.profile_dir,
+            options.loop,
         )
     if total is not None:
         total(_count_steps(run, plans, do_codecs, bus))
-    machine = machine_info(run.cores)
+    machine = machine_info(run.cores, options.loop)
     if run.pipecat_python and run.pipecat_version:
         where = "" if run.pipecat_python == sys.executable else f" (in {run.pipecat_python})"
         machine["libraries"]["pipecat-ai"] = run.pipecat_version + where
@@ -740,6 +778,7 @@ async def run_bench(
         [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     )
     machine["busy_cores_after"] = await cpu_in_use() if work else None
+    machine["loop"]["classes"] = sorted(run.loops_seen | (bus.loops_seen if bus else set()))
     return BenchResult(
         records=run.records(date, machine),
         notes=run.notes,

@@ -25,7 +25,7 @@ from functools import cache
 from types import SimpleNamespace
 from typing import Any
 
-from .links import Link, SinkState, chunks, yield_to_loop
+from .links import Link, SinkState, produce
 
 __all__ = ["PipecatLink", "missing", "open_idle_sessions", "serve", "version"]
 
@@ -237,13 +237,9 @@ class PipecatLink(Link):
         result: dict[str, Any] = json.loads(reply.frame.text)
         return result
 
-    async def stream(self, size: int, count: int) -> None:
+    async def stream(self, size: int, count: int, *, back_to_back: bool = False) -> None:
         message = self._payload(size)
-        send = self.source.send_bus_message
-        for run in chunks(count):
-            for _ in range(run):
-                await send(message)
-            await yield_to_loop()
+        await produce(self.source.send_bus_message, message, count, back_to_back=back_to_back)
 
     async def round_trips(self, size: int, count: int) -> list[float]:
         message = self._payload(size)

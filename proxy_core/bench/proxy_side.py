@@ -23,7 +23,7 @@ from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ..service import serve_proxy
 from ..worker import BaseWorker
-from .links import Link, SinkState, chunks, yield_to_loop
+from .links import Link, SinkState, produce
 
 __all__ = [
     "ProxyLink",
@@ -99,13 +99,9 @@ class SourceLink(Link):
             raise RuntimeError(f"expected a control reply, got {type(reply).__name__}")
         return dict(reply.data)
 
-    async def stream(self, size: int, count: int) -> None:
+    async def stream(self, size: int, count: int, *, back_to_back: bool = False) -> None:
         message = payload_message(size, self.source.name, self.source.peer)
-        send = self.source.send_bus_message
-        for run in chunks(count):
-            for _ in range(run):
-                await send(message)
-            await yield_to_loop()
+        await produce(self.source.send_bus_message, message, count, back_to_back=back_to_back)
 
     async def round_trips(self, size: int, count: int) -> list[float]:
         message = payload_message(size, self.source.name, self.source.peer)

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .bus import BUS_TARGETS
 from .orchestrate import BenchResult
@@ -20,6 +20,7 @@ __all__ = [
     "ProgressBar",
     "bus_section",
     "format_table",
+    "loop_line",
     "markdown",
     "row_label",
     "write_chart",
@@ -116,6 +117,17 @@ def row_label(record: Record) -> str:
     if is_bus_row(record) and record.codec == "-":
         return record.transport
     return f"{record.transport}/{record.codec}"
+
+
+def loop_line(machine: dict[str, Any]) -> str:
+    """Describe the event loop the children ran on: ``uvloop 0.23.0; the children ran on ...``."""
+    loop = machine.get("loop") or {"name": "asyncio"}
+    name, version = loop.get("name", "asyncio"), loop.get("version")
+    text = name
+    if version:
+        text += f" (Python {version})" if name == "asyncio" else f" {version}"
+    classes = loop.get("classes")
+    return f"{text}; the children ran on {', '.join(classes)}" if classes else text
 
 
 def _order(records: Iterable[Record]) -> list[Record]:
@@ -221,6 +233,7 @@ def markdown(result: BenchResult, chart: str | None) -> str:
         f"- CPU: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} usable)",
         f"- {m.get('python')} on {m.get('platform')}",
         f"- Code: commit {m.get('commit') or 'unknown (not a git checkout)'}",
+        f"- Event loop of every server and client process: {loop_line(m)}",
         f"- Pinning: server core {pinned['server']}, client core {pinned['client']}"
         if pinned
         else "- Pinning: none",
@@ -243,13 +256,19 @@ def markdown(result: BenchResult, chart: str | None) -> str:
         "- `spread` = (max - min) / median of the per-repeat ratios; `n` = repeats that "
         "succeeded. A spread above ~20% says the machine was noisy for that figure.",
         f"- Repeats: {o.repeats}{' (quick mode: reduced counts)' if o.quick else ''}. "
-        f"Counts: stream_200b {c.stream_200b:,} messages, stream_16k {c.stream_16k:,}, "
+        f"Counts: stream_200b {c.stream_200b:,} messages, stream_16k {c.stream_16k:,} "
+        "(the same for their `_b2b` runs), "
         f"rtt {c.rtt:,} round trips, idle_memory {c.idle_sessions} sessions; "
         f"{c.warmup} warm-up messages before each timed run; {c.deadline:.0f} s deadline per step.",
         '- Payload: proxy rows send `BusFrameMessage("acme", "assistant", '
         "AudioRawFrame(<N random bytes>, 16000))`, worker to worker through both proxies; the "
         "bare rows send the same N random bytes as one binary message per send. `cpu` is "
         "measured during `stream_200b` (process CPU time / messages, each side).",
+        "- Two producers: `stream_200b`, `stream_16k` and `cpu` yield to the event loop after "
+        "every 100 sends; `stream_200b_b2b`, `stream_16k_b2b` and `cpu_b2b` send back to back "
+        "(each send awaited in turn, no yield of their own; they wait only when a send blocks "
+        "on backpressure), in the proxy and the bare rows alike. `cpu_b2b` is measured during "
+        "`stream_200b_b2b`.",
         "",
     ]
     ordered = [r for r in _order(result.records) if not is_bus_row(r)]
@@ -284,7 +303,7 @@ def bus_section(result: BenchResult) -> list[str]:
         "",
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} usable); "
         f"{m.get('python')} on {m.get('platform')}; commit "
-        f"{m.get('commit') or 'unknown'}",
+        f"{m.get('commit') or 'unknown'}; event loop {loop_line(m)}",
         f"- Pinning: receiver core {pinned['server']}, sender core {pinned['client']}, "
         "redis-server not pinned"
         if pinned

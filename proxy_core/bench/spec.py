@@ -15,17 +15,30 @@ __all__ = [
     "METRICS",
     "QUICK_COUNTS",
     "SCENARIOS",
+    "STREAMS",
     "BenchOptions",
     "Counts",
     "Metric",
     "Record",
+    "Stream",
     "is_bus_row",
     "metric_of",
     "order_records",
 ]
 
-#: The scenarios, in the order they run and are reported.
-SCENARIOS: Final = ("stream_200b", "stream_16k", "rtt", "cpu", "idle_memory", "codec")
+#: The scenarios, in the order they run and are reported. ``*_b2b``: the same as
+#: the scenario without the suffix, with a producer that sends back to back.
+SCENARIOS: Final = (
+    "stream_200b",
+    "stream_200b_b2b",
+    "stream_16k",
+    "stream_16k_b2b",
+    "rtt",
+    "cpu",
+    "cpu_b2b",
+    "idle_memory",
+    "codec",
+)
 
 #: The buses whose rows the harness can measure (``transport`` of their records: ``bus:<name>``).
 BUSES: Final = ("local", "redis")
@@ -58,11 +71,15 @@ class Metric:
 
 METRICS: Final = (
     Metric("stream_200b", "rate", "msg/s", "higher", "200 B stream, messages/s"),
+    Metric("stream_200b_b2b", "rate", "msg/s", "higher", "200 B stream, back to back, messages/s"),
     Metric("stream_16k", "throughput", "MB/s", "higher", "16 KiB stream, MB/s"),
+    Metric("stream_16k_b2b", "throughput", "MB/s", "higher", "16 KiB stream, back to back, MB/s"),
     Metric("rtt", "p50", "us", "lower", "round trip p50, us"),
     Metric("rtt", "p99", "us", "lower", "round trip p99, us"),
     Metric("cpu", "client", "us/msg", "lower", "CPU per message, client side"),
     Metric("cpu", "server", "us/msg", "lower", "CPU per message, server side"),
+    Metric("cpu_b2b", "client", "us/msg", "lower", "CPU per message, back to back, client side"),
+    Metric("cpu_b2b", "server", "us/msg", "lower", "CPU per message, back to back, server side"),
     Metric("idle_memory", "per_session", "KiB", "lower", "memory per idle session"),
     Metric("codec", "encode_decode", "us", "lower", "envelope encode+decode"),
 )
@@ -81,6 +98,35 @@ def metric_of(scenario: str, name: str) -> Metric:
         if m.scenario == scenario and m.name == name:
             return m
     raise KeyError(f"{scenario}.{name}")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A one-way stream run: which scenario it is, what it sends, how, and its CPU scenario.
+
+    Attributes:
+        scenario: the scenario whose rate (or throughput) the run measures.
+        size: payload bytes per message.
+        back_to_back: the producer awaits each send and never yields to the
+            event loop of its own accord (it still waits when a send blocks on
+            backpressure); otherwise it yields after every
+            :data:`~proxy_core.bench.links.YIELD_EVERY` sends.
+        cpu: the scenario whose CPU per message is measured during this run, if any.
+    """
+
+    scenario: str
+    size: int
+    back_to_back: bool
+    cpu: str | None = None
+
+
+#: The stream runs, in the order they run.
+STREAMS: Final = (
+    Stream("stream_200b", 200, back_to_back=False, cpu="cpu"),
+    Stream("stream_200b_b2b", 200, back_to_back=True, cpu="cpu_b2b"),
+    Stream("stream_16k", 16384, back_to_back=False),
+    Stream("stream_16k_b2b", 16384, back_to_back=True),
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +155,10 @@ class Counts:
     codec_seconds: float = 0.2
     bus_stream: int = 20_000
     bus_rtt: int = 2_000
+
+    def of(self, stream: Stream) -> int:
+        """Return how many messages ``stream`` sends (a back-to-back run as many as the other)."""
+        return self.stream_200b if stream.size <= 200 else self.stream_16k
 
 
 FULL_COUNTS: Final = Counts()
@@ -142,6 +192,8 @@ class BenchOptions:
         quick: the run uses reduced counts (recorded in the output).
         buses: the bus rows to run, from :data:`BUSES`; ``None``: every available
             one, unless ``transports`` is given (then none).
+        loop: the event loop every child process runs on: ``"asyncio"`` or
+            ``"uvloop"`` (:data:`proxy_core.loops.LOOPS`).
     """
 
     transports: list[str] | None = None
@@ -155,6 +207,7 @@ class BenchOptions:
     profile_dir: str | None = None
     quick: bool = False
     buses: list[str] | None = None
+    loop: str = "asyncio"
 
     def selected_buses(self) -> list[str]:
         """Return the bus rows this run asks for (before checking what is installed)."""

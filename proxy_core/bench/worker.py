@@ -2,9 +2,11 @@
 
 Roles: ``server`` (serves sinks for one implementation), ``client`` (opens
 links and runs the timed scenarios on command) and ``codec`` (the codec
-micro-benchmark). The parent talks to a child in JSON lines: commands on
-the child's stdin, one reply per command on its stdout (kept apart from
-anything a library prints, which goes to stderr). A child pins itself to
+micro-benchmark). A child runs on the event loop its spec names (``"loop"``:
+``asyncio``, the default, or ``uvloop``) and says which in its ready event.
+The parent talks to a child in JSON lines: commands on the child's stdin,
+one reply per command on its stdout (kept apart from anything a library
+prints, which goes to stderr). A child pins itself to
 the core named in its spec where the OS allows, runs every command under a
 deadline, and exits when told to stop or when its stdin closes.
 """
@@ -25,6 +27,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import IO, Any
 
+from ..loops import loop_name
+from ..loops import run as run_on
 from .links import Link, close_all
 from .stats import percentile
 
@@ -129,7 +133,7 @@ async def _server_role(spec: dict[str, Any]) -> int:
     channel = await _Channel.open()
     profiler = _Profiler()
     async with _server(spec) as url:
-        channel.send({"event": "ready", "url": url, "pid": os.getpid()})
+        channel.send({"event": "ready", "url": url, "pid": os.getpid(), "loop": loop_name()})
         while (command := await channel.receive()) is not None:
             name = command.get("cmd")
             if name == "stop":
@@ -205,13 +209,14 @@ class _Client:
     async def stream(self, size: int, count: int, command: dict[str, Any]) -> dict[str, Any]:
         link = self._main_link()
         warmup = int(command.get("warmup", 0))
+        back_to_back = bool(command.get("back_to_back", False))
         if warmup:
             await link.control("stream")
-            await link.stream(size, warmup)
+            await link.stream(size, warmup, back_to_back=back_to_back)
             await link.control("end")
         await link.control("stream")
         start, cpu = time.perf_counter(), time.process_time()
-        await link.stream(size, count)
+        await link.stream(size, count, back_to_back=back_to_back)
         reply = await link.control("end")
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         if reply.get("count") != count:
@@ -257,7 +262,7 @@ class _Client:
 async def _client_role(spec: dict[str, Any]) -> int:
     channel = await _Channel.open()
     client = _Client(spec)
-    channel.send({"event": "ready", "pid": os.getpid()})
+    channel.send({"event": "ready", "pid": os.getpid(), "loop": loop_name()})
     try:
         while (command := await channel.receive()) is not None:
             if command.get("cmd") == "stop":
@@ -293,7 +298,10 @@ def run_role(
     roles: Mapping[str, Callable[[dict[str, Any]], Coroutine[Any, Any, int]]],
     argv: list[str] | None,
 ) -> int:
-    """Run the child role named in ``argv`` (``ROLE SPEC_JSON``) of ``module``; return its code."""
+    """Run the child role named in ``argv`` (``ROLE SPEC_JSON``) of ``module``; return its code.
+
+    The role runs on the event loop named by the spec's ``"loop"`` (default ``asyncio``).
+    """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] not in roles:
         print(f"usage: python -m {module} {{{','.join(roles)}}} SPEC_JSON")
@@ -301,7 +309,7 @@ def run_role(
     spec: dict[str, Any] = json.loads(args[1])
     pin_to(spec.get("core"))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return asyncio.run(roles[args[0]](spec))
+    return run_on(roles[args[0]](spec), loop=str(spec.get("loop", "asyncio")))
 
 
 def main(argv: list[str] | None = None) -> int:
