@@ -50,6 +50,7 @@ SNIPPETS = {
     "redis": "RedisBus(",
     "client": "WebSocketProxyClient(",
     "server": "serve_proxy(",
+    "uvloop": "uvloop.run(",
 }
 
 
@@ -107,6 +108,18 @@ def test_client_snippet_talks_to_server_snippet(tmp_path: Path) -> None:
     assert code == 0, out + err
     assert out == "assistant: you said 'hello'\n"
     assert "Traceback" not in err
+
+
+def test_client_snippet_on_uvloop_talks_to_server_snippet(tmp_path: Path) -> None:
+    """The README's "Running on uvloop": the client snippet, its last line replaced so."""
+    uvloop = snippet("uvloop")
+    code = replaced(snippet("client"), "\nasyncio.run(main())\n", "\n" + uvloop)
+    code = replaced(code, SERVER_URL, "{url}")
+    with readme_server(tmp_path) as (_, url):
+        result = run(sys.executable, write(tmp_path, "client.py", code.replace("{url}", url)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "assistant: you said 'hello'\n"
+    assert "Traceback" not in result.stderr
 
 
 def test_client_snippet_with_a_wrong_token_ends_with_the_error(tmp_path: Path) -> None:
@@ -220,7 +233,11 @@ def test_the_extras_the_readme_names_exist_and_are_installed() -> None:
     for group in re.findall(r"(?:proxy-core|\.)\[([a-z,]+)\]", README):
         named.update(group.split(","))
     assert {"fastapi", "prometheus", "protobuf"} <= named
-    modules = {"fastapi": ["fastapi", "uvicorn"], "prometheus": ["prometheus_client"]}
+    modules = {
+        "fastapi": ["fastapi", "uvicorn"],
+        "prometheus": ["prometheus_client"],
+        "uvloop": ["uvloop"],
+    }
     for name in sorted(named):
         assert name in extras, f"the README names the extra {name!r}; pyproject.toml has not"
         for module in modules.get(name, []):
