@@ -173,6 +173,5 @@ def test_demo_loop_goes_with_the_local_bus(capsys: pytest.CaptureFixture[str]) -
         main(["demo", "--bus", "redis", "--loop", "uvloop"])
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "proxy-core: error: --loop goes with --bus local (the Redis demo runs its own "
-        "processes)"
+        "proxy-core: error: --loop goes with --bus local (the Redis demo runs its own processes)"
     ]
