@@ -205,7 +205,12 @@ def test_a_step_past_its_deadline_fails_instead_of_hanging() -> None:
 
 
 def test_a_back_to_back_producer_past_its_deadline_fails_instead_of_hanging() -> None:
-    """It yields only when a send blocks: the deadlines still end it, in the child or the parent."""
+    """It yields only when a send blocks: the deadlines still end it, in the child or the parent.
+
+    A send that never has to wait (the bare library's, while the socket keeps
+    up) gives the child's deadline no point to cancel at, so the parent kills
+    the child past the deadline plus its grace; either way the step fails.
+    """
     counts = Counts(stream_200b=1_000_000, stream_16k=10, rtt=10, idle_sessions=2, deadline=0.05)
     options = BenchOptions(
         transports=["websockets"],
@@ -221,7 +226,8 @@ def test_a_back_to_back_producer_past_its_deadline_fails_instead_of_hanging() ->
     assert time.monotonic() - start < 60
     assert [(r.scenario, r.metric) for r in result.records] == [("stream_200b_b2b", "rate")]
     assert result.records[0].status == "failed"
-    assert "TimeoutError" in (result.records[0].error or "")
+    error = result.records[0].error or ""
+    assert "TimeoutError" in error or "no answer within" in error, error
 
 
 def test_which_timed_runs_a_row_makes() -> None:
