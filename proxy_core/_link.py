@@ -176,7 +176,11 @@ class _ProxyWorker(BaseWorker):
         "_remote_ready_warned",
         "_session",
         "_session_task",
+        "_stall_mark",
+        "_stall_since",
+        "_write_pending",
         "_writer_task",
+        "_writes_done",
         "_writing",
         "close_timeout",
         "codecs",
@@ -253,6 +257,13 @@ class _ProxyWorker(BaseWorker):
         self._out: deque[bytes] = deque()
         self._out_drained = Flag()
         self._writing = False  # a frame is being written (by the writer or inline)
+        # A write stuck on a peer that stopped reading is found by the heartbeat
+        # (_write_stalled), not by a timer armed around every write: a write in
+        # progress, the writes finished so far, and since when none has.
+        self._write_pending = False
+        self._writes_done = 0
+        self._stall_mark = -1
+        self._stall_since: float | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._outbox_space = Flag()
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -455,21 +466,12 @@ class _ProxyWorker(BaseWorker):
         """Send one transport message; ``False`` when the connection is done for.
 
         A write that makes no progress for ``heartbeat_timeout`` (a peer that
-        stopped reading) closes the link with 4008, like a silent peer.
+        stopped reading) is found by the heartbeat, which closes the link with
+        4008, like a silent peer; the write then fails here.
         """
+        self._write_pending = True
         try:
-            async with asyncio.timeout(self.heartbeat_timeout):
-                await conn.send(data)
-        except TimeoutError:
-            logger.warning(
-                "proxy %r: a write made no progress for %.1fs; closing the link",
-                self.name,
-                self.heartbeat_timeout,
-            )
-            self._out.clear()
-            self._out_drained.set()
-            await conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "write stalled")
-            return False
+            await conn.send(data)
         except MessageTooLarge as exc:  # refused locally; the connection is fine
             logger.warning("proxy %r: frame not sent: %s", self.name, exc)
             return True
@@ -484,6 +486,9 @@ class _ProxyWorker(BaseWorker):
             self._out_drained.set()
             await conn.aclose(CloseCode.INTERNAL_ERROR, "write failed")
             return False
+        finally:
+            self._write_pending = False
+            self._writes_done += 1
         self.stats.bytes_out += len(data)
         return True
 
@@ -528,6 +533,7 @@ class _ProxyWorker(BaseWorker):
         self._conn, self._session = conn, session
         self._closing = self._link_lost = self._peer_bye = False
         self._bye_sent = self._close_with = None
+        self._stall_mark, self._stall_since = -1, None
         self._link_closed = Flag()
         self._outbox_space.set()
         self._out.clear()
@@ -855,8 +861,37 @@ class _ProxyWorker(BaseWorker):
             self._ready_sent = True
             self._enqueue(session.ready_frame(data.name))
 
+    def _write_stalled(self, now: float) -> bool:
+        """Whether a write has been in progress, with none finishing, for ``heartbeat_timeout``.
+
+        Checked at each heartbeat, so a stall is found between
+        ``heartbeat_timeout`` and ``heartbeat_timeout + 2 * heartbeat_interval``
+        after it began.
+        """
+        if not self._write_pending:
+            self._stall_mark, self._stall_since = -1, None
+            return False
+        if self._writes_done != self._stall_mark:  # progress since the last look
+            self._stall_mark, self._stall_since = self._writes_done, now
+            return False
+        return self._stall_since is not None and now - self._stall_since > self.heartbeat_timeout
+
     def _beat(self, conn: Connection, session: Session, now: float) -> bool:
-        """One heartbeat: PING, or close a link that has been silent; ``False`` when closing."""
+        """One heartbeat: PING, or close a link that has been silent or stopped reading;
+        ``False`` when closing."""
+        if self._write_stalled(now):
+            logger.warning(
+                "proxy %r: a write made no progress for %.1fs; closing the link",
+                self.name,
+                self.heartbeat_timeout,
+            )
+            self._out.clear()
+            self._out_drained.set()
+            self.create_task(
+                conn.aclose(CloseCode.HEARTBEAT_TIMEOUT, "write stalled"),
+                name=f"{self.name}-stall-close",
+            )
+            return False
         if session.is_dead(now, self.heartbeat_timeout):
             logger.warning(
                 "proxy %r: nothing heard for %.1fs; closing the link",
