@@ -34,7 +34,9 @@ class Endpoint(Protocol):
 
     ``offer`` queues a message if that needs no wait and returns whether it
     did; if not, the bus awaits ``put``, which waits for room. ``deliver``
-    never waits.
+    never waits. An endpoint whose class sets ``inline_put = True`` (optional;
+    a proxy does) is sent to by awaiting ``put`` at once, which may handle the
+    message in the sender's task.
     """
 
     @property
@@ -219,7 +221,7 @@ class BaseBus:
         if endpoint is None:
             self.undeliverable += 1
             return
-        if not endpoint.offer(message):
+        if getattr(endpoint, "inline_put", False) or not endpoint.offer(message):
             await endpoint.put(message)
 
     async def send(self, message: BusMessage) -> None:
@@ -240,7 +242,8 @@ class BaseBus:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("no worker named %r on this bus; dropped %r", target, message)
                 return
-            if not endpoint.offer(message):  # the hot path queues without a wait
+            # The hot path queues without a wait (or, for a proxy, writes in this task).
+            if getattr(endpoint, "inline_put", False) or not endpoint.offer(message):
                 await endpoint.put(message)
             return
         await self.broadcast_local(message)

@@ -75,6 +75,16 @@ class Connection(ABC):
     (the connection stays usable).
     """
 
+    #: Whether :meth:`send` hands its frame to the library's buffer before it
+    #: first waits (for that buffer to drain), so that a send cancelled while
+    #: it waits has still sent the frame, whole, and the connection stays
+    #: usable. When ``True``, a proxy writes a message in the task of the
+    #: worker that sent it, sparing a task switch per message; when ``False``
+    #: (the safe default), only the proxy's own tasks write. A library that
+    #: cancels more than the write (grpc.aio cancels the whole call) or may
+    #: wait before writing leaves it ``False``.
+    cancel_safe_send: bool = False
+
     @abstractmethod
     async def send(self, data: bytes) -> None:
         """Send one binary frame.

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .bus import BaseBus
 from .errors import ConfigurationError
@@ -64,6 +64,12 @@ class BaseWorker:
 
     #: The events a subclass offers to ``event_handler``; extended by subclasses.
     EVENTS: tuple[str, ...] = ("on_activated", "on_deactivated")
+
+    #: Whether the bus hands a sender's message straight to :meth:`put`,
+    #: skipping :meth:`offer`: for an endpoint that may handle a message in the
+    #: sender's task (a proxy writing to its connection). ``False`` for workers:
+    #: their messages are queued and handled by their own task.
+    inline_put: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -283,6 +283,7 @@ class _CountingConnection(Connection):
     def __init__(self, inner: Connection, log: FrameLog) -> None:
         self._inner = inner
         self._log = log
+        self.cancel_safe_send = inner.cancel_safe_send  # as the backend's: a proxy may write inline
 
     async def send(self, data: bytes) -> None:
         self._log.sent(data)

@@ -65,17 +65,51 @@ class Sink(BaseWorker):
             await self.send_bus_message(BusDataMessage(self.name, message.source, reply))
 
 
+class _RoundTrips:
+    """A run of round trips driven from the :class:`Source`'s own message handler."""
+
+    __slots__ = ("done", "left", "message", "samples", "start")
+
+    def __init__(self, message: BusMessage, count: int, done: asyncio.Future[None]) -> None:
+        self.message = message
+        self.left = count
+        self.samples: list[float] = []
+        self.start = 0.0
+        self.done = done
+
+
 class Source(BaseWorker):
-    """The sending worker: hands what the sink ``peer`` sends to whoever waits for it."""
+    """The sending worker: hands what the sink ``peer`` sends to whoever waits for it.
+
+    During :meth:`SourceLink.round_trips` it sends each next message from its
+    own handler, as a worker that answers a reply does: a round trip is timed
+    from its send to its handler running with the echo, with no other task in
+    between (the bare client's ``recv`` returns in the task that sent, too).
+    """
 
     def __init__(self, name: str = CLIENT, peer: str = SERVER) -> None:
         super().__init__(name)
         self.peer = peer
         self.waiter: asyncio.Future[BusMessage] | None = None
+        self.trips: _RoundTrips | None = None
 
     async def on_bus_message(self, message: BusMessage) -> None:
+        if message.source != self.peer:
+            return
+        trips = self.trips
+        if trips is not None and type(message) is BusFrameMessage:
+            trips.samples.append(time.perf_counter() - trips.start)
+            trips.left -= 1
+            if trips.left > 0:
+                trips.start = time.perf_counter()
+                await self.send_bus_message(trips.message)
+            else:
+                self.trips = None
+                if not trips.done.done():
+                    trips.done.set_result(None)
+            return
         waiter = self.waiter
-        if message.source == self.peer and waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done():
             self.waiter = None
             waiter.set_result(message)
 
@@ -104,19 +138,19 @@ class SourceLink(Link):
         await produce(self.source.send_bus_message, message, count, back_to_back=back_to_back)
 
     async def round_trips(self, size: int, count: int) -> list[float]:
+        if count <= 0:
+            return []
         message = payload_message(size, self.source.name, self.source.peer)
         source = self.source
-        loop = asyncio.get_running_loop()
-        clock = time.perf_counter
-        samples: list[float] = []
-        for _ in range(count):
-            waiter: asyncio.Future[BusMessage] = loop.create_future()
-            source.waiter = waiter
-            start = clock()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        trips = source.trips = _RoundTrips(message, count, done)
+        try:
+            trips.start = time.perf_counter()
             await source.send_bus_message(message)
-            await waiter
-            samples.append(clock() - start)
-        return samples
+            await done
+        finally:
+            source.trips = None
+        return trips.samples
 
 
 @asynccontextmanager

@@ -491,7 +491,7 @@ class RedisBus(BaseBus):
         """
         endpoint = self._direct(name, message)
         if endpoint is not None:
-            if not endpoint.offer(message):
+            if getattr(endpoint, "inline_put", False) or not endpoint.offer(message):
                 await endpoint.put(message)
             return
         if isinstance(message, BusLocalMessage) or not self._started:

@@ -68,6 +68,10 @@ class AiohttpConnection(Connection):
         "_ws",
     )
 
+    #: websockets and aiohttp (uncompressed) write a frame to the transport
+    #: before they wait for it to drain: a proxy may write in a sender's task.
+    cancel_safe_send: bool = True
+
     def __init__(
         self,
         ws: _WebSocket,

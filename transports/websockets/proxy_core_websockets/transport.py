@@ -91,6 +91,10 @@ class WebSocketsConnection(Connection):
 
     __slots__ = ("_limit", "_too_large_reported", "_ws")
 
+    #: websockets and aiohttp (uncompressed) write a frame to the transport
+    #: before they wait for it to drain: a proxy may write in a sender's task.
+    cancel_safe_send: bool = True
+
     def __init__(
         self,
         ws: ClientConnection | ServerConnection,
