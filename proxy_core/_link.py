@@ -156,6 +156,7 @@ class _ProxyWorker(BaseWorker):
     # Slots: a server holds one proxy per session (idle memory).
     __slots__ = (
         "_ack_timer",
+        "_burst",
         "_bye_sent",
         "_close_with",
         "_closer",
@@ -263,6 +264,13 @@ class _ProxyWorker(BaseWorker):
         self._out_drained = Flag()
         self._writing = False  # a frame is being written (by the writer or inline)
         self._inline_busy = False  # a sender's task is handling a message for us (put)
+        # A frame was written at once, and the loop may not have turned since:
+        # what follows is a burst, queued and written together by the writer
+        # (one BATCH) rather than one write each. Cleared where the loop has
+        # surely turned, at no cost of its own: when a frame arrives, when the
+        # writer has emptied the queue, at each heartbeat. A message sent while
+        # it is set only takes the writer's way, never waits longer.
+        self._burst = False
         # A write stuck on a peer that stopped reading is found by the heartbeat
         # (_write_stalled), not by a timer armed around every write: a write in
         # progress, the writes finished so far, and since when none has.
@@ -441,11 +449,15 @@ class _ProxyWorker(BaseWorker):
         conn = self._conn
         if conn is None:
             return  # the link is lost: the frame waits in the outbox for the resume
-        if self._out or self._writing or len(self._inbox):
+        if self._out or self._writing or self._burst or len(self._inbox):
             self._enqueue(data)  # the writer sends it, coalesced with what is queued
             return
-        # A lone message (nothing queued, nothing behind it in our inbox): write
-        # it from this task, sparing a wake-up of the writer's on the latency path.
+        # A lone message (nothing queued, nothing behind it in our inbox, none
+        # written at once since the loop last turned): write it from this task,
+        # sparing a wake-up of the writer's on the latency path. What follows
+        # before the loop turns is a burst: it goes to the writer, which batches
+        # it (see _burst).
+        self._burst = True
         self._writing = True
         try:
             await self._write(conn, data)
@@ -510,6 +522,7 @@ class _ProxyWorker(BaseWorker):
                 self._writer_task = None
             if not out:
                 self._out_drained.set()
+                self._burst = False
 
     async def _write(self, conn: Connection, data: bytes) -> bool:
         """Send one transport message; ``False`` when the connection is done for.
@@ -580,6 +593,7 @@ class _ProxyWorker(BaseWorker):
             is kept, with its outbox, for a resume: only when ``resumable``.
         """
         self._conn, self._session = conn, session
+        self._burst = False
         self._closing = self._link_lost = self._peer_bye = False
         self._bye_sent = self._close_with = None
         self._stall_mark, self._stall_since = -1, None
@@ -676,6 +690,7 @@ class _ProxyWorker(BaseWorker):
             except ProtocolError as exc:
                 self._count_drop(self.stats.dropped_in, DropReason.MALFORMED, exc)
                 continue
+            self._burst = False  # the loop has turned since anything was written
             self.stats.bytes_in += len(data)
             if len(data) > limit:  # backends enforce this too; never decode past the limit
                 logger.warning("proxy %r: peer sent %d bytes > %d", self.name, len(data), limit)
@@ -928,6 +943,7 @@ class _ProxyWorker(BaseWorker):
     def _beat(self, conn: Connection, session: Session, now: float) -> bool:
         """One heartbeat: PING, or close a link that has been silent or stopped reading;
         ``False`` when closing."""
+        self._burst = False
         if self._write_stalled(now):
             logger.warning(
                 "proxy %r: a write made no progress for %.1fs; closing the link",

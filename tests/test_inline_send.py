@@ -47,6 +47,10 @@ async def test_an_idle_proxy_writes_in_the_senders_task() -> None:
             assert proxy.queue_stats.depth == 0
             message = await side.assistant.wait_text(f"hello {n}")
             assert message.source == CLIENT_WORKER
+            # A reply: once a frame has arrived, the next message is not part of
+            # a burst (which would go to the writer, batched).
+            await side.assistant.send_bus_message(frame(SERVER_WORKER, CLIENT_WORKER, f"ok {n}"))
+            await client.acme.wait_text(f"ok {n}")
         # The rules run on this path too: a local message for the remote worker
         # is dropped and counted there and then.
         local = proxy.stats.dropped_out["local"]  # ready broadcasts, so far
@@ -106,3 +110,20 @@ async def test_concurrent_senders_keep_order_and_lose_nothing(max_unacked: int) 
         assert received == {k: list(range(per_task)) for k in range(tasks_n)}
         assert client.proxy.stats.messages_out == total
         assert dict(client.proxy.stats.dropped_out) == dropped
+
+
+async def test_a_burst_after_an_inline_write_is_batched() -> None:
+    """Sent back to back with no yield, the first message goes at once, the rest in BATCHes."""
+    count = 50
+    async with run_server() as server, run_client(server.url) as client:
+        await client.activate()
+        side = await server.sessions.next()
+        proxy = client.proxy
+        batches, out = proxy.stats.batches_out, proxy.stats.messages_out
+        for i in range(count):
+            await client.say(f"b{i}")
+        assert proxy.stats.messages_out == out + count  # all numbered in the senders' task
+        await side.assistant.wait_text(f"b{count - 1}")
+        assert side.assistant.texts()[-count:] == [f"b{i}" for i in range(count)]
+        assert proxy.stats.batches_out > batches
+        assert proxy.stats.batches_out - batches < count - 1
