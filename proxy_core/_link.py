@@ -711,12 +711,12 @@ class _ProxyWorker(BaseWorker):
                     if isinstance(item, ByeReceived):
                         self._on_peer_bye(conn, session, item)
                     else:
-                        await self._on_event(item)
+                        self._on_event(item)
             elif event is not None:
                 if isinstance(event, ByeReceived):
                     self._on_peer_bye(conn, session, event)
                 else:
-                    await self._on_event(event)
+                    self._on_event(event)
             for frame in session.data_to_send():
                 self._enqueue(frame)
             if not session.outbox_full:
@@ -807,7 +807,7 @@ class _ProxyWorker(BaseWorker):
             await worker.wait_idle()
         await self.wait_idle()
 
-    async def _on_event(self, event: FrameEvent) -> None:
+    def _on_event(self, event: FrameEvent) -> None:
         if isinstance(event, MessageReceived):
             message = event.message
             decision = self.rules.inbound(message)
