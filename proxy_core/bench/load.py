@@ -54,6 +54,9 @@ class LoadOptions:
     warmup: int = 2
     rounds: int = 1
     pin: bool = True
+    profile_dir: str | None = None
+    heartbeat_interval: float | None = None
+    gc_freeze: bool = False
 
     def check(self) -> None:
         """Raise ``ValueError`` for an option out of range."""
@@ -64,6 +67,8 @@ class LoadOptions:
             raise ValueError("--size must be at least 8 and --warmup at least 0")
         if self.open_timeout <= 0 or self.deadline <= 0:
             raise ValueError("--open-timeout and --deadline must be positive")
+        if self.heartbeat_interval is not None and self.heartbeat_interval <= 0:
+            raise ValueError("--heartbeat-interval must be positive")
 
 
 @dataclass
@@ -96,6 +101,22 @@ class LoadResult:
     server_bytes_per_session: float | None = None
     server_peak_bytes_per_session: float | None = None
     client_bytes_per_session: float | None = None
+    # CPU seconds of the first round: per session opened, per message echoed
+    # (one round trip: the server reads it and writes it back), and how much of
+    # each the cyclic garbage collector took.
+    server_cpu_per_open: float | None = None
+    client_cpu_per_open: float | None = None
+    server_cpu_per_message: float | None = None
+    client_cpu_per_message: float | None = None
+    server_gc_per_message: float | None = None
+    client_gc_per_message: float | None = None
+    # The event loop's worst lag in the first round, by side and phase (seconds);
+    # links lost and opened again (the session resumed), by side, over all rounds.
+    lag: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The cores' worth of CPU that other processes on the machine used, by phase
+    # (first round): they competed with the run, so its times are indicative.
+    others: dict[str, float | None] = field(default_factory=dict)
+    reconnects: dict[str, int] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     nofile: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -121,6 +142,8 @@ class _Run:
         self.server: Child | None = None
         self.client: Child | None = None
         self.url = ""
+        self.server_cpu_mark = 0.0  # the server's CPU seconds when its last phase ended
+        self.server_gc_mark: dict[str, list[float]] = {}  # and its collector's readings
 
     def left(self) -> float:
         """The seconds left before the global deadline."""
@@ -175,72 +198,179 @@ class _Run:
         base = await self.ask(self.server, "mem")
         client_base = await self.ask(self.client, "mem")
         r.server["baseline"], r.client["baseline"] = _mem(base), _mem(client_base)
+        self.server_cpu_mark = float(base["cpu_after"])
+        self.server_gc_mark = base["gc_after"]
         for number in range(self.options.rounds):
             await self.round(number, base, client_base)
 
     async def round(self, number: int, base: dict[str, Any], client_base: dict[str, Any]) -> None:
-        """Open every session, run the traffic, close them; fold the figures into the result."""
+        """Open every session, run the traffic, close them; fold the figures into the result.
+
+        Each phase's figures are folded in as soon as it ends, so that a run
+        cut short (past its deadline) still reports how far it got.
+        """
         r, first = self.result, number == 0
-        opened = await self.ask(self.client, "open", url=self.url, count=self.options.sessions)
-        held = await self.ask(self.server, "mem")
-        traffic = await self.ask(self.client, "traffic")
-        after = await self.ask(self.server, "mem")
-        closed, gone = await self.close()
-        final = closed["final"]
-        live = held["live"]
-        summary = {
-            "round": number + 1,
-            "opened": opened["opened"],
-            "held": live,
-            "connected_after_traffic": traffic["connected"],
-            "sent": traffic["sent"],
-            "received": traffic["received"],
-            "lost": traffic["lost"],
-            "duplicated": final["duplicated"],
-            "out_of_order": final["out_of_order"],
-            "incomplete": traffic["incomplete"],
-            "open_seconds": opened["seconds"],
-            "traffic_seconds": traffic["seconds"],
-            "close_seconds": closed["seconds"],
-            "server_rss_open": held["rss"],
-            "server_rss_after_traffic": after["rss"],
-            "server_rss_closed": gone["rss"],
-            "server_tasks_closed": gone["tasks"],
-            "server_fds_closed": gone["fds"],
-            "server_left_after_close": gone["live"],
-        }
+        profile = first and self.options.profile_dir is not None
+        summary: dict[str, Any] = {"round": number + 1}
         r.rounds.append(summary)
+        await self.profile("open", "start", profile)
+        machine = machine_seconds()
+        opened = await self.ask(self.client, "open", url=self.url, count=self.options.sessions)
+        busy = _busy(machine)
+        await self.profile("open", "stop", profile)
+        held = await self.ask(self.server, "mem", freeze=self.options.gc_freeze)
+        self._fold_open(summary, first, opened, held, base, client_base)
+        summary["machine_cpu_open"] = busy
+        await self.profile("traffic", "start", profile)
+        machine = machine_seconds()
+        traffic = await self.ask(self.client, "traffic")
+        busy = _busy(machine)
+        await self.profile("traffic", "stop", profile)
+        after = await self.ask(self.server, "mem")
+        self._fold_traffic(summary, first, traffic, held, after, base)
+        summary["machine_cpu_traffic"] = busy
+        if first:
+            r.others = {phase: _others(summary, phase) for phase in ("open", "traffic")}
+        await self.profile("close", "start", profile)
+        closed, gone = await self.close()
+        await self.profile("close", "stop", profile)
+        self._fold_close(summary, first, closed, gone)
+
+    def _fold_open(
+        self,
+        summary: dict[str, Any],
+        first: bool,
+        opened: dict[str, Any],
+        held: dict[str, Any],
+        base: dict[str, Any],
+        client_base: dict[str, Any],
+    ) -> None:
+        r, live = self.result, held["live"]
+        summary.update(
+            opened=opened["opened"],
+            held=live,
+            open_seconds=opened["seconds"],
+            server_rss_open=held["rss"],
+            # CPU seconds per phase: the server's from its readings between the
+            # phases (each taken before its own gc.collect), the client's its own;
+            # and the cyclic collector's share: seconds and collections by generation.
+            server_cpu_open=held["cpu"] - self.server_cpu_mark,
+            client_cpu_open=opened["cpu_used"],
+            server_gc_open=_gc_between(self.server_gc_mark, held["gc"]),
+            client_gc_open=opened["gc_used"],
+            server_lag_open=held["lag_max"],
+            client_lag_open=opened["lag_max"],
+        )
         r.sessions_opened = opened["opened"] if first else min(r.sessions_opened, opened["opened"])
+        r.sessions_held_peak = max(r.sessions_held_peak, live)
         r.sessions_failed += opened["failed"]
         for error, count in opened["errors"].items():
             r.open_errors[error] = r.open_errors.get(error, 0) + count
-        r.sessions_held_peak = after["peak_live"]
-        r.sessions_closed += closed["closed"]
-        r.sessions_left_after_close = gone["live"]
+        if not first:
+            return
+        r.open_seconds = opened["seconds"]
+        r.server["open"], r.client["open"] = _mem(held), _mem(opened)
+        r.lag = {"server": {"open": held["lag_max"]}, "client": {"open": opened["lag_max"]}}
+        if live:
+            r.server_bytes_per_session = (held["rss"] - base["rss"]) / live
+            r.client_bytes_per_session = (opened["rss"] - client_base["rss"]) / live
+        if opened["opened"]:
+            r.server_cpu_per_open = summary["server_cpu_open"] / opened["opened"]
+            r.client_cpu_per_open = summary["client_cpu_open"] / opened["opened"]
+
+    def _fold_traffic(
+        self,
+        summary: dict[str, Any],
+        first: bool,
+        traffic: dict[str, Any],
+        held: dict[str, Any],
+        after: dict[str, Any],
+        base: dict[str, Any],
+    ) -> None:
+        r, number = self.result, summary["round"]
+        summary.update(
+            connected_after_traffic=traffic["connected"],
+            sent=traffic["sent"],
+            received=traffic["received"],
+            lost=traffic["lost"],
+            incomplete=traffic["incomplete"],
+            traffic_seconds=traffic["seconds"],
+            server_rss_after_traffic=after["rss"],
+            server_cpu_traffic=after["cpu"] - held["cpu_after"],
+            client_cpu_traffic=traffic["cpu_used"],
+            server_gc_traffic=_gc_between(held["gc_after"], after["gc"]),
+            client_gc_traffic=traffic["gc_used"],
+            server_lag_traffic=after["lag_max"],
+            client_lag_traffic=traffic["lag_max"],
+            client_reconnects=traffic["reconnects"],
+            client_resumes=traffic["resumes"],
+        )
+        r.sessions_held_peak = max(r.sessions_held_peak, after["peak_live"])
         r.messages_sent += traffic["sent"]
         r.messages_received += traffic["received"]
         r.messages_lost += traffic["lost"]
-        r.messages_duplicated += final["duplicated"]
-        r.messages_out_of_order += final["out_of_order"]
         r.server_received = after["received"] - base["received"]
         r.server_echoed = after["echoed"] - base["echoed"]
         r.drops = {"client": traffic["drops"], "server": after["drops"]}
+        r.reconnects = {
+            "client": r.reconnects.get("client", 0) + traffic["reconnects"],
+            "server": r.reconnects.get("server", 0) + after["reconnects"],
+        }
         if traffic["incomplete"]:
             r.failures.append(
-                f"round {number + 1}: {traffic['incomplete']} sessions did not get all "
+                f"round {number}: {traffic['incomplete']} sessions did not get all "
                 "their echoes in time"
             )
         if not first:
             return
         r.sessions_connected_after_traffic = traffic["connected"]
-        r.open_seconds, r.traffic_seconds = opened["seconds"], traffic["seconds"]
-        r.close_seconds = closed["seconds"]
-        r.server.update(open=_mem(held), traffic=_mem(after), closed=_mem(gone))
-        r.client.update(open=_mem(opened), traffic=_mem(traffic), closed=_mem(closed))
-        if live:
-            r.server_bytes_per_session = (held["rss"] - base["rss"]) / live
-            r.server_peak_bytes_per_session = (after["hwm"] - base["rss"]) / live
-            r.client_bytes_per_session = (opened["rss"] - client_base["rss"]) / live
+        r.traffic_seconds = traffic["seconds"]
+        r.server["traffic"], r.client["traffic"] = _mem(after), _mem(traffic)
+        r.lag["server"]["traffic"] = after["lag_max"]
+        r.lag["client"]["traffic"] = traffic["lag_max"]
+        if summary["held"]:
+            r.server_peak_bytes_per_session = (after["hwm"] - base["rss"]) / summary["held"]
+        if traffic["received"]:
+            echoed = traffic["received"]
+            r.server_cpu_per_message = summary["server_cpu_traffic"] / echoed
+            r.client_cpu_per_message = summary["client_cpu_traffic"] / echoed
+            r.server_gc_per_message = sum(summary["server_gc_traffic"]["gc_seconds"]) / echoed
+            r.client_gc_per_message = sum(summary["client_gc_traffic"]["gc_seconds"]) / echoed
+
+    def _fold_close(
+        self, summary: dict[str, Any], first: bool, closed: dict[str, Any], gone: dict[str, Any]
+    ) -> None:
+        r, final = self.result, closed["final"]
+        summary.update(
+            duplicated=final["duplicated"],
+            out_of_order=final["out_of_order"],
+            close_seconds=closed["seconds"],
+            server_rss_closed=gone["rss"],
+            server_tasks_closed=gone["tasks"],
+            server_fds_closed=gone["fds"],
+            server_left_after_close=gone["live"],
+        )
+        self.server_gc_mark = gone["gc_after"]
+        self.server_cpu_mark = gone["cpu_after"]
+        r.sessions_closed += closed["closed"]
+        r.sessions_left_after_close = gone["live"]
+        r.messages_duplicated += final["duplicated"]
+        r.messages_out_of_order += final["out_of_order"]
+        if first:
+            r.close_seconds = closed["seconds"]
+            r.server["closed"], r.client["closed"] = _mem(gone), _mem(closed)
+
+    async def profile(self, phase: str, action: str, on: bool) -> None:
+        """Start or stop a cProfile of ``phase`` in both children (if ``on``)."""
+        if not on:
+            return
+        o = self.options
+        for role, child in (("server", self.server), ("client", self.client)):
+            path = _profile_path(o, phase, role)
+            title = f"bench-load {o.transport}/{o.codec}, {o.sessions} sessions, {phase}, {role}"
+            await self.ask(child, "profile", action=action, path=str(path), title=title, top=400)
+            if action == "stop":
+                self.result.notes.append(f"profile written: {path}")
 
     async def close(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Close the client's sessions; wait until the server has none. Return both replies."""
@@ -266,6 +396,43 @@ def _mem(reply: dict[str, Any]) -> dict[str, int]:
     return {k: int(reply[k]) for k in keys if k in reply}
 
 
+def machine_seconds() -> float | None:
+    """Return the CPU seconds all cores have been busy so far (``/proc/stat``), or ``None``."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy(since: float | None) -> float | None:
+    now = machine_seconds()
+    return None if now is None or since is None else now - since
+
+
+def _others(summary: dict[str, Any], phase: str) -> float | None:
+    """The cores' worth of CPU other processes used during ``phase`` (not our two children)."""
+    busy, wall = summary.get(f"machine_cpu_{phase}"), summary.get(f"{phase}_seconds")
+    if busy is None or not wall:
+        return None
+    ours = float(summary.get(f"server_cpu_{phase}", 0.0) + summary.get(f"client_cpu_{phase}", 0.0))
+    return round(max(0.0, float(busy) - ours) / float(wall), 2)
+
+
+def _profile_path(options: LoadOptions, phase: str, role: str) -> Path:
+    """Where the profile of ``phase`` in ``role`` goes (the folder is made)."""
+    out = Path(options.profile_dir or ".")
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"profile-load-{options.transport}-{options.sessions}-{phase}-{role}.txt"
+
+
+def _gc_between(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, Any]:
+    """Return the collector's work between two readings: seconds and collections by generation."""
+    return {k: [a - b for a, b in zip(after[k], before[k], strict=True)] for k in after}
+
+
 def _cores() -> tuple[int, int] | None:
     if not hasattr(os, "sched_getaffinity"):
         return None
@@ -279,7 +446,7 @@ def _judge(result: LoadResult) -> None:
         r.failures.append(f"only {r.sessions_opened} of {opts.sessions} sessions opened")
     if r.sessions_held_peak < opts.sessions:
         r.failures.append(f"the server held at most {r.sessions_held_peak} sessions at once")
-    expected = sum(int(row["opened"]) for row in r.rounds) * opts.messages
+    expected = sum(int(row.get("opened", 0)) for row in r.rounds) * opts.messages
     if r.messages_sent != expected:
         r.failures.append(f"{r.messages_sent} of {expected} messages were sent")
     for what, count in (
@@ -328,8 +495,21 @@ def _kib(value: float | None) -> str:
     return "-" if value is None else f"{value / 1024:.1f} KiB"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.2f} ms"
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e6:.1f} µs"
+
+
 def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
+
+
+def _lag(result: LoadResult, side: str) -> str:
+    lags = result.lag.get(side, {})
+    return " / ".join(_secs(lags.get(phase)) for phase in ("open", "traffic"))
 
 
 def format_table(result: LoadResult) -> str:
@@ -362,6 +542,31 @@ def format_table(result: LoadResult) -> str:
         ("server memory per session (open)", _kib(r.server_bytes_per_session)),
         ("server memory per session (peak)", _kib(r.server_peak_bytes_per_session)),
         ("client memory per session (open)", _kib(r.client_bytes_per_session)),
+        ("server CPU per session opened", _ms(r.server_cpu_per_open)),
+        ("client CPU per session opened", _ms(r.client_cpu_per_open)),
+        (
+            "server CPU per message (of it GC)",
+            f"{_us(r.server_cpu_per_message)} ({_us(r.server_gc_per_message)})",
+        ),
+        (
+            "client CPU per message (of it GC)",
+            f"{_us(r.client_cpu_per_message)} ({_us(r.client_gc_per_message)})",
+        ),
+        (
+            "event loop lag, worst: open / traffic",
+            f"server {_lag(r, 'server')}, client {_lag(r, 'client')}",
+        ),
+        (
+            "other processes' CPU: open / traffic",
+            " / ".join(
+                "-" if r.others.get(p) is None else f"{r.others[p]:.2f} cores"
+                for p in ("open", "traffic")
+            ),
+        ),
+        (
+            "links re-opened (client / server)",
+            f"{r.reconnects.get('client', '-')} / {r.reconnects.get('server', '-')}",
+        ),
         ("elapsed", _secs(r.elapsed)),
     ]
     for side, drops in r.drops.items():
@@ -374,9 +579,10 @@ def format_table(result: LoadResult) -> str:
             rows.append(
                 (
                     f"round {row['round']}",
-                    f"opened {row['opened']}, lost {row['lost']}, server RSS open "
-                    f"{_mib(row['server_rss_open'])}, after close {_mib(row['server_rss_closed'])}"
-                    f" ({row['server_tasks_closed']} tasks, {row['server_fds_closed']} fds)",
+                    f"opened {row.get('opened', '-')}, lost {row.get('lost', '-')}, server RSS "
+                    f"open {_mib(row.get('server_rss_open'))}, after close "
+                    f"{_mib(row.get('server_rss_closed'))} ({row.get('server_tasks_closed', '-')} "
+                    f"tasks, {row.get('server_fds_closed', '-')} fds)",
                 )
             )
     for error, count in r.open_errors.items():
@@ -397,9 +603,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sessions",
         type=int,
-        default=d.sessions,
+        nargs="+",
+        default=[d.sessions],
         metavar="N",
-        help=f"concurrent sessions to open (default {d.sessions})",
+        help=f"concurrent sessions to open (default {d.sessions}); several counts sweep them, "
+        "one run each, and show the cost per session and per message as they grow",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="sweep 100, 300, 1000, 3000 and 10000 sessions (as --sessions 100 300 ...)",
     )
     parser.add_argument(
         "--messages",
@@ -410,10 +623,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--transport",
-        default=d.transport,
+        nargs="+",
+        default=[d.transport],
         metavar="NAME",
         choices=transports,
-        help=f"transport, one of the installed {', '.join(transports)} (default %(default)s)",
+        help=f"transport, one of the installed {', '.join(transports)} (default {d.transport}); "
+        "a sweep takes several",
     )
     parser.add_argument(
         "--codec",
@@ -446,9 +661,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deadline",
         type=float,
-        default=d.deadline,
+        default=None,
         metavar="S",
-        help=f"seconds allowed for the whole run (default {d.deadline:g})",
+        help=f"seconds allowed for the whole run (default {d.deadline:g}; in a sweep, per run: "
+        "300, more for large counts)",
     )
     parser.add_argument(
         "--warmup",
@@ -470,33 +686,109 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not pin the server and the client to separate cores",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="write a cProfile (CPU time) of each child during the first round's open and "
+        "traffic phases to DIR",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="both proxies' heartbeat interval (timeout 3x it); default the library's (10 s)",
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() in both children once the sessions are open: the cyclic garbage "
+        "collector no longer walks the objects of the open sessions",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="K",
+        help="in a sweep, runs per session count (the medians are shown; default 1)",
+    )
+    parser.add_argument(
+        "--chart", metavar="PATH", help="in a sweep, draw the figures against the count (PNG)"
+    )
+    parser.add_argument(
+        "--markdown", metavar="PATH", help="in a sweep, write the table as Markdown"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON")
 
 
-def run_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
-    """Run ``bench-load`` from parsed arguments; return 0 if the run passed, 1 if not."""
-    options = LoadOptions(
-        transport=args.transport,
+def _options(args: argparse.Namespace) -> LoadOptions:
+    d = LoadOptions()
+    return LoadOptions(
+        transport=args.transport[0],
         codec=args.codec,
-        sessions=args.sessions,
+        sessions=args.sessions[0],
         messages=args.messages,
         size=args.size,
         concurrency=args.concurrency,
         open_timeout=args.open_timeout,
-        deadline=args.deadline,
+        deadline=args.deadline if args.deadline is not None else d.deadline,
         warmup=args.warmup,
         rounds=args.rounds,
         pin=not args.no_pin,
+        profile_dir=args.profile,
+        heartbeat_interval=args.heartbeat_interval,
+        gc_freeze=args.gc_freeze,
     )
+
+
+def run_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Run ``bench-load`` from parsed arguments: 0 if the run passed, 1 if not, 2 on misuse."""
+    options = _options(args)
+    shown = " ".join(["proxy-core bench-load", *(argv if argv is not None else sys.argv[1:])])
     try:
         options.check()
+        if min(args.sessions) < 1 or args.repeat < 1:
+            raise ValueError("--sessions and --repeat must be at least 1")
     except ValueError as exc:
         print(f"proxy-core bench-load: error: {exc}", file=sys.stderr)
         return 2
+    if args.sweep or len(args.sessions) > 1 or len(args.transport) > 1 or args.repeat > 1:
+        return _run_scale(args, options, shown)
     result = asyncio.run(run_load(options))
-    shown = list(argv if argv is not None else sys.argv[1:])
-    result.command = " ".join(["proxy-core bench-load", *shown])
+    result.command = shown
     print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if result.status == "ok" else 1
+
+
+def _run_scale(args: argparse.Namespace, options: LoadOptions, shown: str) -> int:
+    from . import load_scale
+
+    counts = list(load_scale.DEFAULT_COUNTS) if args.sweep else list(args.sessions)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = asyncio.run(
+        load_scale.run_scale(
+            options,
+            counts=counts,
+            transports=list(dict.fromkeys(args.transport)),
+            repeat=args.repeat,
+            deadline=args.deadline,
+            progress=progress,
+        )
+    )
+    result.command = shown
+    if args.chart:
+        why = load_scale.write_scale_chart(result, args.chart)
+        result.notes.append(why or f"chart written: {args.chart}")
+    if args.markdown:
+        Path(args.markdown).write_text(load_scale.scale_markdown(result))
+        result.notes.append(f"table written: {args.markdown}")
+    print(load_scale.format_scale(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         print(f"wrote {args.json}")

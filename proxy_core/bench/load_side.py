@@ -34,9 +34,9 @@ from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ..service import ProxyService, serve_proxy
 from ..worker import BaseWorker
-from .worker import _Channel, run_role
+from .worker import _Channel, _Profiler, run_role
 
-__all__ = ["Collector", "Echo", "main", "memory", "raise_fd_limit"]
+__all__ = ["Collector", "Echo", "cpu_seconds", "main", "memory", "raise_fd_limit"]
 
 CLIENT, SERVER = "acme", "assistant"
 FORWARD = (BusFrameMessage,)
@@ -81,9 +81,122 @@ def _open_fds() -> int:
         return -1
 
 
-def _snapshot() -> dict[str, Any]:
+def cpu_seconds() -> float:
+    """Return the CPU time this process has used so far (user + system), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class GcClock:
+    """Counts the cyclic garbage collector's collections and the CPU time they take, by generation.
+
+    Installed once per child (``gc.callbacks``); the readings of a phase are
+    the difference between two :meth:`reading` calls.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self.collected = [0, 0, 0]
+        self._started = 0.0
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+            return
+        generation = info["generation"]
+        self.seconds[generation] += time.process_time() - self._started
+        self.collections[generation] += 1
+        self.collected[generation] += info["collected"]
+
+    def reading(self) -> dict[str, Any]:
+        """Return the totals so far, by generation: seconds, collections, objects freed."""
+        return {
+            "gc_seconds": list(self.seconds),
+            "gc_collections": list(self.collections),
+            "gc_collected": list(self.collected),
+        }
+
+    def since(self, before: dict[str, Any]) -> dict[str, Any]:
+        """Return what was collected since the reading ``before``."""
+        now = self.reading()
+        return {k: [a - b for a, b in zip(now[k], before[k], strict=True)] for k in now}
+
+
+GC_CLOCK = GcClock()
+
+
+class LagProbe:
+    """How late a timer armed every ``period`` seconds fires: the event loop's lag.
+
+    A loop that runs every ready callback of thousands of sessions before it
+    looks at its timers again is late by that long; so are the proxies'
+    heartbeats. :meth:`take` returns the largest lag since the last call.
+    """
+
+    def __init__(self, period: float = 0.25) -> None:
+        self.period = period
+        self.worst = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._arm()
+
+    def _arm(self) -> None:
+        assert self._loop is not None
+        self._due = self._loop.time() + self.period
+        self._loop.call_at(self._due, self._fire)
+
+    def _fire(self) -> None:
+        assert self._loop is not None
+        self.worst = max(self.worst, self._loop.time() - self._due)
+        self._arm()
+
+    def take(self) -> float:
+        """Return the largest lag seen since the last call, in seconds, and start again."""
+        worst, self.worst = self.worst, 0.0
+        return worst
+
+
+LAG = LagProbe()
+
+
+def _snapshot(freeze: bool = False) -> dict[str, Any]:
+    """Collect, then read memory, CPU, the collector's counts, open files and tasks.
+
+    With ``freeze``, move every object alive after the collection to the
+    collector's permanent generation (``gc.freeze()``): later collections no
+    longer walk them.
+    """
+    # CPU time before and after the collection below, which is not the run's work.
+    cpu = cpu_seconds()
+    collector = GC_CLOCK.reading()
     gc.collect()
-    return {**memory(), "fds": _open_fds(), "tasks": len(asyncio.all_tasks())}
+    if freeze:
+        gc.freeze()
+    after = GC_CLOCK.reading()
+    return {
+        **memory(),
+        "cpu": cpu,
+        "cpu_after": cpu_seconds(),
+        "gc": collector,
+        "gc_after": after,
+        "lag_max": LAG.take(),
+        "fds": _open_fds(),
+        "tasks": len(asyncio.all_tasks()),
+    }
+
+
+def _heartbeat(spec: dict[str, Any]) -> tuple[float, float]:
+    """The proxies' heartbeat interval and timeout: the library's (10 s, 30 s) if not given."""
+    interval = float(spec.get("heartbeat_interval") or 10.0)
+    return interval, 3 * interval
 
 
 def _describe(exc: BaseException) -> str:
@@ -115,7 +228,7 @@ class _Live:
             await self._changed.wait()
 
 
-async def _sessions_wound_down(idle: int, rounds: int = 10_000) -> None:
+async def _sessions_wound_down(idle: int) -> None:
     """Wait until no more tasks run than when the server was idle: the sessions wound down.
 
     A session's worker ends before its proxy, its connection and the transport's
@@ -124,15 +237,38 @@ async def _sessions_wound_down(idle: int, rounds: int = 10_000) -> None:
     timeout (the caller bounds the time) instead of as noise. The listener's own
     tasks are counted, not named: gRPC's server replaces its pending request task
     with a new one on every call.
+
+    Each pass waits for as many tasks to end as there are too many, with one done
+    callback per task: linear in the tasks, where a wait for the first one to end,
+    again and again, would cost the whole list per task that ends (quadratic).
     """
-    for _ in range(rounds):
+    while True:
         tasks = [t for t in asyncio.all_tasks() if not t.done()]
-        if len(tasks) <= idle:
+        excess = len(tasks) - idle
+        if excess <= 0:
             return
         current = asyncio.current_task()
-        await asyncio.wait(
-            [t for t in tasks if t is not current], return_when=asyncio.FIRST_COMPLETED
-        )
+        await _some_end([t for t in tasks if t is not current], excess)
+
+
+async def _some_end(tasks: list[asyncio.Task[Any]], count: int) -> None:
+    """Wait until ``count`` of ``tasks`` have ended."""
+    enough = asyncio.get_running_loop().create_future()
+    ended = 0
+
+    def one_ended(_: asyncio.Task[Any]) -> None:
+        nonlocal ended
+        ended += 1
+        if ended >= count and not enough.done():
+            enough.set_result(None)
+
+    for task in tasks:
+        task.add_done_callback(one_ended)
+    try:
+        await enough
+    finally:
+        for task in tasks:
+            task.remove_done_callback(one_ended)
 
 
 class Echo(BaseWorker):
@@ -168,8 +304,19 @@ def _server_drops(service: ProxyService) -> dict[str, int]:
     return dict(drops)
 
 
+def _server_links(service: ProxyService) -> dict[str, int]:
+    """Connections that took a lost session over, on the server's live sessions."""
+    proxies = list(service.proxies)
+    return {
+        "reconnects": sum(p.stats.reconnects for p in proxies),
+        "resumes": sum(p.stats.resumes for p in proxies),
+    }
+
+
 async def _server_role(spec: dict[str, Any]) -> int:
     limits = raise_fd_limit()
+    GC_CLOCK.install()
+    LAG.start()
     channel = await _Channel.open()
     live = _Live()
     backend = resolve_transport(spec["transport"])
@@ -185,13 +332,19 @@ async def _server_role(spec: dict[str, Any]) -> int:
         remote_worker_name=CLIENT,
         forward_messages=FORWARD,
         setup=setup,
+        heartbeat_interval=_heartbeat(spec)[0],
+        heartbeat_timeout=_heartbeat(spec)[1],
     ) as service:
         idle_tasks = len(asyncio.all_tasks())  # this one and the listener's (gRPC has some)
         channel.send({"event": "ready", "url": service.url, "pid": os.getpid(), "nofile": limits})
+        profiler = _Profiler()
         while (command := await channel.receive()) is not None:
             name = command.get("cmd")
             if name == "stop":
                 break
+            if name == "profile":
+                channel.send(profiler.handle(command))
+                continue
             reply: dict[str, Any] = {"ok": True}
             try:
                 if name == "wait_live":
@@ -201,7 +354,7 @@ async def _server_role(spec: dict[str, Any]) -> int:
                             await _sessions_wound_down(idle_tasks)
                 elif name != "mem":
                     raise ValueError(f"unknown command {name!r}")
-                reply.update(_snapshot())
+                reply.update(_snapshot(bool(command.get("freeze"))))
                 reply.update(
                     live=live.count,
                     peak_live=live.peak,
@@ -210,6 +363,7 @@ async def _server_role(spec: dict[str, Any]) -> int:
                     received=live.received,
                     echoed=live.echoed,
                     drops=_server_drops(service),
+                    **_server_links(service),
                 )
             except Exception as exc:
                 reply = {"ok": False, "error": _describe(exc), "live": live.count}
@@ -284,6 +438,8 @@ class _Session:
             remote_worker_name=SERVER,
             forward_messages=FORWARD,
             open_timeout=timeout,
+            heartbeat_interval=_heartbeat(spec)[0],
+            heartbeat_timeout=_heartbeat(spec)[1],
         )
         session = cls(runner, Collector(int(spec["messages"])), proxy)
         ready = asyncio.Event()
@@ -347,10 +503,13 @@ class _Client:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.sessions: list[_Session] = []
+        self.profiler = _Profiler()
 
     async def handle(self, command: dict[str, Any]) -> dict[str, Any]:
         name, deadline = command["cmd"], float(command["deadline"])
-        start = time.perf_counter()
+        if name == "profile":
+            return self.profiler.handle(command)
+        start, cpu, collected = time.perf_counter(), cpu_seconds(), GC_CLOCK.reading()
         if name == "open":
             reply = await self.open(command["url"], int(command["count"]), deadline)
         elif name == "traffic":
@@ -361,7 +520,10 @@ class _Client:
             reply = {}
         else:
             raise ValueError(f"unknown command {name!r}")
-        return {"ok": True, "seconds": time.perf_counter() - start, **reply, **_snapshot()}
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        used = {"seconds": seconds, "cpu_used": cpu, "gc_used": GC_CLOCK.since(collected)}
+        freeze = name == "open" and bool(self.spec.get("gc_freeze"))
+        return {"ok": True, **used, **reply, **_snapshot(freeze)}
 
     async def open(self, url: str, count: int, deadline: float) -> dict[str, Any]:
         each = min(float(self.spec["open_timeout"]), deadline)
@@ -425,6 +587,10 @@ def _tally(sessions: list[_Session]) -> dict[str, Any]:
         "out_of_order": sum(c.out_of_order for c in collectors),
         "foreign": sum(c.foreign for c in collectors),
         "drops": dict(drops),
+        # Links lost and opened again (a heartbeat timeout, ...): sessions resumed.
+        "reconnects": sum(s.proxy.stats.reconnects for s in sessions),
+        "resumes": sum(s.proxy.stats.resumes for s in sessions),
+        "replayed": sum(s.proxy.stats.replayed for s in sessions),
     }
 
 
@@ -434,6 +600,8 @@ def _top(errors: Counter[str]) -> dict[str, int]:
 
 async def _client_role(spec: dict[str, Any]) -> int:
     limits = raise_fd_limit()
+    GC_CLOCK.install()
+    LAG.start()
     channel = await _Channel.open()
     client = _Client(spec)
     channel.send({"event": "ready", "pid": os.getpid(), "nofile": limits, **_snapshot()})
