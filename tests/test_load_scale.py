@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from proxy_core.bench import load_side
+from proxy_core.bench import load_scale, load_side
 from proxy_core.bench.load import LoadOptions
 from proxy_core.bench.load_scale import (
     FLAT,
@@ -130,6 +130,7 @@ def test_medians_spreads_and_tables() -> None:
     table = scale_markdown(result)
     assert table.startswith("| websockets / msgpack | 100 | 1,000 | max / min |")
     assert "| server CPU / message | 120.0 µs | 230.0 µs | 1.92x NO |" in table
+    assert "| runs passed | 2 / 2 | 2 / 2 |  |" in table
     record = json.loads(json.dumps(result.to_dict()))
     assert record["spreads"]["websockets"]["server_bytes_per_session"] == pytest.approx(31 / 21)
     assert FLAT == 1.5
@@ -176,3 +177,19 @@ def test_command_line_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert record["command"].startswith("proxy-core bench-load --sessions 2 4")
     assert "server memory / session" in printed
     assert table.read_text().startswith("| websockets / msgpack | 2 | 4 |")
+
+
+def test_saved_sweeps_are_drawn_again_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = []
+    for transport, cpu in (("websockets", 100e-6), ("grpc", 300e-6)):
+        result = ScaleResult(LoadOptions(), [100, 1000], [transport], repeat=1)
+        result.runs = [_point(transport, n, 25_000, cpu) for n in (100, 1000)]
+        paths.append(tmp_path / f"{transport}.json")
+        paths[-1].write_text(json.dumps(result.to_dict()))
+    table = tmp_path / "both.md"
+    assert load_scale.main([*map(str, paths), "--markdown", str(table)]) == 0
+    text = table.read_text()
+    assert "| websockets / msgpack |" in text and "| grpc / msgpack |" in text
+    assert "300.0 µs" in capsys.readouterr().out

@@ -13,10 +13,13 @@ the counts.
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import statistics
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ __all__ = [
     "ScaleResult",
     "auto_deadline",
     "format_scale",
+    "main",
     "run_scale",
     "scale_markdown",
     "write_scale_chart",
@@ -60,12 +64,29 @@ class ScalePoint:
     client_gc_per_message: float | None = None
     open_seconds_per_session: float | None = None
     server_cpu_per_open: float | None = None
+    server_gc_per_open: float | None = None
     client_cpu_per_open: float | None = None
     traffic_seconds: float | None = None
     server_lag: float | None = None
     others_cores: float | None = None
     reconnects: int | None = None
     failures: list[str] = field(default_factory=list)
+
+    @property
+    def server_cpu_per_message_but_gc(self) -> float | None:
+        """The server's CPU per message without the cyclic collector's share."""
+        return _minus(self.server_cpu_per_message, self.server_gc_per_message)
+
+    @property
+    def client_cpu_per_message_but_gc(self) -> float | None:
+        """The client's CPU per message without the cyclic collector's share."""
+        return _minus(self.client_cpu_per_message, self.client_gc_per_message)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScalePoint:
+        """Read back a point that :meth:`ScaleResult.to_dict` wrote."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def of(cls, result: LoadResult) -> ScalePoint:
@@ -87,6 +108,7 @@ class ScalePoint:
                 r.open_seconds / opened if r.open_seconds is not None and opened else None
             ),
             server_cpu_per_open=r.server_cpu_per_open,
+            server_gc_per_open=_gc_per_open(r),
             client_cpu_per_open=r.client_cpu_per_open,
             traffic_seconds=r.traffic_seconds,
             server_lag=r.lag.get("server", {}).get("traffic"),
@@ -94,6 +116,17 @@ class ScalePoint:
             reconnects=r.reconnects.get("client"),
             failures=list(r.failures),
         )
+
+
+def _gc_per_open(result: LoadResult) -> float | None:
+    """The server's GC seconds per session opened, first round."""
+    if not result.rounds or "server_gc_open" not in result.rounds[0] or not result.sessions_opened:
+        return None
+    return float(sum(result.rounds[0]["server_gc_open"]["gc_seconds"])) / result.sessions_opened
+
+
+def _minus(total: float | None, part: float | None) -> float | None:
+    return None if total is None or part is None else total - part
 
 
 @dataclass(frozen=True)
@@ -106,17 +139,20 @@ class Figure:
     unit: str
 
 
-#: What the table shows, in order; the first four are the ones judged for flatness.
+#: What the table shows, in order; the two in ``_JUDGED`` are the ones judged for flatness.
 FIGURES = (
     Figure("server_bytes_per_session", "server memory / session", 1 / 1024, "KiB"),
+    Figure("server_peak_bytes_per_session", "server peak memory / session", 1 / 1024, "KiB"),
     Figure("server_cpu_per_message", "server CPU / message", 1e6, "µs"),
+    Figure("server_gc_per_message", "server GC / message", 1e6, "µs"),
+    Figure("server_cpu_per_message_but_gc", "server CPU but GC / message", 1e6, "µs"),
     Figure("client_cpu_per_message", "client CPU / message", 1e6, "µs"),
+    Figure("client_gc_per_message", "client GC / message", 1e6, "µs"),
+    Figure("client_cpu_per_message_but_gc", "client CPU but GC / message", 1e6, "µs"),
     Figure("server_cpu_per_open", "server CPU / session opened", 1e3, "ms"),
-    Figure("server_gc_per_message", "of it GC (server)", 1e6, "µs"),
-    Figure("client_gc_per_message", "of it GC (client)", 1e6, "µs"),
+    Figure("server_gc_per_open", "server GC / session opened", 1e3, "ms"),
     Figure("client_cpu_per_open", "client CPU / session opened", 1e3, "ms"),
     Figure("open_seconds_per_session", "open time / session", 1e3, "ms"),
-    Figure("server_peak_bytes_per_session", "server peak / session", 1 / 1024, "KiB"),
     Figure("server_lag", "server loop lag, worst (traffic)", 1.0, "s"),
     Figure("others_cores", "other processes' CPU (traffic)", 1.0, "cores"),
     Figure("reconnects", "client links re-opened", 1.0, ""),
@@ -133,6 +169,8 @@ class ScaleResult:
     transports: list[str]
     repeat: int
     runs: list[ScalePoint] = field(default_factory=list)
+    #: Every run's whole ``bench-load`` record (phases, rounds, collector counts), in order.
+    records: list[dict[str, Any]] = field(default_factory=list)
     date: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
     command: str = ""
@@ -163,6 +201,26 @@ class ScaleResult:
         if len(values) < 2 or min(values) <= 0:
             return None
         return max(values) / min(values)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScaleResult:
+        """Read back a sweep that :meth:`to_dict` wrote (``--json``)."""
+        known = {f.name for f in fields(LoadOptions)}
+        options = LoadOptions(**{k: v for k, v in data["options"].items() if k in known})
+        result = cls(options, list(data["counts"]), list(data["transports"]), data["repeat"])
+        result.runs = [ScalePoint.from_dict(run) for run in data["runs"]]
+        result.records = list(data.get("records", []))
+        result.date, result.machine = data.get("date", ""), data.get("machine", {})
+        result.command, result.notes = data.get("command", ""), list(data.get("notes", []))
+        return result
+
+    def merge(self, other: ScaleResult) -> None:
+        """Add the runs of ``other`` (another transport, more counts or repeats)."""
+        self.runs += other.runs
+        self.records += other.records
+        self.counts = sorted({*self.counts, *other.counts})
+        self.transports += [t for t in other.transports if t not in self.transports]
+        self.repeat = max(self.repeat, other.repeat)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the sweep as plain JSON values, with the medians and spreads."""
@@ -211,15 +269,21 @@ async def run_scale(
                     sessions=sessions,
                     deadline=deadline or auto_deadline(sessions, base.messages),
                 )
-                point = ScalePoint.of(await run_load(options))
+                run = await run_load(options)
+                point = ScalePoint.of(run)
                 result.runs.append(point)
+                result.records.append(run.to_dict())
                 if progress is not None:
                     progress(_progress_line(point))
     return result
 
 
 def _progress_line(p: ScalePoint) -> str:
-    shown = ", ".join(f"{f.label} {_value(getattr(p, f.key), f)}" for f in FIGURES[:4])
+    shown = ", ".join(
+        f"{f.label} {_value(getattr(p, f.key), f)}"
+        for f in FIGURES
+        if f.key in (*_JUDGED, "client_cpu_per_message", "server_cpu_per_open")
+    )
     failed = f" FAILED: {'; '.join(p.failures)}" if p.failures else ""
     return f"{p.transport} {p.sessions} sessions: {p.status}; {shown}{failed}"
 
@@ -235,7 +299,11 @@ def _value(value: float | None, figure: Figure) -> str:
 
 
 def _rows(result: ScaleResult, transport: str) -> list[list[str]]:
-    rows = []
+    passed = []
+    for n in result.counts:
+        runs = [p for p in result.runs if p.transport == transport and p.sessions == n]
+        passed.append(f"{sum(p.status == 'ok' for p in runs)} / {len(runs)}")
+    rows = [["runs passed", *passed, ""]]
     for f in FIGURES:
         cells = [_value(result.median(transport, n, f.key), f) for n in result.counts]
         spread = result.spread(transport, f.key)
@@ -295,11 +363,19 @@ _PANELS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
     ),
     (
         "server CPU per message (µs)",
-        (("server_cpu_per_message", "-", "all"), ("server_gc_per_message", ":", "of it GC")),
+        (
+            ("server_cpu_per_message", "-", "all"),
+            ("server_cpu_per_message_but_gc", "--", "all but GC"),
+            ("server_gc_per_message", ":", "of it GC"),
+        ),
     ),
     (
         "client CPU per message (µs, the load tool)",
-        (("client_cpu_per_message", "-", "all"), ("client_gc_per_message", ":", "of it GC")),
+        (
+            ("client_cpu_per_message", "-", "all"),
+            ("client_cpu_per_message_but_gc", "--", "all but GC"),
+            ("client_gc_per_message", ":", "of it GC"),
+        ),
     ),
     (
         "opening a session (ms)",
@@ -356,3 +432,33 @@ def write_scale_chart(result: ScaleResult, path: str | Path) -> str | None:
         f"up to {FLAT}x it",
     )
     return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m proxy_core.bench.load_scale SWEEP.json ... --chart PNG``: draw saved sweeps.
+
+    Several files (one per transport, say) are drawn in one chart and one table.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy_core.bench.load_scale",
+        description="Draw the chart and the table of saved bench-load sweeps (--json files).",
+    )
+    parser.add_argument("sweeps", nargs="+", metavar="SWEEP.json")
+    parser.add_argument("--chart", metavar="PATH", help="write the chart (PNG)")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    args = parser.parse_args(argv)
+    results = [ScaleResult.from_dict(json.loads(Path(p).read_text())) for p in args.sweeps]
+    result = results[0]
+    for other in results[1:]:
+        result.merge(other)
+    if args.chart:
+        print(write_scale_chart(result, args.chart) or f"wrote {args.chart}")
+    if args.markdown:
+        Path(args.markdown).write_text(scale_markdown(result))
+        print(f"wrote {args.markdown}")
+    print(format_scale(result))
+    return 0 if result.status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
