@@ -42,10 +42,13 @@ def color_of(transport: str, transports: Sequence[str]) -> str:
     return PALETTE[ordered.index(transport) % len(PALETTE)]
 
 
-def save(plt: Any, figure: Any, path: str | Path, title: str) -> None:
-    """Give ``figure`` its overall ``title``, lay it out and write it as a PNG at ``path``."""
+def save(plt: Any, figure: Any, path: str | Path, title: str, *, bottom: float = 0.0) -> None:
+    """Give ``figure`` its overall ``title``, lay it out and write it as a PNG at ``path``.
+
+    ``bottom`` keeps that fraction of the height free below the panels (a figure legend).
+    """
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -214,6 +214,12 @@ class ScaleResult:
         result.command, result.notes = data.get("command", ""), list(data.get("notes", []))
         return result
 
+    def relabel(self, name: str) -> None:
+        """Call every curve of this sweep ``name`` instead of its transport (one sweep each)."""
+        for point in self.runs:
+            point.transport = name
+        self.transports = [name]
+
     def merge(self, other: ScaleResult) -> None:
         """Add the runs of ``other`` (another transport, more counts or repeats)."""
         self.runs += other.runs
@@ -392,27 +398,17 @@ def write_scale_chart(result: ScaleResult, path: str | Path) -> str | None:
     """Draw each figure against the session count into a PNG; return why not if it cannot.
 
     One panel per figure, one colour per transport (as in ``proxy-core
-    bench``'s chart), the session count on a log scale, and a grey band from
-    the smallest count's value to :data:`FLAT` times it: a flat curve stays in it.
+    bench``'s chart) or per labelled sweep, one line style per curve of a
+    panel, the session count on a log scale, and a grey band from the first
+    sweep's value at the smallest count to :data:`FLAT` times it: a flat curve
+    stays in it.
     """
     plt, why = pyplot()
     if plt is None:
         return why
-    figures = {f.key: f for f in FIGURES}
-    figure, axes = plt.subplots(1, len(_PANELS), figsize=(4.2 * len(_PANELS), 4.1), squeeze=False)
+    figure, axes = plt.subplots(1, len(_PANELS), figsize=(4.2 * len(_PANELS), 4.3), squeeze=False)
     for ax, (title, curves) in zip(axes.flat, _PANELS, strict=True):
-        for transport in result.transports:
-            color = color_of(transport, result.transports)
-            for index, (key, style, label) in enumerate(curves):
-                curve = result.curve(transport, key)
-                if not curve:
-                    continue
-                xs = [n for n, _ in curve]
-                ys = [v * figures[key].scale for _, v in curve]
-                name = f"{transport}: {label}" if len(result.transports) > 1 else label
-                ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=name)
-                if index == 0 and transport == result.transports[0]:
-                    ax.axhspan(ys[0], ys[0] * FLAT, color=GREY, alpha=0.2, linewidth=0)
+        _draw_panel(ax, result, curves)
         ax.set_xscale("log")
         ax.set_xticks(result.counts, [f"{n:,}" for n in result.counts])
         ax.minorticks_off()
@@ -420,18 +416,40 @@ def write_scale_chart(result: ScaleResult, path: str | Path) -> str | None:
         ax.set_xlabel("sessions held at once on one server", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+    if len(result.transports) > 1:
+        handles = [
+            plt.Line2D([], [], color=color_of(t, result.transports), marker="o", label=t)
+            for t in result.transports
+        ]
+        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     o = result.options
     save(
         plt,
         figure,
         path,
         f"bench-load: {o.messages} messages of {o.size} characters per session, codec "
-        f"{o.codec}; medians of {result.repeat} run(s); grey band: the smallest count's value "
-        f"up to {FLAT}x it",
+        f"{o.codec}; medians of up to {result.repeat} run(s) per point; grey band: the smallest "
+        f"count's value up to {FLAT}x it",
+        bottom=0.07 if len(result.transports) > 1 else 0.0,
     )
     return None
+
+
+def _draw_panel(ax: Any, result: ScaleResult, curves: tuple[tuple[str, str, str], ...]) -> None:
+    """Draw one panel's curves for every sweep; the legend names the line styles."""
+    figures = {f.key: f for f in FIGURES}
+    for index, (key, style, label) in enumerate(curves):
+        for transport in result.transports:
+            curve = result.curve(transport, key)
+            if not curve:
+                continue
+            ys = [v * figures[key].scale for _, v in curve]
+            color = color_of(transport, result.transports)
+            ax.plot([n for n, _ in curve], ys, style, color=color, marker="o", markersize=3)
+            if index == 0 and transport == result.transports[0]:
+                ax.axhspan(ys[0], ys[0] * FLAT, color=GREY, alpha=0.2, linewidth=0)
+        ax.plot([], [], style, color="black", label=label)  # the style's legend entry
+    ax.legend(fontsize=6)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -446,8 +464,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweeps", nargs="+", metavar="SWEEP.json")
     parser.add_argument("--chart", metavar="PATH", help="write the chart (PNG)")
     parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name the curves of the n-th file NAME instead of its transport (once per file, "
+        "in order): two sweeps of one transport with other options side by side",
+    )
     args = parser.parse_args(argv)
+    if args.label and len(args.label) != len(args.sweeps):
+        parser.error("give one --label per file, or none")
     results = [ScaleResult.from_dict(json.loads(Path(p).read_text())) for p in args.sweeps]
+    for result, label in zip(results, args.label, strict=False):
+        result.relabel(label)
     result = results[0]
     for other in results[1:]:
         result.merge(other)
