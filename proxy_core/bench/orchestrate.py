@@ -36,6 +36,7 @@ from .bus import BUS_LABELS, BusBench, select_buses
 from .child import ROOT, Child, ChildDied, StepFailed
 from .spec import (
     METRICS,
+    SCENARIOS,
     STREAMS,
     BenchOptions,
     Counts,
@@ -49,17 +50,8 @@ from .stats import median, ratio, spread
 
 __all__ = ["BenchResult", "machine_info", "run_bench"]
 
-#: Scenarios that need processes talking over loopback.
-WIRE_SCENARIOS = (
-    "stream_200b",
-    "stream_200b_b2b",
-    "stream_16k",
-    "stream_16k_b2b",
-    "rtt",
-    "cpu",
-    "cpu_b2b",
-    "idle_memory",
-)
+#: Scenarios that need processes talking over loopback (all but the codec's).
+WIRE_SCENARIOS = tuple(name for name in SCENARIOS if name != "codec")
 _GRACE = 5.0  # seconds the parent waits past a child's own deadline
 _WARMUP_SESSIONS = 3
 _BUSY_CORES = 0.25  # other processes using this many cores before the run is worth a note
