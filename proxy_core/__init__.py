@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .backoff import Backoff
 from .bus import BaseBus, Bus, InProcessBus
 from .codecs.base import Codec
+from .gc_tuning import tune_gc
 from .errors import (
     AuthenticationError,
     CodecError,
@@ -150,5 +151,6 @@ __all__ = [
     "live_proxies",
     "observe",
     "register_type",
+    "tune_gc",
     "serve_proxy",
 ]

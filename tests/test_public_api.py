@@ -20,7 +20,7 @@ CORE = {
     "TLSError", "ClientTLS", "ServerTLS", "__version__",
     "OverflowPolicy", "QueueFull", "QueueStats",
     "Backoff", "SessionLost", "SessionTable",
-    "ProxySnapshot", "observe", "live_proxies",
+    "ProxySnapshot", "observe", "live_proxies", "tune_gc",
 }  # fmt: skip
 
 

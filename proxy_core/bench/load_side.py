@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..gc_tuning import tune_gc
 from ..messages import BusFrameMessage, BusMessage, TextFrame
 from ..plugins import resolve_transport
 from ..proxy import ProxyClient
@@ -315,6 +316,8 @@ def _server_links(service: ProxyService) -> dict[str, int]:
 
 async def _server_role(spec: dict[str, Any]) -> int:
     limits = raise_fd_limit()
+    if spec.get("tune_gc"):
+        tune_gc()
     GC_CLOCK.install()
     LAG.start()
     channel = await _Channel.open()
@@ -600,6 +603,8 @@ def _top(errors: Counter[str]) -> dict[str, int]:
 
 async def _client_role(spec: dict[str, Any]) -> int:
     limits = raise_fd_limit()
+    if spec.get("tune_gc"):
+        tune_gc()
     GC_CLOCK.install()
     LAG.start()
     channel = await _Channel.open()
