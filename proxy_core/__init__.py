@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from .backoff import Backoff
 from .bus import BaseBus, Bus, InProcessBus
 from .codecs.base import Codec
-from .gc_tuning import tune_gc
 from .errors import (
     AuthenticationError,
     CodecError,
@@ -30,6 +29,7 @@ from .errors import (
     TransportError,
     UnknownMessageType,
 )
+from .gc_tuning import tune_gc
 from .messages import (
     LIFECYCLE_MESSAGES,
     AudioRawFrame,

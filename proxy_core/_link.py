@@ -42,6 +42,7 @@ from .protocol import (
 from .registry import Watch, WorkerReadyData
 from .rules import Drop, DropReason, FilterRules
 from .session import (
+    DEFAULT_MAX_UNACKED_BYTES,
     MIN_MESSAGE_BYTES,
     BatchReceived,
     ByeReceived,
@@ -77,7 +78,7 @@ _NO_RESUME = tuple(f for f in FEATURES if f != "resume")
 _DEFAULT_BACKOFF = Backoff()
 
 #: The most bytes of frames the writer puts in one BATCH (within the peer's limit).
-_BATCH_MAX_BYTES = 256 * 1024
+_BATCH_MAX_BYTES = 64 * 1024
 
 CodecSpec: TypeAlias = str | Codec | Sequence[str | Codec]
 
@@ -190,6 +191,7 @@ class _ProxyWorker(BaseWorker):
         "heartbeat_timeout",
         "max_message_bytes",
         "max_unacked",
+        "max_unacked_bytes",
         "rules",
         "stats",
     )
@@ -213,6 +215,7 @@ class _ProxyWorker(BaseWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        max_unacked_bytes: int = DEFAULT_MAX_UNACKED_BYTES,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         max_queue: int = DEFAULT_MAX_QUEUE,
         overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
@@ -239,6 +242,8 @@ class _ProxyWorker(BaseWorker):
             raise ConfigurationError(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}")
         if max_unacked < 1:
             raise ConfigurationError("max_unacked must be at least 1")
+        if max_unacked_bytes < 1:
+            raise ConfigurationError("max_unacked_bytes must be at least 1")
         if heartbeat_interval <= 0 or heartbeat_timeout <= heartbeat_interval:
             raise ConfigurationError("need 0 < heartbeat_interval < heartbeat_timeout")
         if not close_timeout > 0:
@@ -251,6 +256,7 @@ class _ProxyWorker(BaseWorker):
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.max_unacked = max_unacked
+        self.max_unacked_bytes = max_unacked_bytes
         self.close_timeout = close_timeout
         self._conn: Connection | None = None
         self._session: Session | None = None

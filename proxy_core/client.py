@@ -38,6 +38,7 @@ from .protocol import (
 )
 from .rules import DropReason
 from .session import (
+    DEFAULT_MAX_UNACKED_BYTES,
     Session,
     client_accept,
     client_hello,
@@ -115,7 +116,7 @@ class ProxyClient(_ProxyWorker):
         close_timeout: seconds the close handshake may take: after our BYE,
             how long to wait for the server's answer before closing anyway.
         forward_broadcasts, max_message_bytes, heartbeat_interval,
-        heartbeat_timeout, max_unacked: see ``docs/concepts.md``.
+        heartbeat_timeout, max_unacked, max_unacked_bytes: see ``docs/concepts.md``.
         active: connect as soon as the runner starts.
     """
 
@@ -165,6 +166,7 @@ class ProxyClient(_ProxyWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        max_unacked_bytes: int = DEFAULT_MAX_UNACKED_BYTES,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         max_queue: int = DEFAULT_MAX_QUEUE,
         overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
@@ -181,6 +183,7 @@ class ProxyClient(_ProxyWorker):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             max_unacked=max_unacked,
+            max_unacked_bytes=max_unacked_bytes,
             close_timeout=close_timeout,
             max_queue=max_queue,
             overflow=overflow,
@@ -477,6 +480,7 @@ class ProxyClient(_ProxyWorker):
             session_id=welcome.session_id,
             peer_max_message_bytes=min(welcome.max_message_bytes, self.max_message_bytes),
             max_unacked=self.max_unacked,
+            max_unacked_bytes=self.max_unacked_bytes,
             batch="batch" in common_features(welcome.features, codec),
             now=now,
         )

@@ -33,6 +33,7 @@ from .protocol import (
 )
 from .rules import DropReason
 from .session import (
+    DEFAULT_MAX_UNACKED_BYTES,
     Session,
     common_features,
     new_session_id,
@@ -229,6 +230,7 @@ class ProxyServer(_ProxyWorker):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 30.0,
         max_unacked: int = 4096,
+        max_unacked_bytes: int = DEFAULT_MAX_UNACKED_BYTES,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         max_queue: int = DEFAULT_MAX_QUEUE,
         overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
@@ -247,6 +249,7 @@ class ProxyServer(_ProxyWorker):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             max_unacked=max_unacked,
+            max_unacked_bytes=max_unacked_bytes,
             close_timeout=close_timeout,
             max_queue=max_queue,
             overflow=overflow,
@@ -357,6 +360,7 @@ class ProxyServer(_ProxyWorker):
             session_id=new_session_id(),
             peer_max_message_bytes=min(hello.max_message_bytes, self.max_message_bytes),
             max_unacked=self.max_unacked,
+            max_unacked_bytes=self.max_unacked_bytes,
             batch="batch" in features,
             now=asyncio.get_running_loop().time(),
         )

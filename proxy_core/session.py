@@ -45,6 +45,7 @@ from .rules import DropReason
 from .transport import truncate_reason
 
 __all__ = [
+    "DEFAULT_MAX_UNACKED_BYTES",
     "BatchReceived",
     "ByeReceived",
     "DuplicateDiscarded",
@@ -66,6 +67,11 @@ __all__ = [
 #: The smallest ``max_message_bytes`` either side may announce or configure: the
 #: limit applies to the handshake frames too, and those take a few hundred bytes.
 MIN_MESSAGE_BYTES = 1024
+
+#: The default bound, in bytes of encoded frames, of the outbox of messages the
+#: peer has not acknowledged yet (``max_unacked_bytes``): with ``max_unacked``
+#: alone, 4096 messages of 16 KiB would hold 64 MiB per session.
+DEFAULT_MAX_UNACKED_BYTES = 4 * 1024 * 1024
 
 
 def client_hello(
@@ -256,6 +262,9 @@ class Session:
         session_id: the id from WELCOME.
         peer_max_message_bytes: the largest frame the peer accepts.
         max_unacked: the outbox size; :attr:`outbox_full` tells the sender to wait.
+        max_unacked_bytes: the outbox's size in bytes of encoded frames: the
+            outbox is also full once it holds this many (a lone frame larger
+            than it still goes, when the outbox is empty).
         ack_every: acknowledge at once after this many unacknowledged messages.
         ack_delay: otherwise acknowledge this long after the first one.
         batch: whether the handshake agreed on BATCH frames (see
@@ -270,6 +279,7 @@ class Session:
         session_id: str,
         peer_max_message_bytes: int,
         max_unacked: int = 4096,
+        max_unacked_bytes: int = DEFAULT_MAX_UNACKED_BYTES,
         ack_every: int = 32,
         ack_delay: float = 0.05,
         batch: bool = False,
@@ -280,6 +290,7 @@ class Session:
         self.session_id = session_id
         self.peer_max_message_bytes = peer_max_message_bytes
         self.max_unacked = max_unacked
+        self.max_unacked_bytes = max_unacked_bytes
         self.ack_every = ack_every
         self.ack_delay = ack_delay
         self.last_sent_seq = 0
@@ -287,6 +298,7 @@ class Session:
         self._last_acked_by_us = 0
         self._first_unacked_at: float | None = None
         self._outbox: deque[tuple[int, bytes]] = deque()
+        self._outbox_bytes = 0
         self._pending: list[bytes] = []
         self._pings: dict[int, float] = {}
         self._next_nonce = 1
@@ -313,17 +325,23 @@ class Session:
             raise MessageTooLarge(len(data), self.peer_max_message_bytes)
         self.last_sent_seq = seq
         self._outbox.append((seq, data))
+        self._outbox_bytes += len(data)
         return data
 
     @property
     def outbox_full(self) -> bool:
-        """Whether the peer has left ``max_unacked`` messages unacknowledged."""
-        return len(self._outbox) >= self.max_unacked
+        """Whether ``max_unacked`` messages, or ``max_unacked_bytes``, wait for the peer's ACK."""
+        return len(self._outbox) >= self.max_unacked or self._outbox_bytes >= self.max_unacked_bytes
 
     @property
     def unacked(self) -> int:
         """How many sent messages the peer has not acknowledged yet."""
         return len(self._outbox)
+
+    @property
+    def unacked_bytes(self) -> int:
+        """The bytes of the encoded frames the peer has not acknowledged yet."""
+        return self._outbox_bytes
 
     # -------------------------------------------------------- resuming
 
@@ -511,4 +529,4 @@ class Session:
             raise ProtocolError(f"ACK for message {seq}, but only {self.last_sent_seq} were sent")
         outbox = self._outbox
         while outbox and outbox[0][0] <= seq:
-            outbox.popleft()
+            self._outbox_bytes -= len(outbox.popleft()[1])

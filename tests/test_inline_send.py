@@ -75,13 +75,22 @@ async def test_without_cancel_safe_send_the_proxys_task_writes(
         assert proxy.stats.messages_out == before + 1
 
 
-@pytest.mark.parametrize("max_unacked", [4, 4096])
-async def test_concurrent_senders_keep_order_and_lose_nothing(max_unacked: int) -> None:
-    """Tasks sending at once: inline writes, queued ones and backpressure interleave."""
+@pytest.mark.parametrize(
+    ("max_unacked", "max_unacked_bytes"), [(4, 4 << 20), (4096, 4 << 20), (4096, 512)]
+)
+async def test_concurrent_senders_keep_order_and_lose_nothing(
+    max_unacked: int, max_unacked_bytes: int
+) -> None:
+    """Tasks sending at once: inline writes, queued ones and backpressure interleave.
+
+    The window is 4 messages, 4096, or 4096 but only 512 bytes of frames.
+    """
     tasks_n, per_task = 4, 150
     async with (
         run_server() as server,
-        run_client(server.url, max_unacked=max_unacked) as client,
+        run_client(
+            server.url, max_unacked=max_unacked, max_unacked_bytes=max_unacked_bytes
+        ) as client,
     ):
         await client.activate()
         side = await server.sessions.next()

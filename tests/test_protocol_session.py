@@ -530,6 +530,28 @@ def test_outbox_full_until_acknowledged(codec_name: str, side: str) -> None:
     assert link.sender.unacked == 0
 
 
+def test_outbox_full_by_bytes_until_acknowledged(codec_name: str, side: str) -> None:
+    link = open_link(codec_name, side, max_unacked_bytes=3000, ack_every=1000)
+    big = BusDataMessage(CLIENT_WORKER, SERVER_WORKER, {"blob": "x" * 1000})
+    sizes = [len(link.sender.send_message(big)) for _ in range(2)]
+    assert link.sender.unacked_bytes == sum(sizes) < 3000 and not link.sender.outbox_full
+    sizes.append(len(link.sender.send_message(big)))
+    assert link.sender.unacked_bytes == sum(sizes) >= 3000
+    assert link.sender.outbox_full and link.sender.unacked == 3  # far below max_unacked
+    link.deliver([link.receiver.codec.encode(Ack(2))], to=link.sender)
+    assert link.sender.unacked_bytes == sizes[2] and not link.sender.outbox_full
+    link.deliver([link.receiver.codec.encode(Ack(3))], to=link.sender)
+    assert link.sender.unacked_bytes == 0
+
+
+def test_a_frame_larger_than_the_byte_bound_goes_alone(codec_name: str, side: str) -> None:
+    link = open_link(codec_name, side, max_unacked_bytes=10, ack_every=1000)
+    assert not link.sender.outbox_full  # nothing waits: the large frame may go
+    frame = link.sender.send_message(msg(1))
+    assert len(frame) > 10 and link.sender.outbox_full
+    assert link.deliver([frame]) == [MessageReceived(1, msg(1))]
+
+
 def test_duplicates_are_discarded(link: Link) -> None:
     first = link.sender.send_message(msg(1))
     second = link.sender.send_message(msg(2))

@@ -260,3 +260,15 @@ async def test_a_write_that_makes_no_progress_closes_the_link(
         assert any("write made no progress" in r.getMessage() for r in caplog.records)
         await runner.end()
         await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.mark.parametrize("option", ["max_unacked", "max_unacked_bytes"])
+def test_outbox_bounds_below_one_are_refused(option: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{option} must be at least 1"):
+        ProxyClient(
+            "proxy",
+            url="ws://127.0.0.1:1/ws",
+            local_worker_name="a",
+            remote_worker_name="b",
+            **{option: 0},  # type: ignore[arg-type]
+        )
