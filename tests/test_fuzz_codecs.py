@@ -637,11 +637,10 @@ def _tiny_non_frame(name: str) -> bytes:
 
 
 def test_our_sender_never_reaches_the_batch_bound() -> None:
-    """The writer fills a BATCH up to batch_size_bound <= 256 KiB: 8 bytes a frame at least."""
-    from proxy_core import proxy
+    """The writer fills a BATCH up to batch_size_bound <= its cap: 8 bytes a frame at least."""
+    from proxy_core._link import _BATCH_MAX_BYTES
 
-    limit = getattr(proxy, "_BATCH_MAX_BYTES", 256 * 1024)
-    assert batch_size_bound(0, MAX_BATCH_FRAMES) > limit
+    assert batch_size_bound(0, MAX_BATCH_FRAMES) > _BATCH_MAX_BYTES
 
 
 # ---------------------------------------------------------------- the atheris harness
