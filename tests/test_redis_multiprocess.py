@@ -235,10 +235,15 @@ async def test_connections_killed_mid_stream_lose_and_repeat_nothing(
             await wait(sending)
             await runner.bus.send(frame("producer", "sink", "stats?"))
             stats = (await sink.expect("stats"))["stats"]
+            here_stats = runner.bus.stats()
     finally:
         await admin.aclose()
     assert handled(log) == list(range(total))
-    assert stats["reconnects"] >= 1
+    # The kills were felt: a loop that was in a call when its connection died counts a
+    # reconnect once it is through again. Which side was in a call is up to timing (an idle
+    # pooled connection is replaced without an error), so count both; the producer's reader
+    # sits in a blocking read, and the stats reply came back through it.
+    assert stats["reconnects"] + here_stats["reconnects"] >= 1
 
 
 async def test_a_redis_restart_with_persistence_loses_nothing(
