@@ -169,12 +169,19 @@ def test_quick_bench_writes_complete_positive_records(
     assert "stream_200b_b2b.rate" in text and "cpu_b2b.server" in text
     assert "- Event loop of every server and client process: asyncio (Python " in text
     assert "event loop: asyncio" in printed
-    seen = {(r["scenario"], r["metric"]) for r in records}
-    assert seen == {(m.scenario, m.name) for m in METRICS}
+    ours = [r for r in records if r["impl"] == "proxy-core"]
+    assert {(r["scenario"], r["metric"]) for r in ours} == {(m.scenario, m.name) for m in METRICS}
+    # The floor rows: the bare library with a task hop per side, on every timed scenario.
+    floors = [r for r in records if r["impl"] == "bare+hop"]
+    assert {(r["scenario"], r["metric"]) for r in floors} == {
+        (m.scenario, m.name) for m in METRICS if m.scenario not in ("idle_memory", "codec")
+    }
+    assert len(ours) + len(floors) == len(records)
+    assert "bare+hop (websockets, -)" in printed
     for r in records:
         assert REQUIRED | EXTRA <= set(r), r
         assert r["status"] == "ok", r
-        assert r["codec"] == "msgpack"
+        assert r["codec"] == ("msgpack" if r["impl"] == "proxy-core" else "-")
         assert r["transport"] == ("in-process" if r["scenario"] == "codec" else "websockets")
         for key in ("proxy", "bare", "ratio"):
             assert isinstance(r[key], float) and r[key] > 0 and math.isfinite(r[key]), (key, r)
@@ -195,6 +202,7 @@ def test_a_step_past_its_deadline_fails_instead_of_hanging() -> None:
         counts=counts,
         pin=False,
         pipecat=False,
+        floor=False,
     )
     start = time.monotonic()
     result = asyncio.run(run_bench(options))
@@ -220,6 +228,7 @@ def test_a_back_to_back_producer_past_its_deadline_fails_instead_of_hanging() ->
         counts=counts,
         pin=False,
         pipecat=False,
+        floor=False,
     )
     start = time.monotonic()
     result = asyncio.run(run_bench(options))
@@ -298,6 +307,7 @@ def test_transports_without_a_baseline_are_skipped_with_a_note() -> None:
         repeats=1,
         counts=QUICK_COUNTS,
         pipecat=False,
+        floor=False,
     )
     result = asyncio.run(run_bench(options))
     assert result.records == []
@@ -321,11 +331,14 @@ def test_other_backends_and_their_bare_baselines_measure(transport: str) -> None
         repeats=1,
         counts=QUICK_COUNTS,
         pipecat=False,
+        floor=False,
     )
     result = asyncio.run(run_bench(options))
     assert {(r.scenario, r.metric) for r in result.records} == {
         ("rtt", "p50"),
         ("rtt", "p99"),
+        ("rtt", "cpu_client"),
+        ("rtt", "cpu_server"),
         ("idle_memory", "per_session"),
     }
     for r in result.records:
@@ -561,6 +574,7 @@ def test_quick_rows_on_uvloop_run_both_sides_on_it() -> None:
         repeats=1,
         counts=QUICK_COUNTS,
         pipecat=False,
+        floor=False,
         loop="uvloop",
     )
     result = asyncio.run(run_bench(options))
@@ -570,6 +584,8 @@ def test_quick_rows_on_uvloop_run_both_sides_on_it() -> None:
         ("cpu_b2b", "server"),
         ("rtt", "p50"),
         ("rtt", "p99"),
+        ("rtt", "cpu_client"),
+        ("rtt", "cpu_server"),
     }
     for r in result.records:
         assert r.status == "ok", r.error
@@ -577,3 +593,31 @@ def test_quick_rows_on_uvloop_run_both_sides_on_it() -> None:
     loop = result.machine["loop"]
     assert loop["name"] == "uvloop" and loop["version"] and loop["classes"] == ["uvloop.Loop"]
     assert f"uvloop {loop['version']}; the children ran on uvloop.Loop" in markdown(result, None)
+
+
+async def test_a_hop_hands_frames_over_in_order_bounded_then_the_error() -> None:
+    """The floor rows' hop: every frame in order, at most its bound read ahead, then the end."""
+    from proxy_core.bench import bare_side
+
+    total, taken = 1000, 0
+
+    async def receive() -> bytes:
+        nonlocal taken
+        if taken == total:
+            raise bare_side._Closed("peer gone")
+        taken += 1
+        return taken.to_bytes(4, "big")
+
+    hop = bare_side._Hop(receive)
+    try:
+        first = await asyncio.wait_for(hop.receive(), 30)
+        # Let the receive loop run ahead as far as it may: it stops at the bound.
+        for _ in range(3 * bare_side._HOP_BOUND):
+            await asyncio.sleep(0)
+        assert taken <= bare_side._HOP_BOUND + 1
+        got = [first] + [await asyncio.wait_for(hop.receive(), 30) for _ in range(total - 1)]
+        assert [int.from_bytes(g, "big") for g in got] == list(range(1, total + 1))
+        with pytest.raises(bare_side._Closed, match="peer gone"):
+            await asyncio.wait_for(hop.receive(), 30)
+    finally:
+        await hop.aclose()

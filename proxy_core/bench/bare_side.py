@@ -11,13 +11,21 @@ no library pings, the same 1 MiB frame limit, a TCP connection per session
 for gRPC), so the difference measured is what proxy-core adds. Control
 commands travel as frames shorter than :data:`~proxy_core.bench.spec.CONTROL_MAX`
 bytes; replies are JSON.
+
+With ``hop=True`` (the bench's ``--floor`` rows), each side receives in a task
+of its own and hands every frame to the consumer through a queue, which is the
+proxy's shape (a receive loop, an inbox, the worker's task) without the proxy:
+the round trip it measures is the floor of that design on the bare library.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
@@ -46,6 +54,83 @@ class _Closed(Exception):
     """The peer closed the connection."""
 
 
+#: How many received frames a hop holds before its receive loop waits (backpressure).
+_HOP_BOUND = 256
+
+
+class _Hop:
+    """Receive in a task of its own; hand each frame to the consumer through a bounded queue.
+
+    One task wake-up per hop when the consumer waits, as a proxy's receive loop
+    waking a worker through its inbox. The receive loop's error (the peer
+    closed, the connection failed) is raised to the consumer once the frames
+    before it are consumed.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._frames: deque[bytes] = deque()
+        self._loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[None] | None = None  # the consumer waits for a frame
+        self._room: asyncio.Future[None] | None = None  # the receive loop waits for room
+        self._error: BaseException | None = None
+        self._task = self._loop.create_task(self._run(), name="bare-hop-receive")
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                frame = await self._receive()
+                self._frames.append(frame)
+                _wake(self._ready)
+                if len(self._frames) >= _HOP_BOUND:
+                    self._room = self._loop.create_future()
+                    await self._room
+        except asyncio.CancelledError:
+            self._error = _Closed("the hop was closed")
+            raise
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            _wake(self._ready)
+
+    async def receive(self) -> bytes:
+        """Return the next frame received, waiting for it in this task."""
+        frames = self._frames
+        while not frames:
+            if self._error is not None:
+                raise self._error
+            self._ready = self._loop.create_future()
+            await self._ready
+        frame = frames.popleft()
+        if self._room is not None and len(frames) < _HOP_BOUND // 2:
+            _wake(self._room)
+            self._room = None
+        return frame
+
+    async def aclose(self) -> None:
+        """Stop the receive loop."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def _wake(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+async def _serve_one(send: Send, receive: Receive, hop: bool) -> None:
+    """Run :func:`_sink` on one connection, through a :class:`_Hop` with ``hop``."""
+    if not hop:
+        await _sink(send, receive)
+        return
+    hopper = _Hop(receive)
+    try:
+        await _sink(send, hopper.receive)
+    finally:
+        await hopper.aclose()
+
+
 async def _sink(send: Send, receive: Receive) -> None:
     """Serve one connection: count or echo payloads, answer control frames."""
     state = SinkState()
@@ -64,17 +149,20 @@ async def _sink(send: Send, receive: Receive) -> None:
 
 
 @asynccontextmanager
-async def serve(transport: str) -> AsyncIterator[str]:
-    """Serve bare sinks for ``transport`` on 127.0.0.1; yield the address to connect to."""
+async def serve(transport: str, *, hop: bool = False) -> AsyncIterator[str]:
+    """Serve bare sinks for ``transport`` on 127.0.0.1; yield the address to connect to.
+
+    With ``hop``, each connection receives in a task of its own (see :class:`_Hop`).
+    """
     servers = {"websockets": _serve_websockets, "aiohttp": _serve_aiohttp, "grpc": _serve_grpc}
     if transport not in servers:
         raise ValueError(f"no bare baseline for transport {transport!r}")
-    async with servers[transport]() as address:
+    async with servers[transport](hop) as address:
         yield address
 
 
 @asynccontextmanager
-async def _serve_websockets() -> AsyncIterator[str]:
+async def _serve_websockets(hop: bool) -> AsyncIterator[str]:
     from websockets.asyncio.server import ServerConnection
     from websockets.asyncio.server import serve as ws_serve
     from websockets.exceptions import ConnectionClosed
@@ -82,7 +170,7 @@ async def _serve_websockets() -> AsyncIterator[str]:
     async def handler(ws: ServerConnection) -> None:
         try:
             # Every frame is binary: recv() returns bytes, no wrapper needed.
-            await _sink(ws.send, cast(Receive, ws.recv))
+            await _serve_one(ws.send, cast(Receive, ws.recv), hop)
         except ConnectionClosed:
             pass
 
@@ -94,7 +182,7 @@ async def _serve_websockets() -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def _serve_aiohttp() -> AsyncIterator[str]:
+async def _serve_aiohttp(hop: bool) -> AsyncIterator[str]:
     from aiohttp import WSMsgType, web
 
     async def endpoint(request: web.Request) -> web.WebSocketResponse:
@@ -111,7 +199,7 @@ async def _serve_aiohttp() -> AsyncIterator[str]:
             raise _Closed
 
         try:
-            await _sink(ws.send_bytes, receive)
+            await _serve_one(ws.send_bytes, receive, hop)
         except (_Closed, ConnectionError):
             pass
         return ws
@@ -129,7 +217,7 @@ async def _serve_aiohttp() -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def _serve_grpc() -> AsyncIterator[str]:
+async def _serve_grpc(hop: bool) -> AsyncIterator[str]:
     import grpc
     import grpc.aio
 
@@ -141,7 +229,7 @@ async def _serve_grpc() -> AsyncIterator[str]:
             return bytes(data)
 
         try:
-            await _sink(context.write, receive)
+            await _serve_one(context.write, receive, hop)
         except _Closed:
             pass
 
@@ -203,8 +291,11 @@ def _payload(size: int) -> bytes:
     return os.urandom(size)
 
 
-async def connect(transport: str, address: str) -> BareLink:
-    """Open a bare connection to ``address`` with the library behind ``transport``."""
+async def connect(transport: str, address: str, *, hop: bool = False) -> BareLink:
+    """Open a bare connection to ``address`` with the library behind ``transport``.
+
+    With ``hop``, replies are received in a task of its own (see :class:`_Hop`).
+    """
     stack = AsyncExitStack()
     try:
         if transport == "websockets":
@@ -215,6 +306,10 @@ async def connect(transport: str, address: str) -> BareLink:
             send, receive = await _connect_grpc(address, stack)
         else:
             raise ValueError(f"no bare baseline for transport {transport!r}")
+        if hop:
+            hopper = _Hop(receive)
+            stack.push_async_callback(hopper.aclose)
+            receive = hopper.receive
     except BaseException:
         await stack.aclose()
         raise

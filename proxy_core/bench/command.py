@@ -94,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the pipecat-ai peer row with this interpreter (a venv with pipecat-ai)",
     )
     parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the bare+hop rows (the bare library with a task hop per side: "
+        "the floor of the proxy's round trip)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="also run stream_200b once more under cProfile per proxy row, "
@@ -147,6 +153,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         quick=args.quick,
         buses=[] if no_bus else bus,
         loop=loop,
+        floor=not getattr(args, "no_floor", False),
     )
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from ..errors import PluginError
 from ..loops import loop_version
@@ -73,6 +73,12 @@ _LIBRARIES = (
     "uvloop",
 )
 
+
+#: The scenarios ``--profile`` runs once more under cProfile.
+_PROFILED: Final = ("stream_200b", "rtt")
+
+#: The record's ``impl`` of each implementation the children run (the rest: proxy-core).
+_IMPL_NAMES: Final = {"pipecat": "pipecat-ai", "hop": "bare+hop"}
 
 #: The module the benchmark's children run.
 _WORKER = "proxy_core.bench.worker"
@@ -238,6 +244,9 @@ class _Run:
         rows = [_Row("proxy", c) for c in codecs]
         if "pipecat" in impls:
             rows.append(_Row("pipecat", "json"))
+        if self.options.floor:
+            impls.append("hop")
+            rows.append(_Row("hop", "-"))
         idle_codec = "msgpack" if "msgpack" in codecs else codecs[0]
         plan = _Plan(transport, impls, rows, scenarios, "idle_memory" in scenarios, idle_codec)
         metrics = [m for m in METRICS if m.scenario in scenarios and m.scenario != "codec"]
@@ -245,6 +254,8 @@ class _Run:
             for m in metrics:
                 if m.scenario == "idle_memory" and row.impl == "proxy" and row.codec != idle_codec:
                     continue
+                if m.scenario == "idle_memory" and row.impl == "hop":
+                    continue  # the same connection as bare: nothing to compare
                 plan.keys.append((row.impl, transport, row.codec, m.scenario, m.name))
         return plan
 
@@ -343,14 +354,15 @@ class _Run:
     ) -> int:
         values: dict[str, float | None] = {}
         errors: dict[str, str] = {}
-        for impl in sorted(plan.impls, key=lambda i: i != "bare"):
+        impls = [i for i in plan.impls if i != "hop"]
+        for impl in sorted(impls, key=lambda i: i != "bare"):
             codec = plan.idle_codec if impl == "proxy" else "json"
             try:
                 values[impl] = await self._idle(servers[impl], clients[impl], codec)
             except StepFailed as exc:
                 values[impl], errors[impl] = None, str(exc)
             self.progress(f"{plan.transport}: idle_memory ({impl})", 1)
-        for impl in plan.impls:
+        for impl in impls:
             if impl == "bare":
                 continue
             codec = plan.idle_codec if impl == "proxy" else "json"
@@ -358,7 +370,7 @@ class _Run:
             error = errors.get(impl) or errors.get("bare")
             self.store(key, values[impl], values["bare"], error)
             done.add(key)
-        return len(plan.impls)
+        return len(impls)
 
     async def _idle(self, server: Child, client: Child, codec: str) -> float:
         t = self._timeout
@@ -413,8 +425,8 @@ class _Run:
                     results[who] = str(exc)
                 self.progress(label, 1)
                 steps += 1
-            if self.options.profile_dir and repeat == 0 and scenario == "stream_200b":
-                await self._profile(plan.transport, row, servers[row.impl], client)
+            if self.options.profile_dir and repeat == 0 and scenario in _PROFILED:
+                await self._profile(plan.transport, row, servers[row.impl], client, run)
             for m in metrics:
                 key: Key = (row.impl, plan.transport, row.codec, m.scenario, m.name)
                 mine, bare = results[row.impl], results["bare"]
@@ -442,7 +454,7 @@ class _Run:
         if isinstance(run, str):  # rtt
             cmd = {"cmd": "rtt", "size": 200, "count": c.rtt, "warmup": c.warmup}
             reply = await client.ask(cmd | deadline, self._timeout)
-            return {"p50": reply["p50"], "p99": reply["p99"]}
+            return {k: reply[k] for k in ("p50", "p99", "cpu_client", "cpu_server")}
         size, count = run.size, c.of(run)
         warmup = c.warmup if size == 200 else max(10, c.warmup // 5)
         cmd = {"cmd": "stream", "size": size, "count": count, "warmup": warmup}
@@ -456,27 +468,31 @@ class _Run:
             "server": reply["server_cpu"] / count * 1e6,
         }
 
-    async def _profile(self, transport: str, row: _Row, server: Child, client: Child) -> None:
-        """Run stream_200b once more under cProfile on both sides (not counted)."""
+    async def _profile(
+        self, transport: str, row: _Row, server: Child, client: Child, run: Stream | str
+    ) -> None:
+        """Run ``run`` (stream_200b or rtt) once more under cProfile on both sides (not counted)."""
         out = _make_dir(self.options.profile_dir or ".")
         t = self._timeout
+        scenario = run if isinstance(run, str) else run.scenario
+        count = self.counts.rtt if scenario == "rtt" else self.counts.stream_200b
         title = (
-            f"{row.impl} {transport}/{row.codec} stream_200b, {self.counts.stream_200b} messages, "
+            f"{row.impl} {transport}/{row.codec} {scenario}, {count} messages, "
             f"commit {_git_commit() or 'unknown'}"
         )
-        paths = {
-            side: str(out / f"profile-{row.impl}-{transport}-{row.codec}-{side}.txt")
-            for side in ("client", "server")
-        }
+        stem = f"profile-{row.impl}-{transport}-{row.codec}"
+        if scenario != "stream_200b":  # the stream's files keep their earlier names
+            stem += f"-{scenario}"
+        paths = {side: str(out / f"{stem}-{side}.txt") for side in ("client", "server")}
         try:
             for child in (server, client):
                 await child.ask({"cmd": "profile", "action": "start"}, t)
-            await self._measure(client, STREAMS[0])
+            await self._measure(client, run)
         finally:
             for side, child in (("server", server), ("client", client)):
                 with contextlib.suppress(StepFailed):
                     await child.ask(
-                        {"cmd": "profile", "action": "stop", "path": paths[side]}
+                        {"cmd": "profile", "action": "stop", "path": paths[side], "top": 150}
                         | {"title": f"{title}: {side} process, top 30 by tottime"},
                         t,
                     )
@@ -519,7 +535,7 @@ class _Run:
                 metric=metric,
                 unit=m.unit,
                 better=m.better,
-                impl="pipecat-ai" if impl == "pipecat" else "proxy-core",
+                impl=_IMPL_NAMES.get(impl, "proxy-core"),
                 bare_label=self.labels.get(
                     key, BARE_LABELS.get(transport) or BUS_LABELS.get(transport, "")
                 ),

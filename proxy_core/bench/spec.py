@@ -76,6 +76,8 @@ METRICS: Final = (
     Metric("stream_16k_b2b", "throughput", "MB/s", "higher", "16 KiB stream, back to back, MB/s"),
     Metric("rtt", "p50", "us", "lower", "round trip p50, us"),
     Metric("rtt", "p99", "us", "lower", "round trip p99, us"),
+    Metric("rtt", "cpu_client", "us", "lower", "CPU per round trip, client side, us"),
+    Metric("rtt", "cpu_server", "us", "lower", "CPU per round trip, server side, us"),
     Metric("cpu", "client", "us/msg", "lower", "CPU per message, client side"),
     Metric("cpu", "server", "us/msg", "lower", "CPU per message, server side"),
     Metric("cpu_b2b", "client", "us/msg", "lower", "CPU per message, back to back, client side"),
@@ -194,6 +196,10 @@ class BenchOptions:
             one, unless ``transports`` is given (then none).
         loop: the event loop every child process runs on: ``"asyncio"`` or
             ``"uvloop"`` (:data:`proxy_core.loops.LOOPS`).
+        floor: also run each transport's ``bare+hop`` row: the bare library with
+            the proxy's shape of tasks (each side receives in a task of its own
+            and hands frames to the consumer through a queue), the floor of the
+            design's round trip.
     """
 
     transports: list[str] | None = None
@@ -208,6 +214,7 @@ class BenchOptions:
     quick: bool = False
     buses: list[str] | None = None
     loop: str = "asyncio"
+    floor: bool = True
 
     def selected_buses(self) -> list[str]:
         """Return the bus rows this run asks for (before checking what is installed)."""

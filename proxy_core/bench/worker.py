@@ -118,10 +118,10 @@ def _server(spec: dict[str, Any]) -> AbstractAsyncContextManager[str]:
         from . import proxy_side
 
         return proxy_side.serve(spec["transport"], spec["codecs"])
-    if impl == "bare":
+    if impl in ("bare", "hop"):
         from . import bare_side
 
-        return bare_side.serve(spec["transport"])
+        return bare_side.serve(spec["transport"], hop=impl == "hop")
     if impl == "pipecat":
         from . import pipecat_side
 
@@ -166,10 +166,10 @@ class _Client:
             from .proxy_side import ProxyLink
 
             return await ProxyLink.open(self.transport, url, codec, timeout)
-        if self.impl == "bare":
+        if self.impl in ("bare", "hop"):
             from .bare_side import connect
 
-            return await connect(self.transport, url)
+            return await connect(self.transport, url, hop=self.impl == "hop")
         from .pipecat_side import PipecatLink
 
         return await PipecatLink.open(url, timeout)
@@ -229,12 +229,19 @@ class _Client:
         warmup = int(command.get("warmup", 0))
         if warmup:
             await link.round_trips(size, warmup)
+            await link.control("echo")  # the sink's CPU clock starts again
+        cpu = time.process_time()
         samples = await link.round_trips(size, count)
+        cpu = time.process_time() - cpu
+        # The server's CPU since "echo" holds one control round trip more: negligible.
+        server_cpu = (await link.control("end"))["cpu"]
         await link.control("stream")  # back to counting: no echoes in flight later
         return {
             "ok": True,
             "p50": percentile(samples, 50) * 1e6,
             "p99": percentile(samples, 99) * 1e6,
+            "cpu_client": cpu / count * 1e6,
+            "cpu_server": server_cpu / count * 1e6,
         }
 
     async def open_idle(self, url: str, codec: str, count: int, deadline: float) -> dict[str, Any]:
