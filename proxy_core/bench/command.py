@@ -102,8 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         metavar="DIR",
-        help="also run stream_200b once more under cProfile per proxy row, "
-        "writing the top 30 functions by tottime of each side to DIR",
+        help="also run stream_200b (and rtt, when selected) once more under cProfile per "
+        "proxy row, writing the top 30 functions by tottime of each side to DIR",
     )
 
 

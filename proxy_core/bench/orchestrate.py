@@ -492,7 +492,7 @@ class _Run:
             for side, child in (("server", server), ("client", client)):
                 with contextlib.suppress(StepFailed):
                     await child.ask(
-                        {"cmd": "profile", "action": "stop", "path": paths[side], "top": 150}
+                        {"cmd": "profile", "action": "stop", "path": paths[side]}
                         | {"title": f"{title}: {side} process, top 30 by tottime"},
                         t,
                     )
