@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .proxy import ProxyClient, ProxyServer, ProxyStats, SessionTable
     from .runner import WorkerRunner
     from .service import ProxyService, serve_proxy
-    from .worker import BaseWorker
+    from .worker import BaseWorker, WorkerHost
 
 # The parts that need asyncio load on first use, so that the pure modules
 # (rules, messages, codecs, session) can be imported without an event loop library.
@@ -73,6 +73,7 @@ _LAZY = {
     "ProxyStats": "proxy",
     "SessionTable": "proxy",
     "WorkerRunner": "runner",
+    "WorkerHost": "worker",
     "serve_proxy": "service",
 }
 
@@ -95,6 +96,7 @@ __all__ = [
     "AuthenticationError",
     "Backoff",
     "BaseWorker",
+    "WorkerHost",
     "BaseBus",
     "Bus",
     "InProcessBus",

@@ -1,4 +1,8 @@
-"""Workers: named participants on a bus, run by a :class:`~proxy_core.runner.WorkerRunner`."""
+"""Workers: named participants on a bus, run by a :class:`~proxy_core.runner.WorkerRunner`.
+
+The dependency goes one way: the runner knows workers; a worker knows only the
+:class:`WorkerHost` interface, which the runner implements.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from .bus import BaseBus
 from .errors import ConfigurationError
@@ -20,9 +24,8 @@ from .messages import (
 
 if TYPE_CHECKING:
     from .registry import WorkerRegistry
-    from .runner import WorkerRunner
 
-__all__ = ["BaseWorker"]
+__all__ = ["BaseWorker", "WorkerHost"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,48 @@ _CONTROL = (BusActivateWorkerMessage, BusDeactivateWorkerMessage, BusEndWorkerMe
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
+
+
+class WorkerHost(Protocol):
+    """What a worker may ask of the runner it was added to.
+
+    :class:`~proxy_core.runner.WorkerRunner` implements it; a worker sees its
+    runner through this interface only (``worker.runner``), so ``worker.py``
+    does not depend on ``runner.py``.
+    """
+
+    @property
+    def name(self) -> str:
+        """The runner's name."""
+        ...
+
+    @property
+    def bus(self) -> BaseBus:
+        """The runner's bus."""
+        ...
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        """The runner's registry of ready workers, local and remote."""
+        ...
+
+    async def end(self, reason: str | None = None) -> None:
+        """Stop the runner gracefully: each worker's ``on_end`` runs, then ``run`` returns."""
+        ...
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Stop the runner at once: worker tasks are cancelled without ``on_end``."""
+        ...
+
+    def fail(self, error: BaseException, reason: str | None = None) -> None:
+        """End the runner gracefully because of ``error``; its ``run`` then raises it."""
+        ...
+
+    def _worker_ready(self, worker: BaseWorker) -> None: ...
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+
+    async def _end_worker(self, worker: BaseWorker, reason: str | None) -> None: ...
 
 
 class BaseWorker:
@@ -84,7 +129,7 @@ class BaseWorker:
             raise ConfigurationError(f"a worker name must be a non-empty string, got {name!r}")
         self._name = name
         self._active = active
-        self._runner: WorkerRunner | None = None
+        self._runner: WorkerHost | None = None
         self._inbox: Inbox[BusMessage] = Inbox(
             max_queue, overflow, put_timeout=put_timeout, name=name, over_bound=self._is_control
         )
@@ -115,8 +160,8 @@ class BaseWorker:
         return self._active
 
     @property
-    def runner(self) -> WorkerRunner:
-        """The runner this worker was added to.
+    def runner(self) -> WorkerHost:
+        """The runner this worker was added to (a :class:`~proxy_core.runner.WorkerRunner`).
 
         Raises:
             ConfigurationError: the worker has not been added to a runner yet.
@@ -248,7 +293,7 @@ class BaseWorker:
         self._finished = hook
         self._inbox.on_drop = None if hook is None else (lambda message: hook(self, message))
 
-    def _attach(self, runner: WorkerRunner) -> None:
+    def _attach(self, runner: WorkerHost) -> None:
         if self._runner is not None and self._runner is not runner:
             raise ConfigurationError(f"worker {self._name!r} already belongs to another runner")
         self._runner = runner

@@ -6,7 +6,7 @@ import proxy_core
 import proxy_core_websockets
 
 CORE = {
-    "WorkerRunner", "BaseWorker", "BusMessage", "BusFrameMessage", "BusLocalMessage",
+    "WorkerRunner", "BaseWorker", "WorkerHost", "BusMessage", "BusFrameMessage", "BusLocalMessage",
     "TextFrame", "AudioRawFrame", "Frame", "BusDataMessage", "BusActivateWorkerMessage",
     "BusDeactivateWorkerMessage", "BusEndWorkerMessage", "BusEndMessage", "BusCancelMessage",
     "BusWorkerReadyMessage", "LIFECYCLE_MESSAGES", "register_type", "TypeRegistry",
