@@ -524,7 +524,8 @@ class _ProxyWorker(BaseWorker):
                 finally:
                     self._writing = False
         finally:
-            if self._writer_task is asyncio.current_task():
+            task = self._writer_task
+            if task is not None and asyncio.current_task(task.get_loop()) is task:
                 self._writer_task = None
             if not out:
                 self._out_drained.set()

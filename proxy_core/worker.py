@@ -330,7 +330,10 @@ class BaseWorker:
             QueueFull: the inbox is full and the policy is ``"error"``.
         """
         inbox = self._inbox
-        if self._task is not None and asyncio.current_task() is self._task:
+        task = self._task
+        # current_task(loop) rather than current_task(): on CPython 3.11 the
+        # latter asks get_running_loop(), a getpid() system call, on every message.
+        if task is not None and asyncio.current_task(task.get_loop()) is task:
             if not inbox.offer(message):
                 inbox.put_over_bound(message)
             return
