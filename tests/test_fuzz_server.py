@@ -48,12 +48,12 @@ from proxy_core.testing._harness import (
     SERVER_WORKER,
     ClientSide,
     ServerSide,
-    hello_frame,
     running_client,
     running_server,
     text,
     wait,
 )
+from proxy_core.testing._raw import hello_frame
 from proxy_core.transport import Connection, Transport
 
 pytestmark = pytest.mark.timeout(180)

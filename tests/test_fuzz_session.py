@@ -79,7 +79,7 @@ from proxy_core.session import (
     client_hello,
     server_negotiate,
 )
-from proxy_core.testing._harness import unknown_type_frame
+from proxy_core.testing._raw import unknown_type_frame
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -61,7 +61,7 @@ from ..messages import (
 from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ._harness import TIMEOUT, Recorder, text, text_of, wait
-from .contracts import _awkward_data
+from .contracts_codec import _awkward_data
 
 __all__ = ["BusContract", "BusLocalNote", "Cluster", "Member", "Watcher"]
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import ClassVar
-
-import pytest
 
 from ..codecs.base import Codec
 from ..messages import BusFrameMessage, BusMessage
@@ -25,17 +22,17 @@ from ..proxy import ProxyClient, ProxyServer
 from ..runner import WorkerRunner
 from ..service import serve_proxy
 from ..transport import Transport
+from ._base import LiveContract
 from ._harness import (
     CLIENT_WORKER,
     SERVER_WORKER,
     Recorder,
-    raw_client,
-    raw_server,
     running_client,
     text,
     text_of,
     wait,
 )
+from ._raw import raw_client, raw_server
 
 __all__ = ["CloseContract"]
 
@@ -127,7 +124,7 @@ def _acked(frames: list[Envelope]) -> int:
     return max((f.seq for f in frames if isinstance(f, Ack)), default=0)
 
 
-class CloseContract:
+class CloseContract(LiveContract):
     """The close handshake, on every transport (with the first codec).
 
     Included in :class:`~proxy_core.testing.contracts.TransportContract`;
@@ -136,14 +133,6 @@ class CloseContract:
     Attributes:
         transport: the transport under test, by registered name or instance.
     """
-
-    transport: ClassVar[str | Transport | None] = None
-
-    pytestmark = [
-        pytest.mark.proxy_core_contract,
-        pytest.mark.asyncio(loop_scope="function"),
-        pytest.mark.usefixtures("proxy_core_no_leaked_tasks"),
-    ]
 
     async def test_bye_right_after_the_last_message_loses_nothing(
         self, proxy_core_transport: Transport, proxy_core_codec: Codec, serve_url: str

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -27,6 +27,7 @@ from ..errors import AuthenticationError, SessionLost, TransportError
 from ..protocol import Ack, Msg, Ping, Ready
 from ..proxy import ProxyClient
 from ..transport import Transport
+from ._base import LiveContract
 from ._harness import (
     CLIENT_WORKER,
     SERVER_WORKER,
@@ -34,13 +35,12 @@ from ._harness import (
     ClientSide,
     Server,
     ServerSide,
-    raw_client,
     running_client,
     running_server,
     text,
     wait,
 )
-from .memory import MemoryTransport
+from ._raw import raw_client
 from .relay import FaultRelay
 
 __all__ = ["FAST_RECONNECT", "ResumeContract"]
@@ -101,7 +101,7 @@ class _Events:
         await wait(loop())
 
 
-class ResumeContract:
+class ResumeContract(LiveContract):
     """Reconnect and resume over a faulty TCP link, for every TCP transport.
 
     Included in :class:`~proxy_core.testing.contracts.TransportContract`;
@@ -110,19 +110,6 @@ class ResumeContract:
     Attributes:
         transport: the transport under test, by registered name or instance.
     """
-
-    transport: ClassVar[str | Transport | None] = None
-
-    pytestmark = [
-        pytest.mark.proxy_core_contract,
-        pytest.mark.asyncio(loop_scope="function"),
-        pytest.mark.usefixtures("proxy_core_no_leaked_tasks"),
-    ]
-
-    @staticmethod
-    def _require_relay(transport: Transport) -> None:
-        if isinstance(transport, MemoryTransport):
-            pytest.skip("transport 'memory' is not TCP: no relay can sit in the middle")
 
     @staticmethod
     @contextlib.asynccontextmanager
@@ -157,7 +144,7 @@ class ResumeContract:
         """600 messages each way with the TCP link reset 5 times while they flow: every
         message arrives exactly once and in order, both ways, in one resumed session."""
         transport, codec = proxy_core_transport, proxy_core_codec
-        self._require_relay(transport)
+        self._require_tcp(transport)
         count, cuts = 600, 5
         per_cut = count // cuts
         async with self._relayed(transport, serve_url, codec, {}, reconnect=FAST_RECONNECT) as (
@@ -193,7 +180,7 @@ class ResumeContract:
         dead link, the client comes back when the path does, and what was sent meanwhile
         arrives exactly once, both ways."""
         transport, codec = proxy_core_transport, proxy_core_codec
-        self._require_relay(transport)
+        self._require_tcp(transport)
         async with self._relayed(
             transport,
             serve_url,
@@ -227,7 +214,7 @@ class ResumeContract:
         session; the client gets ``on_session_lost`` (with the messages it had not seen
         acknowledged), counts them, and goes on with a new session."""
         transport, codec = proxy_core_transport, proxy_core_codec
-        self._require_relay(transport)
+        self._require_tcp(transport)
         async with self._relayed(
             transport,
             serve_url,
@@ -261,7 +248,7 @@ class ResumeContract:
         producer is held back, every queue on the way stays within its bound, and when the
         link flows again all of them arrive, once each and in order."""
         transport, codec = proxy_core_transport, proxy_core_codec
-        self._require_relay(transport)
+        self._require_tcp(transport)
         count, window, inbox = 20_000, 64, 32
         payload = "x" * 190
         async with self._relayed(

@@ -16,20 +16,18 @@ do not depend on the codec: they run once per transport, with the first codec.
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
 
 import pytest
 
 from ..codecs.base import Codec
 from ..errors import ConnectError, TLSError
-from ..messages import BusMessage
 from ..transport import Connection, Transport
+from ._base import LiveContract
 from ._harness import (
     CLIENT_WORKER,
     SERVER_WORKER,
     TIMEOUT,
     ClientSide,
-    Recorder,
     Server,
     running_client,
     running_server,
@@ -57,12 +55,7 @@ async def _round_trip(conn: Connection, frames: list[bytes]) -> list[bytes]:
     return got
 
 
-async def _crosses(sender: Recorder, receiver: Recorder, message: BusMessage) -> None:
-    await sender.send_bus_message(message)
-    assert await receiver.wait_for(lambda m: m == message) == message
-
-
-class TLSContract:
+class TLSContract(LiveContract):
     """TLS on the transport's secure scheme, with ``ClientTLS`` and ``ServerTLS``.
 
     Included in :class:`~proxy_core.testing.contracts.TransportContract`;
@@ -73,22 +66,11 @@ class TLSContract:
         transport: the transport under test, by registered name or instance.
     """
 
-    transport: ClassVar[str | Transport | None] = None
-
-    pytestmark = [
-        pytest.mark.proxy_core_contract,
-        pytest.mark.asyncio(loop_scope="function"),
-        pytest.mark.usefixtures("proxy_core_no_leaked_tasks"),
-    ]
-
-    @staticmethod
-    async def _tls_session_works(client: ClientSide, server: Server) -> None:
+    async def _tls_session_works(self, client: ClientSide, server: Server) -> None:
         """Connect ``client``, then send a message each way and see it arrive."""
-        await client.activate()
-        side = await server.of(client)
-        await wait(side.connected.wait())
-        await _crosses(client.acme, side.worker, text(CLIENT_WORKER, SERVER_WORKER, "secret"))
-        await _crosses(side.worker, client.acme, text(SERVER_WORKER, CLIENT_WORKER, "answer"))
+        side = await self._connected(client, server)
+        await self._crosses(client.acme, side.worker, text(CLIENT_WORKER, SERVER_WORKER, "secret"))
+        await self._crosses(side.worker, client.acme, text(SERVER_WORKER, CLIENT_WORKER, "answer"))
 
     async def test_tls_raw_frames_round_trip(
         self, proxy_core_transport: Transport, tls_serve_url: str, proxy_core_tls: TLSMaterial

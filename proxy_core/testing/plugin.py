@@ -59,8 +59,19 @@ __all__ = [
 pytest.register_assert_rewrite(
     "proxy_core.testing.contracts",
     "proxy_core.testing.contracts_bus",
+    "proxy_core.testing.contracts_close",
+    "proxy_core.testing.contracts_codec",
+    "proxy_core.testing.contracts_connection",
+    "proxy_core.testing.contracts_forgery",
+    "proxy_core.testing.contracts_forgery_hello",
+    "proxy_core.testing.contracts_resume",
+    "proxy_core.testing.contracts_rules",
+    "proxy_core.testing.contracts_session",
     "proxy_core.testing.contracts_tls",
+    "proxy_core.testing._base",
     "proxy_core.testing._harness",
+    "proxy_core.testing._raw",
+    "proxy_core.testing._victim",
 )
 
 try:
