@@ -240,7 +240,7 @@ def test_a_back_to_back_producer_past_its_deadline_fails_instead_of_hanging() ->
 
 
 def test_which_timed_runs_a_row_makes() -> None:
-    from proxy_core.bench.orchestrate import timed_runs
+    from proxy_core.bench.groups import timed_runs
 
     def names(scenarios: list[str]) -> list[str]:
         return [r if isinstance(r, str) else r.scenario for r in timed_runs(scenarios)]

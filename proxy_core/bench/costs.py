@@ -48,7 +48,7 @@ from typing import IO, Any, Final
 from ..plugins import available_codecs, available_transports
 from .bare_side import BARE_LABELS
 from .child import Child, ChildDied, StepFailed
-from .orchestrate import machine_info
+from .machine import machine_info
 from .stats import median
 
 __all__ = [

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..plugins import available_codecs, available_transports
 from .child import Child, ChildDied, StepFailed
-from .orchestrate import machine_info
+from .machine import machine_info
 
 __all__ = ["LoadOptions", "LoadResult", "add_arguments", "format_table", "main", "run_load"]
 

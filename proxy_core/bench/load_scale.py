@@ -25,7 +25,7 @@ from typing import Any
 
 from .chart import GREY, color_of, pyplot, save
 from .load import LoadOptions, LoadResult, run_load
-from .orchestrate import machine_info
+from .machine import machine_info
 
 __all__ = [
     "DEFAULT_COUNTS",
