@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "see benchmarks/README.md.",
     )
     add_bench_arguments(bench)
-    from .bench.load import add_arguments as add_load_arguments
+    from .bench.load_command import add_arguments as add_load_arguments
 
     load = commands.add_parser(
         "bench-load",
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_command(args, None if argv is None else list(argv)[1:])
         if args.command == "bench-load":
-            from .bench.load import run_command as run_load_command
+            from .bench.load_command import run_command as run_load_command
 
             return run_load_command(args, None if argv is None else list(argv)[1:])
         if args.command == "bench-costs":

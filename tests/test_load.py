@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy_core.bench.load import LoadOptions, format_table, run_load
+from proxy_core.bench.load import LoadOptions, run_load
+from proxy_core.bench.load_command import format_table
 from proxy_core.cli import main
 
 pytestmark = pytest.mark.timeout(90)
