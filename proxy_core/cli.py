@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "See docs/load.md.",
     )
     add_load_arguments(load)
-    from .bench.costs import add_arguments as add_costs_arguments
+    from .bench.costs_command import add_arguments as add_costs_arguments
 
     costs = commands.add_parser(
         "bench-costs",
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_load_command(args, None if argv is None else list(argv)[1:])
         if args.command == "bench-costs":
-            from .bench.costs import run_command as run_costs_command
+            from .bench.costs_command import run_command as run_costs_command
 
             return run_costs_command(args, None if argv is None else list(argv)[1:])
         if args.command == "schema":

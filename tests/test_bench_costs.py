@@ -19,9 +19,9 @@ from proxy_core.bench.costs import (
     MARK,
     CostOptions,
     CostResult,
-    format_tables,
     parse_strace,
 )
+from proxy_core.bench.costs_command import format_tables
 from proxy_core.bench.costs_side import CountingLoop, classify_frames
 from proxy_core.cli import main
 from proxy_core.messages import AudioRawFrame, BusFrameMessage
