@@ -56,7 +56,6 @@ from proxy_core.transport import (
     ServedConnections,
     Transport,
     check_authentication,
-    check_tls_scheme,
     connect_error,
     listen_error,
     lower_headers,
@@ -69,7 +68,7 @@ from proxy_core.transport import describe_error as _describe
 from proxy_core.transport import format_host as _format_host
 from proxy_core.transport import redact_url as _redact
 
-from . import _wire
+from . import _tls, _wire
 from ._wire import METHOD_PATH
 from .connection import GrpcClientConnection, GrpcConnection, GrpcServerConnection
 
@@ -234,7 +233,7 @@ class GrpcTransport(Transport):
         """
         parts = _parse_url(url)
         _check_limit(max_message_bytes)
-        _check_tls(url, ssl, ClientTLS)
+        _tls.check_tls(url, ssl, ClientTLS)
         metadata = _client_metadata(headers)
         target = f"{_format_host(parts.hostname)}:{_port(parts)}"
         channel = self._channel(parts.scheme, target, max_message_bytes, ssl)
@@ -272,7 +271,7 @@ class GrpcTransport(Transport):
         if scheme != "grpcs":
             return grpc.aio.insecure_channel(target, options=options)
         if isinstance(tls, ClientTLS):
-            credentials = _channel_credentials(tls)
+            credentials = _tls.channel_credentials(tls)
             if tls.server_hostname is not None:
                 options.append(("grpc.ssl_target_name_override", tls.server_hostname))
         else:
@@ -315,10 +314,10 @@ class GrpcTransport(Transport):
         """
         parts = _parse_url(url)
         _check_limit(max_message_bytes)
-        _check_tls(url, ssl, ServerTLS)
+        _tls.check_tls(url, ssl, ServerTLS)
         credentials = self.server_credentials
         if isinstance(ssl, ServerTLS):
-            credentials = _server_credentials(ssl)
+            credentials = _tls.server_credentials(ssl)
         if parts.scheme == "grpcs" and credentials is None:
             raise ConfigurationError(
                 f"serving {_redact(url)} needs TLS settings: ssl=ServerTLS(cert_chain_pem, "
@@ -341,59 +340,6 @@ class GrpcTransport(Transport):
             yield listener
         finally:
             await listener.aclose()
-
-
-_SSL_CONTEXT_REFUSED = (
-    "the grpc transport cannot use an ssl.SSLContext (gRPC has its own TLS stack, which "
-    "cannot read one): pass ssl={} with the PEM certificates instead (proxy_core.{}), or "
-    "gRPC credentials to the transport, GrpcTransport({}=...)"
-)
-
-
-def _check_tls(url: str, tls: object, kind: type[ClientTLS | ServerTLS]) -> None:
-    """Refuse TLS settings gRPC cannot use, or that do not fit the URL's scheme."""
-    if tls is None:
-        return
-    if isinstance(tls, SSLContext):
-        if kind is ClientTLS:
-            example, option = "ClientTLS(ca_pem=...)", "channel_credentials"
-        else:
-            example, option = "ServerTLS(cert_chain_pem, key_pem)", "server_credentials"
-        raise ConfigurationError(_SSL_CONTEXT_REFUSED.format(example, kind.__name__, option))
-    if not isinstance(tls, kind):
-        raise ConfigurationError(
-            f"ssl= takes a {kind.__name__} here, not {type(tls).__module__}."
-            f"{type(tls).__qualname__}"
-        )
-    check_tls_scheme(url, tls, secure="grpcs")
-
-
-def _channel_credentials(tls: ClientTLS) -> Any:
-    return grpc.ssl_channel_credentials(
-        root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem
-    )
-
-
-def _server_credentials(tls: ServerTLS) -> Any:
-    return grpc.ssl_server_credentials(
-        [(tls.key_pem, tls.cert_chain_pem)],
-        root_certificates=tls.client_ca_pem,
-        require_client_auth=tls.requires_client_certificate,
-    )
-
-
-def _tls_failure(details: str) -> str | None:
-    """Describe a failed TLS handshake from a gRPC status message, else ``None``."""
-    if "CERTIFICATE_VERIFY_FAILED" in details or _VERIFICATION_CHECK_FAILED.search(details):
-        return f"certificate verification failed ({details})"
-    if _TLS_HANDSHAKE_FAILED.search(details):
-        return f"TLS handshake failed ({details})"
-    return None
-
-
-_TLS_HANDSHAKE_FAILED = re.compile(r"(tls|ssl) handshake failed", re.IGNORECASE)
-# What gRPC says when the server's certificate does not name the host.
-_VERIFICATION_CHECK_FAILED = re.compile(r"verification check failed", re.IGNORECASE)
 
 
 def _server_options(limit: int) -> list[tuple[str, int]]:
@@ -452,7 +398,7 @@ def _refuse(url: str, status: Any, details: str, limit: int) -> NoReturn:
         details = f"the server does not serve {METHOD_PATH} ({details})"
     elif status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         details = f"{getattr(status, 'name', status)}: {details}"
-    elif (failure := _tls_failure(details)) is not None:
+    elif (failure := _tls.tls_failure(details)) is not None:
         raise TLSError(f"TLS handshake with {_redact(url)} failed: {failure}")
     elif url.startswith("grpc:") and "Socket closed" in details:
         # A TLS server drops a plaintext client without a word.
