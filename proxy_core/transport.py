@@ -12,7 +12,6 @@ Every method translates the wire library's exceptions into
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from abc import ABC, abstractmethod
@@ -20,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 # The helpers every backend needs (URLs, limits, errors): one copy, kept in a
 # module of their own and imported from here.
@@ -44,6 +43,9 @@ from ._transport_util import (
 )
 from .errors import AuthenticationError, ConfigurationError, ConnectionClosed, MessageTooLarge
 from .tls import ClientTLS, ServerTLS
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -323,6 +325,9 @@ class ServedConnections(Generic[C]):
     The shutdown every backend's :class:`Listener` shares: stop accepting,
     :meth:`close_all` (1001), then :meth:`finish`, which gives the handlers
     :data:`SHUTDOWN_GRACE` seconds and cancels those still running.
+
+    Its methods import asyncio when called, not this module: ``proxy_core``
+    imports this module, and its pure parts import without asyncio.
     """
 
     def __init__(self) -> None:
@@ -338,6 +343,8 @@ class ServedConnections(Generic[C]):
 
     async def run(self, handler: ConnectionHandler, connection: C) -> None:
         """Run ``handler`` on ``connection`` in this task (:func:`run_connection_handler`)."""
+        import asyncio
+
         task = asyncio.current_task()
         if task is not None:
             self._tasks[connection] = task
@@ -348,6 +355,8 @@ class ServedConnections(Generic[C]):
 
     def start(self, handler: ConnectionHandler, connection: C, name: str) -> asyncio.Task[None]:
         """Run ``handler`` on ``connection`` in a task of its own, and return the task."""
+        import asyncio
+
         task = asyncio.create_task(run_connection_handler(handler, connection), name=name)
         self._tasks[connection] = task
         task.add_done_callback(lambda _: self._tasks.pop(connection, None))
@@ -355,6 +364,8 @@ class ServedConnections(Generic[C]):
 
     async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Close every connection, all at once; each close is bounded by its own timeout."""
+        import asyncio
+
         await asyncio.gather(*(conn.aclose(code, reason) for conn in self.connections))
 
     async def finish(self, grace: float | None = None) -> None:
@@ -364,6 +375,8 @@ class ServedConnections(Generic[C]):
             grace: seconds to wait (default :data:`SHUTDOWN_GRACE`), then as
                 long again for the cancelled handlers to end.
         """
+        import asyncio
+
         grace = SHUTDOWN_GRACE if grace is None else grace
         tasks = set(self._tasks.values())
         if not tasks:
