@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ._link import (
     DEFAULT_CLOSE_TIMEOUT,
@@ -213,6 +214,15 @@ class ProxyServer(_ProxyWorker):
 
     side = "server"
 
+    #: The connections this class serves, and the error for another object
+    #: (``{got}``: its type): a backend's class may serve only its own
+    #: (``GrpcProxyServer``).
+    connection_type: ClassVar[type[Connection]] = Connection  # type: ignore[type-abstract]
+    connection_refused: ClassVar[str] = (
+        "connection must be a proxy_core Connection, got {got}; "
+        "wrap library sockets with transport.adapt(...)"
+    )
+
     def __init__(
         self,
         name: str,
@@ -256,11 +266,9 @@ class ProxyServer(_ProxyWorker):
             put_timeout=put_timeout,
             active=True,
         )
-        if not isinstance(connection, Connection):
-            raise ConfigurationError(
-                f"connection must be a proxy_core Connection, got {type(connection).__qualname__}; "
-                "wrap library sockets with transport.adapt(...)"
-            )
+        if not isinstance(connection, self.connection_type):
+            got = f"{type(connection).__module__}.{type(connection).__qualname__}"
+            raise ConfigurationError(self.connection_refused.format(got=got))
         if resume_grace < 0:
             raise ConfigurationError("resume_grace must not be negative")
         self.connection = connection

@@ -12,40 +12,68 @@ Every method translates the wire library's exceptions into
 
 from __future__ import annotations
 
-import errno
 import inspect
 import logging
-import socket
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, ClassVar
-from urllib.parse import SplitResult, urlsplit
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+# The helpers every backend needs (URLs, limits, errors): one copy, kept in a
+# module of their own and imported from here.
+from ._transport_util import (
+    MAX_REASON_BYTES,
+    bound_url,
+    check_max_message_bytes,
+    check_tls_scheme,
+    connect_error,
+    describe_error,
+    format_address,
+    format_host,
+    listen_error,
+    lower_headers,
+    parse_url,
+    plain_errno,
+    redact_url,
+    refusal_error,
+    truncate_reason,
+    url_port,
+)
 from .errors import AuthenticationError, ConfigurationError, ConnectionClosed, MessageTooLarge
 from .tls import ClientTLS, ServerTLS
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_REASON_BYTES",
+    "SHUTDOWN_GRACE",
     "Authenticator",
     "Connection",
     "ConnectionHandler",
     "Listener",
+    "ServedConnections",
     "Transport",
+    "bound_url",
     "check_authentication",
     "check_max_message_bytes",
+    "check_tls_scheme",
+    "connect_error",
     "describe_error",
-    "plain_errno",
     "format_address",
     "format_host",
+    "listen_error",
     "lower_headers",
     "parse_url",
+    "plain_errno",
     "redact_url",
+    "refusal_error",
     "run_connection_handler",
     "truncate_reason",
+    "url_port",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,10 +81,10 @@ logger = logging.getLogger(__name__)
 #: The default limit on one frame, in either direction: 1 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
-#: The longest close reason, in bytes of UTF-8: what a WebSocket close frame
-#: carries (125 bytes of payload, less the 2-byte code). One limit for every
-#: reason that travels: close reasons on every backend, BYE and REJECT reasons.
-MAX_REASON_BYTES = 123
+#: Seconds a closing listener gives its handlers once it has closed their
+#: connections, before it cancels those still running: a handler that awaits
+#: something other than its connection would keep the server open for ever.
+SHUTDOWN_GRACE = 10.0
 
 #: ``authenticate(headers)``: return true to accept, false (or raise
 #: :class:`~proxy_core.errors.AuthenticationError` with a reason) to refuse.
@@ -266,134 +294,6 @@ async def check_authentication(
     return None if result else "unauthorized"
 
 
-# ---------------------------------------------------------------- helpers for backends
-# Small pieces every backend needs in the same form: one copy here, so that
-# URLs, limits, addresses and errors read the same whichever backend is in use.
-
-
-def parse_url(url: str, *, transport: str, schemes: Sequence[str]) -> SplitResult:
-    """Split ``url`` and check it has one of ``schemes``, a valid port and a host.
-
-    Raises:
-        ConfigurationError: the URL does not fit (the message names what would).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in schemes:
-        raise ConfigurationError(
-            f"transport {transport!r} cannot use {redact_url(url)}: "
-            f"the URL scheme must be one of {', '.join(schemes)}"
-        )
-    try:
-        parts.port  # noqa: B018 -- validates the port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid port in {redact_url(url)}") from exc
-    if not parts.hostname:
-        raise ConfigurationError(f"the URL {redact_url(url)} has no host")
-    return parts
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` without user credentials, for messages and logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def check_max_message_bytes(max_message_bytes: int) -> None:
-    """Refuse a frame limit that is not positive.
-
-    Raises:
-        ConfigurationError: ``max_message_bytes`` < 1.
-    """
-    if max_message_bytes < 1:
-        raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
-
-
-def truncate_reason(reason: str) -> str:
-    """Return ``reason`` cut to at most 123 bytes of UTF-8, on a character boundary.
-
-    The one rule for every reason that travels (``docs/protocol.md``, section
-    1): a close reason on any backend, and the reason of a BYE or a REJECT.
-    A character cut in the middle is left out whole. A lone surrogate, which
-    UTF-8 cannot carry, becomes ``?``.
-    """
-    # Only the last character can be cut, so "ignore" drops just that one.
-    return reason.encode("utf-8", "replace")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
-
-
-#: Socket errors said in plain words, the same on every backend.
-_PLAIN_ERRNO = {
-    errno.ECONNREFUSED: "connection refused (is the server running, on that port?)",
-    errno.EADDRINUSE: "address already in use (another process listens on that port)",
-    errno.EADDRNOTAVAIL: "address not available on this machine",
-    errno.EACCES: "permission denied (ports below 1024 need privileges)",
-    errno.ENETUNREACH: "network unreachable",
-    errno.EHOSTUNREACH: "host unreachable",
-    errno.ECONNRESET: "connection reset by the peer",
-}
-
-
-def describe_error(exc: BaseException) -> str:
-    """Return a short description of ``exc`` for an error message.
-
-    A socket error anywhere in its chain (``__cause__``, ``__context__``, or
-    aiohttp's ``os_error``) is said in plain words (``connection refused
-    (...)``, ``address already in use (...)``, an unknown host); anything
-    else is ``"Type: message"`` (or just the type).
-    """
-    os_error = _os_error_in(exc)
-    if isinstance(os_error, socket.gaierror):
-        return f"cannot resolve the host name ({os_error.strerror or os_error})"
-    if os_error is not None and os_error.errno in _PLAIN_ERRNO:
-        return _PLAIN_ERRNO[os_error.errno]
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def plain_errno(code: int) -> str | None:
-    """Return the plain words for socket error ``code`` (an ``errno``), if there are any."""
-    return _PLAIN_ERRNO.get(code)
-
-
-def _os_error_in(exc: BaseException) -> OSError | None:
-    """Return the first socket error (one with an ``errno``) in the chain of ``exc``."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(seen) < 8 and current not in seen:
-        seen.append(current)
-        if isinstance(current, OSError) and current.errno is not None:
-            return current
-        inner = getattr(current, "os_error", None)  # aiohttp's ClientConnectorError
-        if isinstance(inner, OSError) and inner.errno is not None:
-            return inner
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def format_host(host: str | None) -> str:
-    """Return ``host`` as it appears in a URL (IPv6 addresses in brackets)."""
-    if host is None:
-        return ""
-    return f"[{host}]" if ":" in host else host
-
-
-def format_address(address: Any) -> str | None:
-    """Return a socket address tuple as ``host:port``, anything else as a string."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{format_host(str(address[0]))}:{address[1]}"
-    return None if address is None else str(address)
-
-
-def lower_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Return headers as a dict with lower-cased names; repeated names are joined by ", "."""
-    headers: dict[str, str] = {}
-    for name, value in items:
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers
-
-
 async def run_connection_handler(handler: ConnectionHandler, connection: Connection) -> None:
     """Run a server's per-connection handler and close the connection however it ends.
 
@@ -414,3 +314,75 @@ async def run_connection_handler(handler: ConnectionHandler, connection: Connect
         await connection.aclose(1011, "internal error")
     else:
         await connection.aclose()
+
+
+C = TypeVar("C", bound=Connection)
+
+
+class ServedConnections(Generic[C]):
+    """A listener's open connections and the task running each one's handler.
+
+    The shutdown every backend's :class:`Listener` shares: stop accepting,
+    :meth:`close_all` (1001), then :meth:`finish`, which gives the handlers
+    :data:`SHUTDOWN_GRACE` seconds and cancels those still running.
+
+    Its methods import asyncio when called, not this module: ``proxy_core``
+    imports this module, and its pure parts import without asyncio.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[C, asyncio.Task[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def connections(self) -> list[C]:
+        """The connections whose handler is running."""
+        return list(self._tasks)
+
+    async def run(self, handler: ConnectionHandler, connection: C) -> None:
+        """Run ``handler`` on ``connection`` in this task (:func:`run_connection_handler`)."""
+        import asyncio
+
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[connection] = task
+        try:
+            await run_connection_handler(handler, connection)
+        finally:
+            self._tasks.pop(connection, None)
+
+    def start(self, handler: ConnectionHandler, connection: C, name: str) -> asyncio.Task[None]:
+        """Run ``handler`` on ``connection`` in a task of its own, and return the task."""
+        import asyncio
+
+        task = asyncio.create_task(run_connection_handler(handler, connection), name=name)
+        self._tasks[connection] = task
+        task.add_done_callback(lambda _: self._tasks.pop(connection, None))
+        return task
+
+    async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Close every connection, all at once; each close is bounded by its own timeout."""
+        import asyncio
+
+        await asyncio.gather(*(conn.aclose(code, reason) for conn in self.connections))
+
+    async def finish(self, grace: float | None = None) -> None:
+        """Wait for the handlers; cancel those still running after ``grace`` seconds.
+
+        Args:
+            grace: seconds to wait (default :data:`SHUTDOWN_GRACE`), then as
+                long again for the cancelled handlers to end.
+        """
+        import asyncio
+
+        grace = SHUTDOWN_GRACE if grace is None else grace
+        tasks = set(self._tasks.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=grace)

@@ -27,7 +27,7 @@ from _support import (
 )
 
 from proxy_core import BusFrameMessage
-from proxy_core_websockets.transport import WebSocketsConnection
+from proxy_core_websockets import WebSocketsConnection
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 

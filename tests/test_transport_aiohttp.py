@@ -710,9 +710,9 @@ async def test_wss_round_trip(transport: AiohttpTransport, probe: Probe) -> None
 async def test_shutdown_cancels_a_handler_that_ignores_its_connection(
     transport: AiohttpTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import proxy_core_aiohttp.transport as module
+    import proxy_core.transport as module
 
-    monkeypatch.setattr(module, "_SHUTDOWN_GRACE", 0.5)
+    monkeypatch.setattr(module, "SHUTDOWN_GRACE", 0.5)
     started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

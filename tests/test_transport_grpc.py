@@ -52,8 +52,7 @@ from proxy_core_grpc import (
     GrpcTransport,
 )
 from proxy_core_grpc._generated.service_pb2 import Frame
-from proxy_core_grpc._wire import decode_frame, encode_frame
-from proxy_core_grpc.transport import METHOD_PATH
+from proxy_core_grpc._wire import METHOD_PATH, decode_frame, encode_frame
 
 TIMEOUT = 30.0
 LIMIT = 1000
@@ -707,7 +706,7 @@ async def test_frames_sent_before_the_clients_close_arrive_when_read_later(
 async def test_closing_client_discards_what_the_server_still_sends(
     transport: GrpcTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import proxy_core_grpc.transport as module
+    import proxy_core_grpc.connection as module
 
     # Were the closing client not draining, it would wait this long.
     monkeypatch.setattr(module, "_CLOSE_TIMEOUT", 3 * TIMEOUT)
@@ -833,9 +832,9 @@ async def test_server_going_away_is_seen_by_the_client(
 async def test_shutdown_cancels_a_handler_that_ignores_its_connection(
     transport: GrpcTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import proxy_core_grpc.transport as module
+    import proxy_core.transport as module
 
-    monkeypatch.setattr(module, "_SHUTDOWN_GRACE", 0.5)
+    monkeypatch.setattr(module, "SHUTDOWN_GRACE", 0.5)
     started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

@@ -33,7 +33,7 @@ from proxy_core.errors import (
     TLSError,
 )
 from proxy_core.transport import Connection, Listener
-from proxy_core_websockets.transport import (
+from proxy_core_websockets import (
     StarletteConnection,
     WebSocketsConnection,
     WebSocketsTransport,
@@ -505,9 +505,9 @@ async def test_wss_round_trip(transport: WebSocketsTransport, probe: Probe) -> N
 async def test_shutdown_cancels_a_handler_that_ignores_its_connection(
     transport: WebSocketsTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import proxy_core_websockets.transport as module
+    import proxy_core.transport as module
 
-    monkeypatch.setattr(module, "_SHUTDOWN_GRACE", 0.5)
+    monkeypatch.setattr(module, "SHUTDOWN_GRACE", 0.5)
     started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

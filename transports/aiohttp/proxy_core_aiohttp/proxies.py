@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import ClassVar
 
-from proxy_core import BusMessage, ProxyClient, ProxyServer
-from proxy_core.proxy import DEFAULT_CODEC, DEFAULT_SERVER_CODECS, CodecSpec
-from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
+from proxy_core.proxy import BoundProxyClient, BoundProxyServer
+from proxy_core.transport import Transport
 
 from .transport import AiohttpTransport
 
 __all__ = ["AiohttpProxyClient", "AiohttpProxyServer"]
 
 
-class AiohttpProxyClient(ProxyClient):
+class AiohttpProxyClient(BoundProxyClient):
     """A :class:`~proxy_core.ProxyClient` over aiohttp's WebSocket client.
 
     It connects when activated (``await worker.activate_worker(name)``), not
@@ -33,32 +31,10 @@ class AiohttpProxyClient(ProxyClient):
         **options: more :class:`~proxy_core.ProxyClient` options.
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        url: str,
-        local_worker_name: str,
-        remote_worker_name: str,
-        forward_messages: Sequence[type[BusMessage]] = (),
-        headers: dict[str, str] | None = None,
-        codec: CodecSpec = DEFAULT_CODEC,
-        **options: Any,
-    ) -> None:
-        super().__init__(
-            name,
-            url=url,
-            local_worker_name=local_worker_name,
-            remote_worker_name=remote_worker_name,
-            forward_messages=forward_messages,
-            headers=headers,
-            transport=AiohttpTransport(),
-            codec=codec,
-            **options,
-        )
+    transport_class: ClassVar[type[Transport]] = AiohttpTransport
 
 
-class AiohttpProxyServer(ProxyServer):
+class AiohttpProxyServer(BoundProxyServer):
     """A :class:`~proxy_core.ProxyServer` on a WebSocket an aiohttp application accepted.
 
     Create one per connection in your own handler, with its own runner::
@@ -88,27 +64,4 @@ class AiohttpProxyServer(ProxyServer):
         ConfigurationError: ``websocket`` is not a prepared ``WebSocketResponse``.
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        websocket: object,
-        worker_name: str,
-        remote_worker_name: str,
-        forward_messages: Sequence[type[BusMessage]] = (),
-        codecs: CodecSpec = DEFAULT_SERVER_CODECS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        **options: Any,
-    ) -> None:
-        connection = AiohttpTransport().adapt(websocket, max_message_bytes=max_message_bytes)
-        super().__init__(
-            name,
-            connection=connection,
-            worker_name=worker_name,
-            remote_worker_name=remote_worker_name,
-            forward_messages=forward_messages,
-            codecs=codecs,
-            max_message_bytes=max_message_bytes,
-            **options,
-        )
-        self.websocket = websocket
+    transport_class: ClassVar[type[Transport]] = AiohttpTransport

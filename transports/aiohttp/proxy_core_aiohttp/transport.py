@@ -22,26 +22,27 @@ import aiohttp
 from aiohttp import web
 
 from proxy_core.errors import (
-    AuthenticationError,
     ConfigurationError,
-    ConnectError,
-    TLSError,
 )
-from proxy_core.tls import ClientTLS, ServerTLS, client_ssl_context, server_ssl_context, tls_failure
+from proxy_core.tls import ClientTLS, ServerTLS, client_ssl_context, server_ssl_context
 from proxy_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Authenticator,
     Connection,
     ConnectionHandler,
     Listener,
+    ServedConnections,
     Transport,
+    bound_url,
     check_authentication,
+    check_tls_scheme,
+    connect_error,
+    listen_error,
     parse_url,
-    run_connection_handler,
+    refusal_error,
+    url_port,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
-from proxy_core.transport import describe_error as _describe
-from proxy_core.transport import format_host as _format_host
 from proxy_core.transport import lower_headers as _lower_headers
 from proxy_core.transport import redact_url as _redact
 
@@ -59,9 +60,6 @@ _GOING_AWAY = 1001
 _INTERNAL_ERROR = 1011
 # How long a close waits for the peer's closing frame, by default (the libraries' default).
 _CLOSE_TIMEOUT = 10.0
-# How long a server shutting down waits for handlers once their sockets are
-# closed, before it cancels those that ignore the close.
-_SHUTDOWN_GRACE = 5.0
 # aiohttp's own wait for the requests that are still open once we have waited
 # for ours: only a request accepted while the server was stopping can be.
 _RUNNER_SHUTDOWN_TIMEOUT = 1.0
@@ -79,7 +77,7 @@ class _AiohttpListener(Listener):
         runner: the application's runner.
         site: the site listening on the URL's address.
         url: the URL clients connect to.
-        handlers: the task running the handler of each open connection.
+        served: the open connections and the tasks running their handlers.
     """
 
     def __init__(
@@ -87,12 +85,12 @@ class _AiohttpListener(Listener):
         runner: web.AppRunner,
         site: web.TCPSite,
         url: str,
-        handlers: dict[AiohttpConnection, asyncio.Task[Any]],
+        served: ServedConnections[AiohttpConnection],
     ) -> None:
         self._runner = runner
         self._site = site
         self._url = url
-        self._handlers = handlers
+        self._served = served
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -104,33 +102,19 @@ class _AiohttpListener(Listener):
     async def aclose(self) -> None:
         """Stop accepting, close every open connection (1001) and wait for the handlers.
 
-        Handlers still running :data:`_SHUTDOWN_GRACE` seconds after their
-        connections were closed are cancelled.
+        Handlers still running :data:`~proxy_core.transport.SHUTDOWN_GRACE`
+        seconds after their connections were closed are cancelled.
         """
         async with self._lock:
             if self._closed:
                 return
             self._closed = True
             await self._site.stop()
-            await _close_all(self._handlers)
-            tasks = set(self._handlers.values())
-            if tasks:
-                _, pending = await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE)
-                # A handler that awaits something other than its connection
-                # would keep the server open forever: cancel the stragglers.
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE)
+            await self._served.close_all()
+            await self._served.finish()
             # Whatever is left (a request accepted while the site stopped) is
             # closed by on_shutdown and waited for, briefly, by aiohttp itself.
             await self._runner.cleanup()
-
-
-async def _close_all(handlers: Mapping[AiohttpConnection, object]) -> None:
-    await asyncio.gather(
-        *(conn.aclose(_GOING_AWAY, "server shutting down") for conn in list(handlers))
-    )
 
 
 class AiohttpTransport(Transport):
@@ -180,10 +164,9 @@ class AiohttpTransport(Transport):
             TLSError: the TLS handshake failed (e.g. certificate verification).
             ConnectError: anything else kept the connection from opening.
         """
-        parts = _parse_url(url)
+        _parse_url(url)  # refuses a URL this backend cannot use
         _check_limit(max_message_bytes)
-        if ssl is not None and parts.scheme != "wss":
-            raise ConfigurationError(f"TLS settings need a wss:// URL, not {_redact(url)}")
+        check_tls_scheme(url, ssl, secure="wss")
         context = client_ssl_context(ssl)
         options: dict[str, Any] = {}
         if isinstance(ssl, ClientTLS) and ssl.server_hostname is not None:
@@ -249,11 +232,7 @@ class AiohttpTransport(Transport):
         """
         parts = _parse_url(url)
         _check_limit(max_message_bytes)
-        if (parts.scheme == "wss") != (ssl is not None):
-            raise ConfigurationError(
-                f"serving {_redact(url)}: wss:// needs TLS settings (ssl=ServerTLS(...)) "
-                "and ws:// takes none"
-            )
+        check_tls_scheme(url, ssl, secure="wss", serving=True)
         context = server_ssl_context(ssl)
         return self._serve(parts, handler, authenticate, context, max_message_bytes)
 
@@ -267,7 +246,7 @@ class AiohttpTransport(Transport):
         limit: int,
     ) -> AsyncIterator[Listener]:
         path = parts.path
-        handlers: dict[AiohttpConnection, asyncio.Task[Any]] = {}
+        served: ServedConnections[AiohttpConnection] = ServedConnections()
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             if authenticate is not None:
@@ -283,18 +262,13 @@ class AiohttpTransport(Transport):
                 timeout=self.close_timeout,
             )
             await ws.prepare(request)
-            connection = AiohttpConnection(ws, max_message_bytes=limit, request=request)
-            task = asyncio.current_task()
-            if task is not None:
-                handlers[connection] = task
-            try:
-                await run_connection_handler(handler, connection)
-            finally:
-                handlers.pop(connection, None)
+            await served.run(
+                handler, AiohttpConnection(ws, max_message_bytes=limit, request=request)
+            )
             return ws
 
         async def close_connections(app: web.Application) -> None:
-            await _close_all(handlers)
+            await served.close_all()
 
         app = web.Application()
         app.on_shutdown.append(close_connections)
@@ -304,20 +278,16 @@ class AiohttpTransport(Transport):
             app, access_log=None, handle_signals=False, shutdown_timeout=_RUNNER_SHUTDOWN_TIMEOUT
         )
         await runner.setup()
-        host = parts.hostname
-        port = parts.port if parts.port is not None else (443 if parts.scheme == "wss" else 80)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl)
+        port = url_port(parts, secure="wss")
+        site = web.TCPSite(runner, parts.hostname, port, ssl_context=ssl)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise ConnectError(
-                f"could not listen on {_redact(parts.geturl())}: {_describe(exc)}"
-            ) from exc
+            raise listen_error(parts.geturl(), exc) from exc
         addresses = runner.addresses
         bound = addresses[0][1] if addresses else port
-        url = f"{parts.scheme}://{_format_host(host)}:{bound}{path}"
-        listener = _AiohttpListener(runner, site, url, handlers)
+        listener = _AiohttpListener(runner, site, bound_url(parts, bound), served)
         try:
             yield listener
         finally:
@@ -402,27 +372,15 @@ def _connect_error(url: str, exc: Exception, open_timeout: float) -> Exception:
         status, reason, body = exc.status, exc.reason, exc.body
     elif isinstance(exc, aiohttp.WSServerHandshakeError):
         status, reason = exc.status, exc.message
-    if status in (401, 403):
-        return AuthenticationError(body or f"HTTP {status} {reason}".rstrip())
     if status is not None:
-        detail = f"HTTP {status} {reason}".rstrip()
-        if body:
-            detail = f"{detail}: {body}"
-        return ConnectError(f"could not connect to {_redact(url)}: the server answered {detail}")
+        return refusal_error(url, status, reason, body)
     if isinstance(exc, aiohttp.InvalidURL):
         return ConfigurationError(f"invalid WebSocket URL {_redact(url)}: {exc}")
-    if isinstance(exc, TimeoutError):
-        return ConnectError(
-            f"could not connect to {_redact(url)}: timed out after {open_timeout:g}s"
-        )
-    failure = tls_failure(exc)
-    if failure is not None:
-        return TLSError(f"TLS handshake with {_redact(url)} failed: {failure}")
-    message = f"could not connect to {_redact(url)}: {_describe(exc)}"
+    hint = ""
     if url.startswith("ws:") and isinstance(exc, aiohttp.ServerDisconnectedError):
         # A TLS server drops a plaintext client's request without a word.
-        message += " (if the server expects TLS, use a wss:// URL)"
-    return ConnectError(message)
+        hint = " (if the server expects TLS, use a wss:// URL)"
+    return connect_error(url, exc, hint, timeout=open_timeout)
 
 
 def _parse_url(url: str) -> SplitResult:

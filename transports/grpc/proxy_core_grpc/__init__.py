@@ -8,13 +8,9 @@ bidirectional-streaming call of ``proxy_core.v1.ProxySession/Connect``
 
 from __future__ import annotations
 
+from .connection import GrpcClientConnection, GrpcConnection, GrpcServerConnection
 from .proxies import GrpcProxyClient, GrpcProxyServer
-from .transport import (
-    GrpcClientConnection,
-    GrpcConnection,
-    GrpcServerConnection,
-    GrpcTransport,
-)
+from .transport import GrpcTransport
 
 __all__ = [
     "GrpcClientConnection",

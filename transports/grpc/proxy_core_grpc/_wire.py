@@ -1,4 +1,4 @@
-"""The bytes and codes of the gRPC binding, without I/O: ``Frame`` framing and close metadata.
+"""The gRPC binding's names and bytes, without I/O: the method, ``Frame`` framing, close metadata.
 
 ``proxy_core.v1.Frame`` has one field, ``bytes data = 1``. Its wire format is
 the tag byte ``0x0A`` (field 1, length-delimited), the payload length as a
@@ -20,9 +20,14 @@ from urllib.parse import quote, unquote
 from proxy_core.errors import MessageTooLarge, ProtocolError
 from proxy_core.transport import truncate_reason
 
+from ._generated import service_pb2
+
 __all__ = [
     "CLOSE_CODE_KEY",
     "CLOSE_REASON_KEY",
+    "METHOD",
+    "METHOD_PATH",
+    "SERVICE",
     "close_metadata",
     "decode_frame",
     "encode_frame",
@@ -34,6 +39,13 @@ __all__ = [
     "varint_size",
     "wire_size",
 ]
+
+_SERVICE = service_pb2.DESCRIPTOR.services_by_name["ProxySession"]
+#: The service and its one method, as ``grpc`` names them in a generic handler.
+SERVICE: str = _SERVICE.full_name
+METHOD: str = _SERVICE.methods_by_name["Connect"].name
+#: The full method name of the one RPC: ``/proxy_core.v1.ProxySession/Connect``.
+METHOD_PATH = f"/{SERVICE}/{METHOD}"
 
 _TAG = 0x0A  # field 1, wire type 2 (length-delimited)
 _TAG_BYTE = b"\x0a"

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from proxy_core import BusMessage, ProxyClient, ProxyServer
-from proxy_core.errors import ConfigurationError
-from proxy_core.proxy import DEFAULT_CODEC, DEFAULT_SERVER_CODECS, CodecSpec
-from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
+from proxy_core import ProxyServer
+from proxy_core.proxy import BoundProxyClient
+from proxy_core.transport import Connection, Transport
 
-from .transport import GrpcServerConnection, GrpcTransport
+from .connection import GrpcServerConnection
+from .transport import GrpcTransport
 
 __all__ = ["GrpcProxyClient", "GrpcProxyServer"]
 
 
-class GrpcProxyClient(ProxyClient):
+class GrpcProxyClient(BoundProxyClient):
     """A :class:`~proxy_core.ProxyClient` over gRPC.
 
     It connects when activated (``await worker.activate_worker(name)``), not
@@ -39,30 +38,10 @@ class GrpcProxyClient(ProxyClient):
             a ``ClientTLS``, not an ``ssl.SSLContext``).
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        url: str,
-        local_worker_name: str,
-        remote_worker_name: str,
-        forward_messages: Sequence[type[BusMessage]] = (),
-        headers: dict[str, str] | None = None,
-        codec: CodecSpec = DEFAULT_CODEC,
-        channel_credentials: Any = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(
-            name,
-            url=url,
-            local_worker_name=local_worker_name,
-            remote_worker_name=remote_worker_name,
-            forward_messages=forward_messages,
-            headers=headers,
-            transport=GrpcTransport(channel_credentials=channel_credentials),
-            codec=codec,
-            **options,
-        )
+    transport_class: ClassVar[type[Transport]] = GrpcTransport
+
+    def _new_transport(self, options: dict[str, Any]) -> Transport:
+        return GrpcTransport(channel_credentials=options.pop("channel_credentials", None))
 
 
 class GrpcProxyServer(ProxyServer):
@@ -89,30 +68,8 @@ class GrpcProxyServer(ProxyServer):
         ConfigurationError: ``connection`` is not a ``GrpcServerConnection``.
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        connection: GrpcServerConnection,
-        worker_name: str,
-        remote_worker_name: str,
-        forward_messages: Sequence[type[BusMessage]] = (),
-        codecs: CodecSpec = DEFAULT_SERVER_CODECS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        **options: Any,
-    ) -> None:
-        if not isinstance(connection, GrpcServerConnection):
-            raise ConfigurationError(
-                "connection must be the GrpcServerConnection given to a GrpcTransport.serve "
-                f"handler, got {type(connection).__module__}.{type(connection).__qualname__}"
-            )
-        super().__init__(
-            name,
-            connection=connection,
-            worker_name=worker_name,
-            remote_worker_name=remote_worker_name,
-            forward_messages=forward_messages,
-            codecs=codecs,
-            max_message_bytes=max_message_bytes,
-            **options,
-        )
+    connection_type: ClassVar[type[Connection]] = GrpcServerConnection
+    connection_refused: ClassVar[str] = (
+        "connection must be the GrpcServerConnection given to a GrpcTransport.serve "
+        "handler, got {got}"
+    )

@@ -6,8 +6,9 @@ Registered as transport ``websockets`` (schemes ``ws``, ``wss``) in the
 
 from __future__ import annotations
 
+from .connection import StarletteConnection, WebSocketsConnection
 from .proxies import WebSocketProxyClient, WebSocketProxyServer
-from .transport import StarletteConnection, WebSocketsConnection, WebSocketsTransport
+from .transport import WebSocketsTransport
 
 __all__ = [
     "StarletteConnection",

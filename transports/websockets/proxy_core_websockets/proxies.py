@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import ClassVar
 
-from proxy_core import BusMessage, ProxyClient, ProxyServer
-from proxy_core.proxy import DEFAULT_CODEC, DEFAULT_SERVER_CODECS, CodecSpec
-from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES
+from proxy_core.proxy import BoundProxyClient, BoundProxyServer
+from proxy_core.transport import Transport
 
 from .transport import WebSocketsTransport
 
 __all__ = ["WebSocketProxyClient", "WebSocketProxyServer"]
 
 
-class WebSocketProxyClient(ProxyClient):
+class WebSocketProxyClient(BoundProxyClient):
     """A :class:`~proxy_core.ProxyClient` over the ``websockets`` library.
 
     It connects when activated (``await worker.activate_worker(name)``), not
@@ -33,32 +31,10 @@ class WebSocketProxyClient(ProxyClient):
         **options: more :class:`~proxy_core.ProxyClient` options.
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        url: str,
-        local_worker_name: str,
-        remote_worker_name: str,
-        forward_messages: Sequence[type[BusMessage]] = (),
-        headers: dict[str, str] | None = None,
-        codec: CodecSpec = DEFAULT_CODEC,
-        **options: Any,
-    ) -> None:
-        super().__init__(
-            name,
-            url=url,
-            local_worker_name=local_worker_name,
-            remote_worker_name=remote_worker_name,
-            forward_messages=forward_messages,
-            headers=headers,
-            transport=WebSocketsTransport(),
-            codec=codec,
-            **options,
-        )
+    transport_class: ClassVar[type[Transport]] = WebSocketsTransport
 
 
-class WebSocketProxyServer(ProxyServer):
+class WebSocketProxyServer(BoundProxyServer):
     """A :class:`~proxy_core.ProxyServer` on an accepted WebSocket.
 
     Args:
@@ -74,27 +50,4 @@ class WebSocketProxyServer(ProxyServer):
             (``authenticate``, heartbeats...).
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        websocket: object,
-        worker_name: str,
-        remote_worker_name: str,
-        forward_messages: Sequence[type[BusMessage]] = (),
-        codecs: CodecSpec = DEFAULT_SERVER_CODECS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        **options: Any,
-    ) -> None:
-        connection = WebSocketsTransport().adapt(websocket, max_message_bytes=max_message_bytes)
-        super().__init__(
-            name,
-            connection=connection,
-            worker_name=worker_name,
-            remote_worker_name=remote_worker_name,
-            forward_messages=forward_messages,
-            codecs=codecs,
-            max_message_bytes=max_message_bytes,
-            **options,
-        )
-        self.websocket = websocket
+    transport_class: ClassVar[type[Transport]] = WebSocketsTransport
