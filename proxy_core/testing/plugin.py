@@ -69,6 +69,7 @@ pytest.register_assert_rewrite(
     "proxy_core.testing.contracts_session",
     "proxy_core.testing.contracts_tls",
     "proxy_core.testing._base",
+    "proxy_core.testing._bus_cluster",
     "proxy_core.testing._harness",
     "proxy_core.testing._raw",
     "proxy_core.testing._victim",
