@@ -7,12 +7,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._link import (
+from ._link import _ProxyWorker
+from ._link_base import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_SERVER_CODECS,
     CodecSpec,
     _codec_list,
-    _ProxyWorker,
 )
 from .codecs.base import Codec
 from .errors import (
