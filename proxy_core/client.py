@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from ssl import SSLContext
 from typing import Any
 
-from ._link import (
+from ._link import _ProxyWorker
+from ._link_base import (
     _DEFAULT_BACKOFF,
     _NO_RESUME,
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_CODEC,
     CodecSpec,
     _codec_list,
-    _ProxyWorker,
 )
 from .backoff import Backoff
 from .errors import (

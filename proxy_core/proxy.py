@@ -1,7 +1,7 @@
 """The proxy workers, in one place: :class:`ProxyClient`, :class:`ProxyServer` and friends.
 
 They live in :mod:`proxy_core.client`, :mod:`proxy_core.server` and what both
-share in :mod:`proxy_core._link`; their log records go to the
+share in :mod:`proxy_core._link` (and its layers); their log records go to the
 ``proxy_core.proxy`` logger. :class:`BoundProxyClient` and
 :class:`BoundProxyServer` are what a backend's named classes
 (``WebSocketProxyClient``, ``AiohttpProxyServer``...) share.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from ._link import DEFAULT_CODEC, DEFAULT_SERVER_CODECS, CodecSpec, ProxyStats, _codec_list
+from ._link_base import DEFAULT_CODEC, DEFAULT_SERVER_CODECS, CodecSpec, ProxyStats, _codec_list
 from .client import ProxyClient
 from .messages import BusMessage
 from .server import ProxyServer, SessionTable, accept_hello

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._link import (
+from ._link import _ProxyWorker
+from ._link_base import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_SERVER_CODECS,
     CodecSpec,
     _codec_list,
-    _ProxyWorker,
 )
 from .codecs.base import Codec
 from .errors import (

@@ -638,7 +638,7 @@ def _tiny_non_frame(name: str) -> bytes:
 
 def test_our_sender_never_reaches_the_batch_bound() -> None:
     """The writer fills a BATCH up to batch_size_bound <= its cap: 8 bytes a frame at least."""
-    from proxy_core._link import _BATCH_MAX_BYTES
+    from proxy_core._link_out import _BATCH_MAX_BYTES
 
     assert batch_size_bound(0, MAX_BATCH_FRAMES) > _BATCH_MAX_BYTES
 
