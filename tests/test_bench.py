@@ -621,3 +621,15 @@ async def test_a_hop_hands_frames_over_in_order_bounded_then_the_error() -> None
             await asyncio.wait_for(hop.receive(), 30)
     finally:
         await hop.aclose()
+
+
+def test_the_cold_path_tool_times_every_workload_both_ways() -> None:
+    from proxy_core.bench import cold
+
+    results = cold.measure(count=5, rounds=1)
+    assert {"proxy-core sans-I/O core", "msgpack pack+unpack"} <= set(results)
+    for rounds in results.values():
+        assert len(rounds) == 1
+        hot, cold_us = rounds[0]
+        assert hot > 0 and cold_us > 0 and math.isfinite(hot) and math.isfinite(cold_us)
+    assert cold.main(["--count", "3", "--rounds", "1"]) == 0
