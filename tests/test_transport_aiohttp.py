@@ -12,11 +12,11 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
-from _support import Recorder, frame, text_of
+from _support import TIMEOUT, Probe, Recorder, frame, text_of, wait
 from aiohttp import web
 from websockets.asyncio.client import connect as raw_connect
 
@@ -38,6 +38,7 @@ from proxy_core.errors import (
     TLSError,
 )
 from proxy_core.plugins import available_transports, load_transport
+from proxy_core.testing._harness import waiting_receive
 from proxy_core.transport import Connection, Listener, Transport
 from proxy_core_aiohttp import (
     AiohttpConnection,
@@ -47,14 +48,7 @@ from proxy_core_aiohttp import (
 )
 from proxy_core_websockets import WebSocketsTransport
 
-TIMEOUT = 30.0
 LIMIT = 1000
-T = TypeVar("T")
-
-
-async def wait(awaitable: Awaitable[T]) -> T:
-    """Await with a generous bound, so a bug fails the test instead of hanging it."""
-    return await asyncio.wait_for(awaitable, TIMEOUT)
 
 
 def assert_no_leaked_tasks() -> None:
@@ -68,50 +62,6 @@ async def assert_tasks_settle() -> None:
     if others:
         _, pending = await asyncio.wait(others, timeout=5)
         assert not pending, f"leaked tasks: {pending}"
-
-
-async def waiting_receive(conn: Connection) -> asyncio.Task[bytes]:
-    """Start ``conn.receive()`` in a task; return once it is waiting for a frame."""
-    started = asyncio.Event()
-
-    async def receive() -> bytes:
-        started.set()
-        # Runs on, without yielding, until it waits on the socket: by the time
-        # the caller sees `started`, the receive is waiting.
-        return await conn.receive()
-
-    task = asyncio.create_task(receive())
-    await wait(started.wait())
-    return task
-
-
-@dataclass
-class Probe:
-    """What a server-side handler saw: when it started and how it ended."""
-
-    started: asyncio.Future[Connection] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    outcome: asyncio.Future[BaseException] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    protocol_errors: list[ProtocolError] = field(default_factory=list)
-    calls: int = 0
-
-    async def echo(self, conn: Connection) -> None:
-        """Echo binary frames, note text frames, and record how the connection ended."""
-        self.calls += 1
-        self.started.set_result(conn)
-        while True:
-            try:
-                data = await conn.receive()
-            except ProtocolError as exc:
-                self.protocol_errors.append(exc)
-                continue
-            except ProxyError as exc:
-                self.outcome.set_result(exc)
-                return
-            await conn.send(data)
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
+from _support import TIMEOUT, Probe, wait
 
 from proxy_core import (
     AudioRawFrame,
@@ -51,43 +51,7 @@ from proxy_core_grpc import (
 from proxy_core_grpc._generated.service_pb2 import Frame
 from proxy_core_grpc._wire import METHOD_PATH, decode_frame, encode_frame
 
-TIMEOUT = 30.0
 LIMIT = 1000
-T = TypeVar("T")
-
-
-async def wait(awaitable: Awaitable[T]) -> T:
-    """Await with a generous bound, so a bug fails the test instead of hanging it."""
-    return await asyncio.wait_for(awaitable, TIMEOUT)
-
-
-@dataclass
-class Probe:
-    """What a server-side handler saw: when it started and how it ended."""
-
-    started: asyncio.Future[Connection] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    outcome: asyncio.Future[BaseException] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    protocol_errors: list[ProtocolError] = field(default_factory=list)
-    calls: int = 0
-
-    async def echo(self, conn: Connection) -> None:
-        """Echo frames, note malformed ones, and record how the connection ended."""
-        self.calls += 1
-        self.started.set_result(conn)
-        while True:
-            try:
-                data = await conn.receive()
-            except ProtocolError as exc:
-                self.protocol_errors.append(exc)
-                continue
-            except ProxyError as exc:
-                self.outcome.set_result(exc)
-                return
-            await conn.send(data)
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from _support import TIMEOUT, Probe, wait
 from websockets.asyncio.client import connect as raw_connect
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as raw_serve
@@ -29,7 +30,7 @@ from proxy_core.errors import (
     ProxyError,
     TLSError,
 )
-from proxy_core.transport import Connection, Listener
+from proxy_core.transport import Listener
 from proxy_core_websockets import (
     StarletteConnection,
     WebSocketsConnection,
@@ -42,49 +43,13 @@ try:
 except ImportError:  # pragma: no cover -- the dev extra installs both
     uvicorn = None  # type: ignore[assignment]
 
-TIMEOUT = 30.0
 LIMIT = 1000
-T = TypeVar("T")
 
 needs_fastapi = pytest.mark.skipif(
     uvicorn is None,
     reason="fastapi and uvicorn are not installed: pip install 'proxy-core[fastapi]' "
     "(python3 scripts/dev.py test installs them)",
 )
-
-
-async def wait(awaitable: Awaitable[T]) -> T:
-    """Await with a generous bound, so a bug fails the test instead of hanging it."""
-    return await asyncio.wait_for(awaitable, TIMEOUT)
-
-
-@dataclass
-class Probe:
-    """What a server-side handler saw: when it started and how it ended."""
-
-    started: asyncio.Future[Connection] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    outcome: asyncio.Future[BaseException] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    protocol_errors: list[ProtocolError] = field(default_factory=list)
-    calls: int = 0
-
-    async def echo(self, conn: Connection) -> None:
-        """Echo binary frames, note text frames, and record how the connection ended."""
-        self.calls += 1
-        self.started.set_result(conn)
-        while True:
-            try:
-                data = await conn.receive()
-            except ProtocolError as exc:
-                self.protocol_errors.append(exc)
-                continue
-            except ProxyError as exc:
-                self.outcome.set_result(exc)
-                return
-            await conn.send(data)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from ..errors import (
 from ..tls import ClientTLS, ServerTLS
 from ..transport import Connection, Transport
 from ._base import LIMIT, LiveContract, assert_close_code
-from ._harness import wait
+from ._harness import wait, waiting_receive
 from ._tls import tls_scheme
 
 __all__ = ["ConnectionContract"]
@@ -386,7 +386,7 @@ class ConnectionContract(LiveContract):
         the first one goes on unharmed."""
         async with self._pair(proxy_core_transport, serve_url) as (client, server, _):
             conn, peer = (client, server) if end == "client" else (server, client)
-            pending = await _waiting_receive(conn)
+            pending = await waiting_receive(conn)
             with pytest.raises(ConfigurationError):
                 await wait(conn.receive())
             await peer.send(b"wake")
@@ -440,21 +440,6 @@ async def _never_called(conn: Connection) -> None:
 def _with_port(url: str, port: int) -> str:
     """``url`` on 127.0.0.1 at ``port``."""
     return urlsplit(url)._replace(netloc=f"127.0.0.1:{port}").geturl()
-
-
-async def _waiting_receive(conn: Connection) -> asyncio.Task[bytes]:
-    """Start ``conn.receive()`` in a task; return once that receive is waiting."""
-    started = asyncio.Event()
-
-    async def receive() -> bytes:
-        started.set()
-        # Runs on without yielding until the receive waits: once the caller
-        # sees `started`, it is waiting.
-        return await conn.receive()
-
-    task = asyncio.ensure_future(receive())
-    await wait(started.wait())
-    return task
 
 
 @contextlib.asynccontextmanager
