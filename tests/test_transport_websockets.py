@@ -8,22 +8,20 @@ hang when it is not.
 from __future__ import annotations
 
 import asyncio
-import logging
-import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from _support import TIMEOUT, Probe, wait
 from websockets.asyncio.client import connect as raw_connect
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as raw_serve
 
 from proxy_core.errors import (
-    AuthenticationError,
     ConfigurationError,
     ConnectError,
     ConnectionClosed,
@@ -32,7 +30,7 @@ from proxy_core.errors import (
     ProxyError,
     TLSError,
 )
-from proxy_core.transport import Connection, Listener
+from proxy_core.transport import Listener
 from proxy_core_websockets import (
     StarletteConnection,
     WebSocketsConnection,
@@ -45,49 +43,13 @@ try:
 except ImportError:  # pragma: no cover -- the dev extra installs both
     uvicorn = None  # type: ignore[assignment]
 
-TIMEOUT = 30.0
 LIMIT = 1000
-T = TypeVar("T")
 
 needs_fastapi = pytest.mark.skipif(
     uvicorn is None,
     reason="fastapi and uvicorn are not installed: pip install 'proxy-core[fastapi]' "
     "(python3 scripts/dev.py test installs them)",
 )
-
-
-async def wait(awaitable: Awaitable[T]) -> T:
-    """Await with a generous bound, so a bug fails the test instead of hanging it."""
-    return await asyncio.wait_for(awaitable, TIMEOUT)
-
-
-@dataclass
-class Probe:
-    """What a server-side handler saw: when it started and how it ended."""
-
-    started: asyncio.Future[Connection] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    outcome: asyncio.Future[BaseException] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    protocol_errors: list[ProtocolError] = field(default_factory=list)
-    calls: int = 0
-
-    async def echo(self, conn: Connection) -> None:
-        """Echo binary frames, note text frames, and record how the connection ended."""
-        self.calls += 1
-        self.started.set_result(conn)
-        while True:
-            try:
-                data = await conn.receive()
-            except ProtocolError as exc:
-                self.protocol_errors.append(exc)
-                continue
-            except ProxyError as exc:
-                self.outcome.set_result(exc)
-                return
-            await conn.send(data)
 
 
 @pytest.fixture
@@ -117,92 +79,7 @@ async def raw_server_url(
 # --- round trips ------------------------------------------------------------------
 
 
-async def test_echo_round_trip(transport: WebSocketsTransport, probe: Probe) -> None:
-    async with transport.serve("ws://127.0.0.1:0/proxy", probe.echo) as listener:
-        assert listener.url.startswith("ws://127.0.0.1:")
-        assert listener.url.endswith("/proxy")
-        assert not listener.url.startswith("ws://127.0.0.1:0/")
-        conn = await wait(transport.connect(listener.url))
-        assert isinstance(conn, WebSocketsConnection)
-        await conn.send(b"hello")
-        assert await wait(conn.receive()) == b"hello"
-        await conn.send(b"")
-        assert await wait(conn.receive()) == b""
-        await wait(conn.aclose())
-        await wait(conn.aclose())  # idempotent
-        with pytest.raises(ConnectionClosed):
-            await conn.send(b"late")
-        with pytest.raises(ConnectionClosed):
-            await wait(conn.receive())
-        outcome = await wait(probe.outcome)
-        assert isinstance(outcome, ConnectionClosed)
-        assert outcome.code == 1000
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    assert not others, f"leaked tasks: {others}"
-
-
-async def test_misuse_is_ours_to_report(
-    transport: WebSocketsTransport, echo_server: Listener
-) -> None:
-    conn = await wait(transport.connect(echo_server.url))
-    pending = asyncio.create_task(conn.receive())
-    await conn.send(b"wake")  # the echo lets `pending` finish once checked
-    with pytest.raises(ConfigurationError, match="another receive"):
-        await wait(conn.receive())
-    assert await wait(pending) == b"wake"
-    await wait(conn.aclose(1006))  # not a code one may send: dropped, not raised
-    with pytest.raises(ConnectionClosed):
-        await wait(conn.receive())
-
-
-async def test_thousand_frames_keep_their_order(
-    transport: WebSocketsTransport, echo_server: Listener
-) -> None:
-    frames = [i.to_bytes(4, "big") * (1 + i % 7) for i in range(1000)]
-    async with await wait(transport.connect(echo_server.url)) as conn:
-
-        async def send_all() -> None:
-            for frame in frames:
-                await conn.send(frame)
-
-        sender = asyncio.create_task(send_all())
-        received = [await wait(conn.receive()) for _ in frames]
-        await wait(sender)
-    assert received == frames
-
-
-async def test_async_iteration_ends_at_close(
-    transport: WebSocketsTransport, echo_server: Listener
-) -> None:
-    conn = await wait(transport.connect(echo_server.url))
-    await conn.send(b"one")
-    seen = []
-    async for data in conn:
-        seen.append(data)
-        await conn.aclose()
-    assert seen == [b"one"]
-
-
 # --- the size limit ---------------------------------------------------------------
-
-
-async def test_server_refuses_a_frame_over_the_limit(
-    transport: WebSocketsTransport, probe: Probe
-) -> None:
-    async with transport.serve(
-        "ws://127.0.0.1:0/", probe.echo, max_message_bytes=LIMIT
-    ) as listener:
-        conn = await wait(transport.connect(listener.url))
-        await conn.send(b"a" * LIMIT)
-        assert await wait(conn.receive()) == b"a" * LIMIT
-        await conn.send(b"b" * (LIMIT + 1))
-        refused = await wait(probe.outcome)
-        assert isinstance(refused, MessageTooLarge)
-        assert (refused.size, refused.limit) == (LIMIT + 1, LIMIT)
-        with pytest.raises(ConnectionClosed) as closed:
-            await wait(conn.receive())
-        assert closed.value.code == 1009
-        assert not isinstance(closed.value, MessageTooLarge)
 
 
 async def test_fragmented_message_over_the_limit_is_refused_whole(
@@ -216,31 +93,6 @@ async def test_fragmented_message_over_the_limit_is_refused_whole(
             refused = await wait(probe.outcome)
     assert isinstance(refused, MessageTooLarge)
     assert (refused.size, refused.limit) == (1200, LIMIT)
-
-
-async def test_client_refuses_a_frame_over_the_limit(transport: WebSocketsTransport) -> None:
-    ended: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-    async def handler(conn: Connection) -> None:
-        await conn.send(b"a" * LIMIT)
-        await conn.send(b"b" * (LIMIT + 1))
-        try:
-            await conn.receive()
-        except ProxyError as exc:
-            ended.set_result(exc)
-
-    async with transport.serve("ws://127.0.0.1:0", handler) as listener:
-        conn = await wait(transport.connect(listener.url, max_message_bytes=LIMIT))
-        assert await wait(conn.receive()) == b"a" * LIMIT
-        with pytest.raises(MessageTooLarge) as refused:
-            await wait(conn.receive())
-        assert (refused.value.size, refused.value.limit) == (LIMIT + 1, LIMIT)
-        with pytest.raises(ConnectionClosed):  # reported once, then plainly closed
-            await wait(conn.receive())
-        server_side = await wait(ended)
-        assert isinstance(server_side, ConnectionClosed)
-        assert server_side.code == 1009
-        assert not isinstance(server_side, MessageTooLarge)
 
 
 async def test_adapted_server_connection_takes_our_limit(
@@ -297,47 +149,6 @@ async def test_text_frame_from_a_server_is_a_protocol_error(
 # --- authentication, paths and connection failures --------------------------------
 
 
-def refuse_without_token(headers: Mapping[str, str]) -> bool:
-    if headers.get("x-token") != "sesame":
-        raise AuthenticationError("bad token")
-    return True
-
-
-async def refuse_async(headers: Mapping[str, str]) -> bool:
-    return headers.get("x-token") == "sesame"
-
-
-def refuse_by_crashing(headers: Mapping[str, str]) -> bool:
-    raise ZeroDivisionError("hook bug")
-
-
-@pytest.mark.parametrize(
-    ("hook", "reason"),
-    [
-        (refuse_without_token, "bad token"),
-        (refuse_async, "unauthorized"),
-        (refuse_by_crashing, "authentication failed"),
-    ],
-)
-async def test_authentication_refusal(
-    transport: WebSocketsTransport,
-    probe: Probe,
-    hook: Callable[[Mapping[str, str]], Any],
-    reason: str,
-) -> None:
-    async with transport.serve("ws://127.0.0.1:0/proxy", probe.echo, authenticate=hook) as listener:
-        with pytest.raises(AuthenticationError) as refused:
-            await wait(transport.connect(listener.url, headers={"X-Token": "wrong"}))
-        assert refused.value.reason == reason
-        assert probe.calls == 0
-        if hook is not refuse_by_crashing:
-            conn = await wait(transport.connect(listener.url, headers={"X-Token": "sesame"}))
-            await conn.send(b"in")
-            assert await wait(conn.receive()) == b"in"
-            await conn.aclose()
-            assert probe.calls == 1
-
-
 async def test_wrong_path_is_a_connect_error(
     transport: WebSocketsTransport, probe: Probe, echo_server: Listener
 ) -> None:
@@ -355,48 +166,6 @@ async def test_root_url_accepts_any_path(transport: WebSocketsTransport, probe: 
             assert await wait(conn.receive()) == b"x"
 
 
-async def test_closed_port_is_a_connect_error(transport: WebSocketsTransport) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"ws://127.0.0.1:{port}/"
-    with pytest.raises(ConnectError) as failed:
-        await wait(transport.connect(url))
-    assert url in str(failed.value)
-    assert isinstance(failed.value.__cause__, OSError)
-
-
-async def test_credentials_in_the_url_stay_out_of_errors(
-    transport: WebSocketsTransport,
-) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(ConnectError) as failed:
-        await wait(transport.connect(f"ws://user:hunter2@127.0.0.1:{port}/"))
-    assert "hunter2" not in str(failed.value)
-
-
-@pytest.mark.parametrize("url", ["http://127.0.0.1:1/", "tcp://x", "127.0.0.1:80"])
-async def test_other_schemes_are_a_configuration_error(
-    transport: WebSocketsTransport, url: str
-) -> None:
-    with pytest.raises(ConfigurationError, match="ws, wss"):
-        await transport.connect(url)
-    with pytest.raises(ConfigurationError, match="ws, wss"):
-        transport.serve(url, Probe().echo)
-
-
-async def test_ssl_must_match_the_scheme(transport: WebSocketsTransport) -> None:
-    context = ssl.create_default_context()
-    with pytest.raises(ConfigurationError):
-        await transport.connect("ws://127.0.0.1:1/", ssl=context)
-    with pytest.raises(ConfigurationError):
-        transport.serve("wss://127.0.0.1:0/", Probe().echo)
-    with pytest.raises(ConfigurationError):
-        transport.serve("ws://127.0.0.1:0/", Probe().echo, ssl=context)
-
-
 def test_adapt_refuses_an_unsupported_object(transport: WebSocketsTransport) -> None:
     with pytest.raises(ConfigurationError, match="ServerConnection") as refused:
         transport.adapt(object())
@@ -412,73 +181,6 @@ def test_imports_without_starlette() -> None:
 
 
 # --- what the handler sees, and how connections end -------------------------------
-
-
-async def test_request_headers_and_address(
-    transport: WebSocketsTransport, probe: Probe, echo_server: Listener
-) -> None:
-    conn = await wait(
-        transport.connect(echo_server.url, headers={"X-Custom-Header": "custom value"})
-    )
-    server_side = await wait(probe.started)
-    assert server_side.request_headers["x-custom-header"] == "custom value"
-    assert all(name == name.lower() for name in server_side.request_headers)
-    assert (server_side.remote_address or "").startswith("127.0.0.1:")
-    assert conn.request_headers == {}
-    assert conn.remote_address == echo_server.url.split("/")[2]
-    await conn.aclose()
-
-
-async def test_peer_vanishing_mid_stream(probe: Probe, echo_server: Listener) -> None:
-    async with raw_connect(echo_server.url, compression=None) as ws:
-        await ws.send(b"one")
-        assert await wait(ws.recv()) == b"one"
-        ws.transport.abort()
-        outcome = await wait(probe.outcome)
-    assert isinstance(outcome, ConnectionClosed)
-    assert outcome.code == 1006
-
-
-async def test_leaving_serve_closes_open_connections(
-    transport: WebSocketsTransport, probe: Probe
-) -> None:
-    async with transport.serve("ws://127.0.0.1:0/", probe.echo) as listener:
-        conn = await wait(transport.connect(listener.url))
-        await wait(probe.started)
-    with pytest.raises(ConnectionClosed) as closed:
-        await wait(conn.receive())
-    assert closed.value.code == 1001
-    assert isinstance(await wait(probe.outcome), ConnectionClosed)
-    with pytest.raises(ConnectError):
-        await wait(transport.connect(listener.url))
-
-
-async def test_busy_address_is_a_connect_error(transport: WebSocketsTransport) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/"
-        with pytest.raises(ConnectError, match="could not listen"):
-            async with transport.serve(url, Probe().echo):
-                pass
-
-
-async def test_silent_server_times_out_as_a_connect_error(
-    transport: WebSocketsTransport,
-) -> None:
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def accept_and_say_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
-
-    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
-    async with server:
-        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
-        with pytest.raises(ConnectError, match="timed out") as failed:
-            await wait(transport.connect(url, open_timeout=0.2))
-        assert isinstance(failed.value.__cause__, TimeoutError)
-        for writer in accepted:
-            writer.close()
 
 
 async def test_wss_round_trip(transport: WebSocketsTransport, probe: Probe) -> None:
@@ -500,52 +202,6 @@ async def test_wss_round_trip(transport: WebSocketsTransport, probe: Probe) -> N
         # Without a context, the system trust store does not know our test CA.
         with pytest.raises(TLSError, match="certificate verification failed"):
             await wait(transport.connect(listener.url))
-
-
-async def test_shutdown_cancels_a_handler_that_ignores_its_connection(
-    transport: WebSocketsTransport, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import proxy_core.transport as module
-
-    monkeypatch.setattr(module, "SHUTDOWN_GRACE", 0.5)
-    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def stubborn(conn: Connection) -> None:
-        started.set_result(None)
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set_result(None)
-            raise
-
-    async with transport.serve("ws://127.0.0.1:0/", stubborn) as listener:
-        conn = await wait(transport.connect(listener.url))
-        await wait(started)
-    assert cancelled.done()
-    with pytest.raises(ConnectionClosed):
-        await wait(conn.receive())
-
-
-async def test_listener_aclose_is_idempotent(transport: WebSocketsTransport) -> None:
-    async with transport.serve("ws://127.0.0.1:0/", Probe().echo) as listener:
-        await wait(listener.aclose())
-        await wait(listener.aclose())
-
-
-async def test_raising_handler_closes_with_1011(
-    transport: WebSocketsTransport, caplog: pytest.LogCaptureFixture
-) -> None:
-    async def handler(conn: Connection) -> None:
-        raise RuntimeError("handler bug")
-
-    with caplog.at_level(logging.ERROR, logger="proxy_core_websockets.transport"):
-        async with transport.serve("ws://127.0.0.1:0/", handler) as listener:
-            conn = await wait(transport.connect(listener.url))
-            with pytest.raises(ConnectionClosed) as closed:
-                await wait(conn.receive())
-    assert closed.value.code == 1011
-    assert any("handler bug" in (r.exc_text or "") for r in caplog.records)
 
 
 # --- the Starlette/FastAPI adapter under uvicorn ----------------------------------

@@ -111,10 +111,15 @@ class LiveContract:
         pytest.mark.usefixtures("proxy_core_no_leaked_tasks"),
     ]
 
-    def _require_tcp(self, transport: Transport) -> None:
-        tcp = self.tcp if self.tcp is not None else not isinstance(transport, MemoryTransport)
-        if not tcp:
-            pytest.skip(f"transport {transport.name!r} is not TCP: no relay can sit in the middle")
+    def _is_tcp(self, transport: Transport) -> bool:
+        """Whether ``transport`` runs over TCP (``tcp``, or a guess: all but memory)."""
+        return self.tcp if self.tcp is not None else not isinstance(transport, MemoryTransport)
+
+    def _require_tcp(
+        self, transport: Transport, why: str = "no relay can sit in the middle"
+    ) -> None:
+        if not self._is_tcp(transport):
+            pytest.skip(f"transport {transport.name!r} is not TCP: {why}")
 
     @staticmethod
     async def _connected(client: ClientSide, server: Server) -> Any:

@@ -44,6 +44,7 @@ __all__ = [
     "text_of",
     "wait",
     "wait_counts",
+    "waiting_receive",
 ]
 
 T = TypeVar("T")
@@ -60,6 +61,21 @@ SERVER_OTHER = "helper"  # a second worker on the server's bus, not served by th
 async def wait(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
     """Await ``awaitable`` for at most ``timeout`` seconds."""
     return await asyncio.wait_for(awaitable, timeout)
+
+
+async def waiting_receive(conn: Connection) -> asyncio.Task[bytes]:
+    """Start ``conn.receive()`` in a task; return once that receive is waiting."""
+    started = asyncio.Event()
+
+    async def receive() -> bytes:
+        started.set()
+        # Runs on without yielding until the receive waits: once the caller
+        # sees `started`, it is waiting.
+        return await conn.receive()
+
+    task = asyncio.ensure_future(receive())
+    await wait(started.wait())
+    return task
 
 
 def text(source: str, target: str | None, body: str) -> BusFrameMessage:

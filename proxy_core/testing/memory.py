@@ -49,9 +49,10 @@ from ..transport import (
     Connection,
     ConnectionHandler,
     Listener,
+    ServedConnections,
     Transport,
     check_authentication,
-    run_connection_handler,
+    redact_url,
     truncate_reason,
 )
 
@@ -63,10 +64,7 @@ SCHEME: Final = "memory"
 #: Frames a direction buffers before ``send`` waits for the receiver.
 DEFAULT_BUFFER_FRAMES: Final = 256
 _ABNORMAL_CLOSURE = 1006
-_GOING_AWAY = 1001
 _TOO_LARGE = 1009
-_INTERNAL_ERROR = 1011
-_SHUTDOWN_GRACE = 10.0
 
 _client_ids = itertools.count(1)
 
@@ -162,6 +160,7 @@ class MemoryConnection(Connection):
         self._headers = {k.lower(): v for k, v in (headers or {}).items()}
         self._remote_address = remote_address
         self._closed: tuple[int | None, str] | None = None
+        self._receiving = False
 
     async def send(self, data: bytes) -> None:
         """Send one binary frame; wait while the peer's buffer is full.
@@ -187,8 +186,16 @@ class MemoryConnection(Connection):
                 before the close was received).
             MessageTooLarge: the peer sent a frame over this end's limit; the
                 connection is then closed with 1009.
+            ConfigurationError: another ``receive`` is waiting (misuse, as on
+                the socket backends).
         """
-        item = await self._inbound.get()
+        if self._receiving:
+            raise ConfigurationError("receive() called while another receive() waits")
+        self._receiving = True
+        try:
+            item = await self._inbound.get()
+        finally:
+            self._receiving = False
         if isinstance(item, _Oversized):
             await self.aclose(_TOO_LARGE, "message too big")
             raise MessageTooLarge(item.size, self._inbound.reader_limit)
@@ -248,8 +255,7 @@ class MemoryListener(Listener):
         self._authenticate = authenticate
         self._limit = limit
         self._buffer_frames = buffer_frames
-        self._connections: set[MemoryConnection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._served: ServedConnections[MemoryConnection] = ServedConnections()
         self._closing = False
 
     @property
@@ -274,34 +280,17 @@ class MemoryListener(Listener):
             to_server, to_client, headers=headers, remote_address=client_name
         )
         client_end = MemoryConnection(to_client, to_server, remote_address=self.name)
-        self._connections.add(server_end)
-        task = asyncio.get_running_loop().create_task(
-            self._run_handler(server_end), name=f"memory-handler-{client_name}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._served.start(self._handler, server_end, name=f"memory-handler-{client_name}")
         return client_end
 
-    async def _run_handler(self, connection: MemoryConnection) -> None:
-        try:
-            await run_connection_handler(self._handler, connection)
-        finally:
-            self._connections.discard(connection)
-
     async def aclose(self) -> None:
-        """Stop accepting, close every open connection (1001) and wait for the handlers."""
+        """Stop accepting, close every open connection (1001) and wait for the handlers
+        (cancelling, as every backend does, those still running after
+        :data:`~proxy_core.transport.SHUTDOWN_GRACE`)."""
         self._closing = True
         _unregister(self.name, self)
-        for connection in list(self._connections):
-            await connection.aclose(_GOING_AWAY, "server closing")
-        tasks = list(self._tasks)
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE)
-        for task in pending:  # handlers that ignore their closed connection
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        await self._served.close_all()
+        await self._served.finish()
 
 
 # The served names of each running event loop. An entry leaves the table when
@@ -347,14 +336,14 @@ def _parse_url(url: str) -> SplitResult:
     parts = urlsplit(url)
     if parts.scheme != SCHEME:
         raise ConfigurationError(
-            f"transport 'memory' cannot use {url!r}: the URL scheme must be {SCHEME}"
+            f"transport 'memory' cannot use {redact_url(url)!r}: the URL scheme must be {SCHEME}"
         )
     try:
         parts.port  # noqa: B018 -- validates the port
     except ValueError as exc:
-        raise ConfigurationError(f"invalid port in {url!r}") from exc
-    if not _name_of(parts):
-        raise ConfigurationError(f"the URL {url!r} has no name (memory://name/path)")
+        raise ConfigurationError(f"invalid port in {redact_url(url)!r}") from exc
+    if not _name_of(parts) or not parts.hostname:
+        raise ConfigurationError(f"the URL {redact_url(url)!r} has no name (memory://name/path)")
     return parts
 
 
@@ -407,13 +396,13 @@ class MemoryTransport(Transport):
         name = _name_of(parts)
         listener = _SERVERS.get(asyncio.get_running_loop(), {}).get(name)
         if listener is None:
-            raise ConnectError(f"nothing serves {url!r} on this event loop")
+            raise ConnectError(f"nothing serves {redact_url(url)!r} on this event loop")
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
         try:
             async with asyncio.timeout(open_timeout):
                 return await listener._accept(parts.path, lowered, max_message_bytes)
         except TimeoutError as exc:
-            raise ConnectError(f"connecting to {url!r} timed out") from exc
+            raise ConnectError(f"connecting to {redact_url(url)!r} timed out") from exc
 
     def serve(
         self,
