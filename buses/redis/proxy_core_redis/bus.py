@@ -9,7 +9,6 @@ Messages between two workers of the same runner never touch Redis. See
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES, check_max_message_by
 from proxy_core.worker import BaseWorker
 
 from . import scripts
+from .acker import Acker
 from .keys import Keys, NodeId, parse_id
 from .membership import NEWS_MAXLEN, Membership
 from .reader import Reader
@@ -57,9 +57,6 @@ from .writer import Writer
 __all__ = ["MIN_REDIS_VERSION", "RedisBus", "RedisBusError", "redact"]
 
 logger = logging.getLogger("proxy_core_redis")
-
-#: The longest an acknowledgement waits for a write in progress to go first (seconds).
-_ACK_DEFER = 0.002
 
 #: The oldest Redis server the bus runs on.
 MIN_REDIS_VERSION = (6, 2)
@@ -198,7 +195,7 @@ class RedisBus(BaseBus):
         self._valid_until = 0.0
         self._news: list[tuple[str, str]] = []
         self._news_wanted = asyncio.Event()
-        self._ack_wanted = asyncio.Event()
+        self._acker = Acker(self)
         self._remote_ready: dict[str, tuple[str, str]] = {}
         self._freed = asyncio.Event()  # set on news that a runner gave a name up
         self._stats: Counter[str] = Counter(dict.fromkeys(_COUNTERS, 0))
@@ -252,7 +249,7 @@ class RedisBus(BaseBus):
             for coro, what in (
                 (self._reader.run(), "reader"),
                 (self._writer.run(), "writer"),
-                (self._ack_loop(), "acker"),
+                (self._acker.run(), "acker"),
                 (self._members.control_loop(), "control"),
             ):
                 task = loop.create_task(coro, name=f"redis-bus-{what}")
@@ -316,7 +313,7 @@ class RedisBus(BaseBus):
             logger.warning("redis bus %r: %d message(s) not written at close", self.node, left)
         try:
             async with asyncio.timeout(self.close_timeout):
-                await self._flush_acks()
+                await self._acker.flush()
                 for name, endpoint in list(self._routes.items()):
                     self._routes.pop(name, None)
                     await self._release_one(endpoint, name)
@@ -417,7 +414,7 @@ class RedisBus(BaseBus):
         if not self._started or self._closed:
             return
         try:
-            await self._flush_acks()
+            await self._acker.flush()
         except (RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
             logger.warning("redis bus %r: acknowledgements not sent at release: %s", self.node, exc)
         for name in names:
@@ -556,45 +553,7 @@ class RedisBus(BaseBus):
             self._ack_soon()
 
     def _ack_soon(self) -> None:
-        self._ack_wanted.set()
-
-    async def _ack_loop(self) -> None:
-        retry = self._retry("acknowledging")
-        while True:
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
-            # Acknowledgements are never urgent: let a message being sent (a
-            # handler's reply, say) go first, as it is on someone's clock.
-            await asyncio.sleep(0)
-            if not self._writer.idle:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_ACK_DEFER):
-                        await self._writer.wait_idle()
-            try:
-                await self._flush_acks()
-            except CONNECTION_ERRORS as exc:
-                await retry.failed(exc)
-                self._ack_wanted.set()
-                continue
-            retry.succeeded()
-
-    async def _flush_acks(self) -> None:
-        acks = self._tracker.take_acks()
-        if not acks:
-            return
-        keys: list[str] = []
-        args: list[Any] = [self.node]
-        for state, entries in acks.items():
-            lease = self.keys.lease(state.name) if state.name else self.keys.alive(self.node)
-            keys += [state.key, lease]
-            args += [len(entries), state.trim_below(), *(f"{e[0]}-{e[1]}" for e in entries)]
-        try:
-            await self._call("ACK", keys, args)
-        except BaseException:
-            self._tracker.requeue(acks)
-            raise
-        self._stats["acked"] += sum(len(e) for e in acks.values())
-        self._reader.wake()
+        self._acker.soon()
 
     # ------------------------------------------------------------ helpers
 
