@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import secrets
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import ResponseError
 
 from proxy_core.backoff import Backoff
@@ -44,10 +41,12 @@ from .support import (
     RedisBusError,
     Retry,
     cancel_all,
+    check_options,
     describe_client,
     field,
     is_power_of_ten,
     make_client,
+    probe_server,
     redact,
     text,
 )
@@ -133,31 +132,18 @@ class RedisBus(BaseBus):
         claim_timeout: float = 0.0,
     ) -> None:
         super().__init__()
-        if (url is None) == (redis is None):
-            raise ConfigurationError("give a Redis url or a redis.asyncio.Redis client (one)")
-        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigurationError(
-                f"a Redis URL starts with redis://, rediss:// or unix://, got {redact(url)!r}"
-            )
-        for option, value in (("lease_ttl", lease_ttl), ("orphan_ttl", orphan_ttl)):
-            if not 0.2 <= value <= 86_400:
-                raise ConfigurationError(f"{option} must be in [0.2, 86400] seconds, got {value}")
-        for option, number in (
-            ("max_backlog", max_backlog),
-            ("in_flight", in_flight),
-            ("max_buffer", max_buffer),
-        ):
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise ConfigurationError(f"{option} must be a positive integer, got {number!r}")
-        for option, seconds, least in (
-            ("put_timeout", put_timeout, 0.001),
-            ("close_timeout", close_timeout, 0.001),
-            ("claim_timeout", claim_timeout, 0.0),
-        ):
-            if not least <= seconds < math.inf:
-                raise ConfigurationError(
-                    f"{option} must be a finite number of seconds >= {least:g}, got {seconds!r}"
-                )
+        check_options(
+            url,
+            redis,
+            lease_ttl=lease_ttl,
+            orphan_ttl=orphan_ttl,
+            max_backlog=max_backlog,
+            in_flight=in_flight,
+            max_buffer=max_buffer,
+            put_timeout=put_timeout,
+            close_timeout=close_timeout,
+            claim_timeout=claim_timeout,
+        )
         check_max_message_bytes(max_message_bytes)
         self.url = redact(url) if url is not None else describe_client(redis)
         self._owned = redis is None
@@ -265,21 +251,7 @@ class RedisBus(BaseBus):
             )
 
     async def _probe(self) -> None:
-        try:
-            info = await self._redis.info("server")
-        except RedisAuthError as exc:
-            raise ConnectError(f"Redis at {self.url} refused the credentials: {exc}") from exc
-        except CONNECTION_ERRORS as exc:
-            raise ConnectError(
-                f"could not connect to Redis at {self.url}: {type(exc).__name__}: {exc}"
-            ) from exc
-        version = str(info.get("redis_version", "0"))
-        found = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-        if found < MIN_REDIS_VERSION:
-            raise ConfigurationError(
-                f"the Redis bus needs Redis 6.2 or later; {self.url} runs {version}"
-            )
-        self.server_version = version
+        self.server_version = await probe_server(self._redis, self.url, MIN_REDIS_VERSION)
 
     def stopping(self) -> None:
         """Stop handing messages to workers: the runner is stopping them.

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from proxy_core.errors import ProxyError
+from proxy_core.errors import ConfigurationError, ConnectError, ProxyError
 
 if TYPE_CHECKING:
     from .bus import RedisBus
@@ -156,3 +158,72 @@ def is_power_of_ten(n: int) -> bool:
     while n and n % 10 == 0:
         n //= 10
     return n == 1
+
+
+def check_options(
+    url: str | None,
+    redis: Any,
+    *,
+    lease_ttl: float,
+    orphan_ttl: float,
+    max_backlog: int,
+    in_flight: int,
+    max_buffer: int,
+    put_timeout: float,
+    close_timeout: float,
+    claim_timeout: float,
+) -> None:
+    """Check a :class:`~proxy_core_redis.bus.RedisBus`'s options.
+
+    Raises:
+        ConfigurationError: an option is out of range (the message says which).
+    """
+    if (url is None) == (redis is None):
+        raise ConfigurationError("give a Redis url or a redis.asyncio.Redis client (one)")
+    if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"a Redis URL starts with redis://, rediss:// or unix://, got {redact(url)!r}"
+        )
+    for option, value in (("lease_ttl", lease_ttl), ("orphan_ttl", orphan_ttl)):
+        if not 0.2 <= value <= 86_400:
+            raise ConfigurationError(f"{option} must be in [0.2, 86400] seconds, got {value}")
+    for option, number in (
+        ("max_backlog", max_backlog),
+        ("in_flight", in_flight),
+        ("max_buffer", max_buffer),
+    ):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ConfigurationError(f"{option} must be a positive integer, got {number!r}")
+    for option, seconds, least in (
+        ("put_timeout", put_timeout, 0.001),
+        ("close_timeout", close_timeout, 0.001),
+        ("claim_timeout", claim_timeout, 0.0),
+    ):
+        if not least <= seconds < math.inf:
+            raise ConfigurationError(
+                f"{option} must be a finite number of seconds >= {least:g}, got {seconds!r}"
+            )
+
+
+async def probe_server(redis: Any, url: str, least: tuple[int, int]) -> str:
+    """Return the version of the Redis server at ``url``, checked to be at least ``least``.
+
+    Raises:
+        ConnectError: Redis cannot be reached, or refuses the credentials.
+        ConfigurationError: the server is older than ``least``.
+    """
+    try:
+        info = await redis.info("server")
+    except RedisAuthError as exc:
+        raise ConnectError(f"Redis at {url} refused the credentials: {exc}") from exc
+    except CONNECTION_ERRORS as exc:
+        raise ConnectError(
+            f"could not connect to Redis at {url}: {type(exc).__name__}: {exc}"
+        ) from exc
+    version = str(info.get("redis_version", "0"))
+    found = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if found < least:
+        raise ConfigurationError(
+            f"the Redis bus needs Redis {least[0]}.{least[1]} or later; {url} runs {version}"
+        )
+    return version
