@@ -33,8 +33,9 @@ from proxy_core.worker import BaseWorker
 
 from . import scripts
 from .acker import Acker
-from .keys import Keys, NodeId, parse_id
-from .membership import NEWS_MAXLEN, Membership
+from .claims import Claims
+from .keys import Keys, NodeId
+from .membership import Membership
 from .reader import Reader
 from .support import (
     CONNECTION_ERRORS,
@@ -177,13 +178,12 @@ class RedisBus(BaseBus):
         self._started = False
         self._closed = False
         self._stopping = False
-        self._poking: asyncio.Task[None] | None = None
         self._valid_until = 0.0
         self._news: list[tuple[str, str]] = []
         self._news_wanted = asyncio.Event()
         self._acker = Acker(self)
         self._remote_ready: dict[str, tuple[str, str]] = {}
-        self._freed = asyncio.Event()  # set on news that a runner gave a name up
+        self._claims = Claims(self)
         self._stats: Counter[str] = Counter(dict.fromkeys(_COUNTERS, 0))
         self._dropped: Counter[str] = Counter()
 
@@ -219,17 +219,12 @@ class RedisBus(BaseBus):
             for name in scripts.__all__:
                 self._scripts[name] = self._redis.register_script(getattr(scripts, name))
             try:
-                snapshot = await self._call(
-                    "REGISTER",
-                    self._node_keys()[:3] + [self.keys.ready],
-                    [self.node, self._info(), self._ttl_ms()],
-                )
+                await self._members.register()
             except CONNECTION_ERRORS as exc:
                 raise ConnectError(
                     f"lost Redis at {self.url} while joining: {type(exc).__name__}: {exc}"
                 ) from exc
             self._valid_until = asyncio.get_running_loop().time() + self.lease_ttl * 0.8
-            self._members.apply_snapshot(snapshot)
             self._reader.add(StreamState(self.keys.node_stream(self.node), None))
             loop = asyncio.get_running_loop()
             for coro, what in (
@@ -286,9 +281,7 @@ class RedisBus(BaseBus):
         try:
             async with asyncio.timeout(self.close_timeout):
                 await self._acker.flush()
-                for name, endpoint in list(self._routes.items()):
-                    self._routes.pop(name, None)
-                    await self._release_one(endpoint, name)
+                await self._claims.release_all()
                 await self._call("LEAVE", self._node_keys()[:3] + [self.keys.seq], [self.node])
         except (TimeoutError, RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
             logger.warning(
@@ -298,7 +291,7 @@ class RedisBus(BaseBus):
                 exc,
                 self.lease_ttl,
             )
-        tasks = [*self._tasks, *([self._poking] if self._poking else [])]
+        tasks = [*self._tasks, *([self._reader.poking] if self._reader.poking else [])]
         await cancel_all(tasks, self.close_timeout)
         if self._owned:
             await self._redis.aclose()
@@ -325,92 +318,11 @@ class RedisBus(BaseBus):
             ConfigurationError: a live runner holds one of the names (the message names it).
         """
         await self.start()
-        keys: list[str] = []
-        for name in names:
-            keys += [self.keys.lease(name), self.keys.stream(name)]
-        values = [self._members.lease_value(endpoint) for _ in names]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.claim_timeout
-        while True:
-            reply = await self._call(
-                "ACQUIRE",
-                keys,
-                [self.node, self._ttl_ms(), *values, self.keys.orphans, self.keys.prefix],
-                retry_as="claiming names",  # idempotent for this runner
-            )
-            if int(reply[0]) == 1:
-                break
-            name = names[int(reply[1]) - 1]
-            holder = text(reply[2]).split("\t")
-            left = deadline - loop.time()
-            if left > 0:
-                # Wait for that lease to run out, or for news that a name was
-                # given up, whichever comes first; then try again.
-                ttl = await self._redis.pttl(self.keys.lease(name))
-                self._freed.clear()
-                try:
-                    async with asyncio.timeout(min(left, max(ttl, 10) / 1000)):
-                        await self._freed.wait()
-                except TimeoutError:
-                    pass
-                continue
-            raise ConfigurationError(
-                f"the name {name!r} is held on channel {self.channel!r} by runner "
-                f"{holder[1] if len(holder) > 1 else '?'!r} ({holder[0]}); it is free once "
-                f"that runner stops, or {self.lease_ttl:g}s after its process died"
-            )
-        if isinstance(endpoint, BaseWorker):
-            endpoint._on_finished(self._finished)
-        for name, (claimed, last, backlog) in zip(names, reply[1:], strict=True):
-            state = StreamState(self.keys.stream(name), name)
-            if int(claimed):
-                state.redelivered_upto = parse_id(last)
-                self._count_in("claimed", int(claimed))
-                logger.warning(
-                    "redis bus %r: took %r over with %d message(s) its last holder had not "
-                    "finished; they are delivered again",
-                    self.node,
-                    name,
-                    int(claimed),
-                )
-            # Messages from this runner go straight to a local endpoint, unless a
-            # backlog (or our own queued writes) must come first: then, for this
-            # hold, through the stream, so that order is kept.
-            state.direct = int(backlog) == 0 and not self._writer.pending(name)
-            self._reader.add(state)
+        await self._claims.claim(endpoint, names)
 
     async def release(self, endpoint: Endpoint, names: list[str]) -> None:
         """Give ``names`` up on the channel (what is left waits for a next holder)."""
-        if isinstance(endpoint, BaseWorker) and endpoint not in self._routes.values():
-            endpoint._on_finished(None)
-        if not self._started or self._closed:
-            return
-        try:
-            await self._acker.flush()
-        except (RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
-            logger.warning("redis bus %r: acknowledgements not sent at release: %s", self.node, exc)
-        for name in names:
-            await self._release_one(endpoint, name)
-
-    async def _release_one(self, endpoint: Endpoint, name: str) -> None:
-        state = self._reader.remove(self.keys.stream(name))
-        if state is not None:
-            self._tracker.forget(state)
-        self._remote_ready.pop(name, None)
-        try:
-            await self._call(
-                "RELEASE",
-                [self.keys.lease(name), self.keys.stream(name), self.keys.ready, self.keys.orphans],
-                [self.node, name, self._backstop_ms(), self.keys.prefix, NEWS_MAXLEN],
-            )
-        except (RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
-            logger.warning(
-                "redis bus %r: could not give %r up (%s); it is free in %.0fs",
-                self.node,
-                name,
-                exc,
-                self.lease_ttl,
-            )
+        await self._claims.release(endpoint, names)
 
     # ------------------------------------------------------------ sending
 
@@ -528,19 +440,6 @@ class RedisBus(BaseBus):
         self._acker.soon()
 
     # ------------------------------------------------------------ helpers
-
-    def _poke(self) -> None:
-        """Wake the blocked read: an entry in our own node stream ends its wait."""
-        if self._started and not self._stopping and self._poking is None:
-            self._poking = asyncio.get_running_loop().create_task(self._poke_now())
-
-    async def _poke_now(self) -> None:
-        try:
-            await self._redis.xadd(self.keys.node_stream(self.node), {"k": "wake"})
-        except CONNECTION_ERRORS:
-            pass  # the read ends anyway, with the cut connection
-        finally:
-            self._poking = None
 
     def _retry(self, what: str) -> Retry:
         return Retry(self, what)

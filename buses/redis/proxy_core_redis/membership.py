@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from proxy_core.bus import Endpoint
 from proxy_core.inbox import OverflowPolicy
@@ -82,14 +82,20 @@ class Membership:
         )
 
     def peer_gone(self, name: str, node: str) -> None:
-        self.bus._freed.set()
+        self.bus._claims.freed.set()
         known = self.bus._remote_ready.get(name)
         if known is None or known[0] != node or self.bus._runner is None:
             return
         del self.bus._remote_ready[name]
         self.bus._runner.registry.set_gone(name, node=known[1])
 
-    def apply_snapshot(self, snapshot: list[Any]) -> None:
+    async def register(self) -> None:
+        """Register this runner on the channel, and hear which workers are ready elsewhere."""
+        snapshot = await self.bus._call(
+            "REGISTER",
+            self.bus._node_keys()[:3] + [self.bus.keys.ready],
+            [self.bus.node, self.bus._info(), self.bus._ttl_ms()],
+        )
         for i in range(0, len(snapshot), 2):
             self.peer_ready(text(snapshot[i]), text(snapshot[i + 1]))
 
@@ -225,12 +231,7 @@ class Membership:
         retry = self.bus._retry("setting up again")
         while True:
             try:
-                snapshot = await self.bus._call(
-                    "REGISTER",
-                    self.bus._node_keys()[:3] + [self.bus.keys.ready],
-                    [self.bus.node, self.bus._info(), self.bus._ttl_ms()],
-                )
-                self.apply_snapshot(snapshot)
+                await self.register()
                 for name, endpoint in list(self.bus._routes.items()):
                     reply = await self.bus._call(
                         "ACQUIRE",

@@ -57,6 +57,7 @@ class Reader:
         self._blocking = False
         self._reading: set[str] = set()  # the streams of the read in progress
         self._delivering: dict[StreamState, asyncio.Task[None]] = {}
+        self.poking: asyncio.Task[None] | None = None  # an entry that ends a blocking read
 
     # ------------------------------------------------------------ streams
 
@@ -97,7 +98,22 @@ class Reader:
             reading = self._reading
             if any(k not in reading and self.readable(s, now) for k, s in self.streams.items()):
                 self._blocking = False  # one poke per read
-                self._bus._poke()
+                self._poke()
+
+    def _poke(self) -> None:
+        """Wake the blocked read: an entry in our own node stream ends its wait."""
+        bus = self._bus
+        if bus._started and not bus._stopping and self.poking is None:
+            self.poking = asyncio.get_running_loop().create_task(self._poke_now())
+
+    async def _poke_now(self) -> None:
+        bus = self._bus
+        try:
+            await bus._redis.xadd(bus.keys.node_stream(bus.node), {"k": "wake"})
+        except CONNECTION_ERRORS:
+            pass  # the read ends anyway, with the cut connection
+        finally:
+            self.poking = None
 
     def readable(self, state: StreamState, now: float) -> bool:
         """Whether ``state`` may be read now.
