@@ -1,9 +1,10 @@
 """The acknowledging loop of a :class:`~proxy_core_redis.bus.RedisBus`.
 
-Entries are acknowledged (``XACK``, and the stream trimmed below its oldest
-unfinished entry) once every local endpoint has finished with them (see
-:mod:`.tracking`), in batches, by one task per bus, after any write in
-progress: acknowledgements are never urgent.
+A worker that holds a name on the bus reports each message it finished
+through a hook (:meth:`Acker.finished`). Entries are acknowledged (``XACK``,
+and the stream trimmed below its oldest unfinished entry) once every local
+endpoint has finished with them (see :mod:`.tracking`), in batches, by one
+task per bus, after any write in progress: acknowledgements are never urgent.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from .support import CONNECTION_ERRORS
+from proxy_core.messages import BusMessage
+from proxy_core.worker import BaseWorker
+
+from .support import CONNECTION_ERRORS, Retry
 
 if TYPE_CHECKING:
     from .bus import RedisBus
@@ -28,7 +32,17 @@ class Acker:
 
     def __init__(self, bus: RedisBus) -> None:
         self._bus = bus
+        self._tracker = bus._tracker
         self._wanted = asyncio.Event()
+
+    def hooked(self, endpoint: Any) -> bool:
+        """Whether ``endpoint`` reports to this bus the messages it finished."""
+        return isinstance(endpoint, BaseWorker) and endpoint._finished == self.finished
+
+    def finished(self, worker: BaseWorker, message: BusMessage) -> None:
+        """``worker`` finished ``message`` (the hook a worker calls): acknowledge it soon."""
+        if self._tracker.finished(worker, message):
+            self._wanted.set()
 
     def soon(self) -> None:
         """Ask for a flush: the loop runs it once the writer is idle (or shortly)."""
@@ -37,7 +51,7 @@ class Acker:
     async def run(self) -> None:
         """Flush acknowledgements whenever asked, retrying through cut connections."""
         bus = self._bus
-        retry = bus._retry("acknowledging")
+        retry = Retry(bus, "acknowledging")
         while True:
             await self._wanted.wait()
             self._wanted.clear()

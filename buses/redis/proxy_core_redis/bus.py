@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -29,7 +27,6 @@ from proxy_core.messages import BusLocalMessage, BusMessage
 from proxy_core.plugins import resolve_codec
 from proxy_core.protocol import Msg
 from proxy_core.transport import DEFAULT_MAX_MESSAGE_BYTES, check_max_message_bytes
-from proxy_core.worker import BaseWorker
 
 from . import scripts
 from .acker import Acker
@@ -45,7 +42,6 @@ from .support import (
     check_options,
     describe_client,
     field,
-    is_power_of_ten,
     make_client,
     probe_server,
     redact,
@@ -282,7 +278,7 @@ class RedisBus(BaseBus):
             async with asyncio.timeout(self.close_timeout):
                 await self._acker.flush()
                 await self._claims.release_all()
-                await self._call("LEAVE", self._node_keys()[:3] + [self.keys.seq], [self.node])
+                await self._members.leave()
         except (TimeoutError, RedisBusError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
             logger.warning(
                 "redis bus %r: could not leave the channel cleanly (%s); its keys expire "
@@ -427,22 +423,7 @@ class RedisBus(BaseBus):
         result = await self._call("SEND", keys, args, retry_as="writing")
         return text(result)
 
-    # ------------------------------------------------------------ acknowledging
-
-    def _hooked(self, endpoint: Any) -> bool:
-        return isinstance(endpoint, BaseWorker) and endpoint._finished == self._finished
-
-    def _finished(self, worker: BaseWorker, message: BusMessage) -> None:
-        if self._tracker.finished(worker, message):
-            self._ack_soon()
-
-    def _ack_soon(self) -> None:
-        self._acker.soon()
-
     # ------------------------------------------------------------ helpers
-
-    def _retry(self, what: str) -> Retry:
-        return Retry(self, what)
 
     async def _call(
         self, script: str, keys: list[str], args: list[Any], *, retry_as: str | None = None
@@ -451,7 +432,7 @@ class RedisBus(BaseBus):
         call: Callable[..., Awaitable[Any]] = self._scripts[script]
         if retry_as is None:
             return await call(keys=keys, args=args)
-        retry = self._retry(retry_as)
+        retry = Retry(self, retry_as)
         while True:
             try:
                 result = await call(keys=keys, args=args)
@@ -466,13 +447,6 @@ class RedisBus(BaseBus):
             retry.succeeded()
             return result
 
-    def _node_keys(self) -> list[str]:
-        return [self.keys.nodes, self.keys.alive(self.node), self.keys.node_stream(self.node)]
-
-    def _info(self) -> str:
-        runner = field(self._runner.name) if self._runner is not None else "?"
-        return f"{runner}\t{self._codec.name}\t{os.getpid()}\t{field(socket.gethostname())}"
-
     def _backstop_ms(self) -> int:
         # A stream no runner holds is dropped (counted) by a sweep after the
         # orphan ttl; its key expires later still, for a channel nobody sweeps.
@@ -483,16 +457,6 @@ class RedisBus(BaseBus):
 
     def _count(self, reason: str, n: int) -> None:
         self._dropped[reason] += n
-
-    def _count_in(self, what: str, n: int, *, detail: str = "") -> None:
-        self._stats[what] += n
-        if what == "undecodable" and is_power_of_ten(self._stats[what]):
-            logger.warning(
-                "redis bus %r: an entry did not decode (%s); acknowledged and dropped (%d so far)",
-                self.node,
-                detail,
-                self._stats[what],
-            )
 
     def stats(self) -> dict[str, Any]:
         """Return the bus's counters: messages sent, received, acknowledged, dropped by reason..."""

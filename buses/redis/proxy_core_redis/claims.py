@@ -52,12 +52,12 @@ class Claims:
         bus = self.bus
         reply = await self._acquire(names, [bus._members.lease_value(endpoint) for _ in names])
         if isinstance(endpoint, BaseWorker):
-            endpoint._on_finished(bus._finished)
+            endpoint._on_finished(bus._acker.finished)
         for name, (claimed, last, backlog) in zip(names, reply[1:], strict=True):
             state = StreamState(bus.keys.stream(name), name)
             if int(claimed):
                 state.redelivered_upto = parse_id(last)
-                bus._count_in("claimed", int(claimed))
+                bus._stats["claimed"] += int(claimed)
                 logger.warning(
                     "redis bus %r: took %r over with %d message(s) its last holder had not "
                     "finished; they are delivered again",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING
 
 from proxy_core.bus import Endpoint
@@ -20,7 +22,7 @@ from proxy_core.messages import BusEndWorkerMessage
 from proxy_core.registry import WorkerReadyData
 from proxy_core.worker import BaseWorker
 
-from .support import CONNECTION_ERRORS, field, text
+from .support import CONNECTION_ERRORS, Retry, field, text
 
 if TYPE_CHECKING:
     from .bus import RedisBus
@@ -42,6 +44,16 @@ class Membership:
 
     def __init__(self, bus: RedisBus) -> None:
         self.bus = bus
+
+    def node_keys(self) -> list[str]:
+        """The keys of this runner: the channel's runners, its liveness key, its node stream."""
+        bus = self.bus
+        return [bus.keys.nodes, bus.keys.alive(bus.node), bus.keys.node_stream(bus.node)]
+
+    def info(self) -> str:
+        """This runner's record: its name, codec, process id and host."""
+        runner = field(self.bus._runner.name) if self.bus._runner is not None else "?"
+        return f"{runner}\t{self.bus._codec.name}\t{os.getpid()}\t{field(socket.gethostname())}"
 
     def lease_value(self, endpoint: Endpoint) -> str:
         policy = OverflowPolicy.WAIT
@@ -93,16 +105,20 @@ class Membership:
         """Register this runner on the channel, and hear which workers are ready elsewhere."""
         snapshot = await self.bus._call(
             "REGISTER",
-            self.bus._node_keys()[:3] + [self.bus.keys.ready],
-            [self.bus.node, self.bus._info(), self.bus._ttl_ms()],
+            self.node_keys() + [self.bus.keys.ready],
+            [self.bus.node, self.info(), self.bus._ttl_ms()],
         )
         for i in range(0, len(snapshot), 2):
             self.peer_ready(text(snapshot[i]), text(snapshot[i + 1]))
 
+    async def leave(self) -> None:
+        """Take this runner off the channel (its names given up already)."""
+        await self.bus._call("LEAVE", self.node_keys() + [self.bus.keys.seq], [self.bus.node])
+
     async def control_loop(self) -> None:
         """Publish readiness, renew leases, and sweep the dead runners' leftovers."""
         loop = asyncio.get_running_loop()
-        retry = self.bus._retry("renewing leases")
+        retry = Retry(self.bus, "renewing leases")
         next_renew = loop.time() + self.bus.lease_ttl / 3
         next_sweep = loop.time() + self.bus.lease_ttl / 2
         while True:
@@ -135,10 +151,10 @@ class Membership:
 
     async def renew(self, started: float) -> None:
         names = list(self.bus._routes)
-        keys = self.bus._node_keys() + [self.bus.keys.lease(n) for n in names]
+        keys = self.node_keys() + [self.bus.keys.lease(n) for n in names]
         values = [self.lease_value(self.bus._routes[n]) for n in names]
         reply = await self.bus._call(
-            "RENEW", keys, [self.bus.node, self.bus._ttl_ms(), self.bus._info(), *values]
+            "RENEW", keys, [self.bus.node, self.bus._ttl_ms(), self.info(), *values]
         )
         self.bus._valid_until = started + self.bus.lease_ttl * 0.8
         self.bus._reader.wake()
@@ -148,7 +164,7 @@ class Membership:
                 "restarted); registered again",
                 self.bus.node,
             )
-            self.bus._count_in("state_lost", 1)
+            self.bus._stats["state_lost"] += 1
             await self.republish()
         for name, status in zip(names, reply[1:], strict=True):
             if int(status) == 0:
@@ -203,7 +219,7 @@ class Membership:
         state = self.bus._reader.remove(self.bus.keys.stream(name))
         if state is not None:
             self.bus._tracker.forget(state)
-        self.bus._count_in("leases_lost", 1)
+        self.bus._stats["leases_lost"] += 1
         logger.error(
             "redis bus %r: another runner holds %r now (this one could not renew its lease "
             "in time); %r is ended here",
@@ -221,14 +237,14 @@ class Membership:
         """Redis lost this channel's state (a restart without persistence): set it up again."""
         if self.bus._closed:
             raise asyncio.CancelledError
-        self.bus._count_in("state_lost", 1)
+        self.bus._stats["state_lost"] += 1
         logger.error(
             "redis bus %r: %s: Redis lost this channel's state (a restart without "
             "persistence?); messages it held are lost; setting up again",
             self.bus.node,
             why,
         )
-        retry = self.bus._retry("setting up again")
+        retry = Retry(self.bus, "setting up again")
         while True:
             try:
                 await self.register()

@@ -25,7 +25,7 @@ from proxy_core.protocol import Msg
 from proxy_core.worker import BaseWorker
 
 from .keys import GROUP, parse_id
-from .support import CONNECTION_ERRORS
+from .support import CONNECTION_ERRORS, Retry, is_power_of_ten
 from .tracking import StreamState
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class Reader:
         """Read and deliver for as long as the task runs."""
         bus = self._bus
         loop = asyncio.get_running_loop()
-        retry = bus._retry("reading")
+        retry = Retry(bus, "reading")
         while not bus._stopping:
             now = loop.time()
             wanted = {k: s.cursor for k, s in self.streams.items() if self.readable(s, now)}
@@ -220,7 +220,7 @@ class Reader:
             if pending:
                 state.cursor = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
             if not fields:  # trimmed away while pending: its content is gone
-                bus._count_in("lost", 1)
+                bus._stats["lost"] += 1
                 bus._tracker.finish_entry(state, entry)
                 continue
             kind = fields.get(b"k")
@@ -237,10 +237,10 @@ class Reader:
                 state.restart()
                 return
             if pending and entry <= state.redelivered_upto:
-                bus._count_in("redelivered", 1)
+                bus._stats["redelivered"] += 1
             self._deliver(state, entry, message, endpoints)
         if bus._tracker.has_acks:
-            bus._ack_soon()
+            bus._acker.soon()
 
     def _endpoints_for(self, state: StreamState, message: BusMessage) -> list[Any] | None:
         bus = self._bus
@@ -269,9 +269,19 @@ class Reader:
             if isinstance(message, BusLocalMessage):
                 raise CodecError(f"a local message ({type(message).__name__}) never crosses")
         except Exception as exc:  # any failure to decode is the entry's, never ours
-            bus._count_in("undecodable", 1, detail=f"{type(exc).__name__}: {exc}")
+            bus._stats["undecodable"] += 1
+            count = bus._stats["undecodable"]
+            if is_power_of_ten(count):
+                logger.warning(
+                    "redis bus %r: an entry did not decode (%s: %s); acknowledged and dropped "
+                    "(%d so far)",
+                    bus.node,
+                    type(exc).__name__,
+                    exc,
+                    count,
+                )
             return None
-        bus._count_in("received", 1)
+        bus._stats["received"] += 1
         return message
 
     def _deliver(
@@ -281,7 +291,7 @@ class Reader:
         tracker.delivered(state, entry, message)
         remaining: list[Any] = []
         for endpoint in endpoints:
-            hooked = self._bus._hooked(endpoint)
+            hooked = self._bus._acker.hooked(endpoint)
             if hooked:
                 tracker.expect(endpoint, message)
             if remaining or state.held:
@@ -302,7 +312,7 @@ class Reader:
                     self._deliver_held(state), name=f"redis-bus-deliver-{state.key}"
                 )
         if tracker.settle(message):
-            self._bus._ack_soon()
+            self._bus._acker.soon()
 
     async def _deliver_held(self, state: StreamState) -> None:
         """Put what a full inbox could not take, in order, waiting for room."""
@@ -315,12 +325,12 @@ class Reader:
                     try:
                         await endpoint.put(message)
                     except QueueFull:
-                        if self._bus._hooked(endpoint):
+                        if self._bus._acker.hooked(endpoint):
                             tracker.finished(endpoint, message)
                     endpoints.pop(0)
                 state.held.popleft()
                 if tracker.settle(message):
-                    self._bus._ack_soon()
+                    self._bus._acker.soon()
         finally:
             self._delivering.pop(state, None)
         self.wake()
