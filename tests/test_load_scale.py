@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ async def test_lag_probe_sees_a_blocked_loop() -> None:
     await asyncio.sleep(0.02)
     probe.take()
     # Blocking the loop on purpose: the lag the probe exists to see.
-    load_side.time.sleep(0.1)  # noqa: ASYNC251
+    time.sleep(0.1)  # noqa: ASYNC251
     await asyncio.sleep(0.02)
     assert probe.take() >= 0.05
 
