@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from proxy_core.bench.calls import CallCounter, kind_of
 from proxy_core.bench.costs import (
     MARK,
     CostOptions,
@@ -102,6 +103,39 @@ def test_strace_windows_count_calls_by_kind(tmp_path: Path) -> None:
     assert counts["sys_poll"] == 1 and counts["sys_futex"] == 1 and counts["sys_other_io"] == 1
     assert counts["sys_memory"] == 1 and counts["sys_no_memory"] == 6
     assert counts["call:getpid"] == 1
+
+
+def test_calls_are_sorted_by_whose_code_runs(tmp_path: Path) -> None:
+    import asyncio as stdlib_module
+
+    import websockets
+
+    import proxy_core.bench.worker as harness_module
+    import proxy_core.session as core_module
+
+    assert kind_of(core_module.__file__ or "") == "calls_core"
+    assert kind_of(harness_module.__file__ or "") == "calls_harness"
+    assert kind_of(websockets.__file__ or "") == "calls_library"
+    assert kind_of(stdlib_module.__file__ or "") == "calls_stdlib"
+    assert kind_of("<string>") == "calls_generated"
+    # The innermost package folder decides, wherever the checkout lives.
+    inside = "/home/me/proxy_core/.venv/lib/python3.11/site-packages/websockets/frames.py"
+    assert kind_of(inside) == "calls_library"
+    assert kind_of("/src/transports/x/proxy_core_x/connection.py") == "calls_core"
+
+    def mine(n: int) -> int:
+        return n + 1
+
+    counter = CallCounter()
+    counter.start()
+    for n in range(7):
+        mine(n)
+    len("abc")
+    calls, functions = counter.stop()
+    # This test module is none of proxy-core's, so it counts as a library's code.
+    assert calls["calls_library"] >= 7 and calls["calls_c"] >= 1, calls
+    assert functions == {}
+    assert counter.stop() == ({}, {})  # stopped: nothing more to read
 
 
 def test_tables_show_ours_over_bare_per_message() -> None:
@@ -205,6 +239,28 @@ def test_a_short_copies_pass_sees_the_payload_copied(
     client = windows[("stream_16k", "client", "proxy")]
     assert client.get("memcpy_16k", 0) + client.get("memmove_16k", 0) >= 1, client
     assert windows[("stream_16k", "server", "bare")].get("alloc_16k", 0) > 0
+
+
+def test_a_short_calls_pass_counts_proxy_cores_functions_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--scenario", "rtt", "--messages", "20", "--passes", "calls"]
+    code, _, data = _run(tmp_path, *args)
+    printed = capsys.readouterr().out
+    assert code == 0, data["failures"]
+    assert "Functions called, by whose code they are (calls pass)" in printed
+    windows = _windows(data, "calls")
+    for side in ("client", "server"):
+        proxy, bare = windows[("rtt", side, "proxy")], windows[("rtt", side, "bare")]
+        # Both run the library and the event loop; only the proxy runs proxy-core.
+        for counts in (proxy, bare):
+            assert counts["calls_library"] >= 1 and counts["calls_stdlib"] >= 1, (side, counts)
+            assert counts["calls_c"] >= 1, (side, counts)
+        assert proxy["calls_core"] >= 10 and bare.get("calls_core", 0) == 0, (side, proxy, bare)
+    sample = next(s for s in data["samples"] if s["mode"] == "calls" and s["impl"] == "proxy")
+    # proxy-core's functions by name: the session decodes or encodes on each side.
+    assert any(name.startswith("proxy_core/session.py:") for name in sample["labels"])
+    assert "proxy-core's functions called per round trip" in printed
 
 
 def test_bench_costs_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ Not a timing: counts. For each transport (msgpack by default), a client
 process and a server process (``python -m proxy_core.bench.costs_side``) do
 the same work through both proxies (a ``Source`` worker to a ``Sink`` worker,
 bus to bus) and through the bare library, and count, per side and per
-message, in three passes with fresh processes each:
+message, in four passes with fresh processes each:
 
 - ``count``: event-loop iterations (one ``epoll_wait`` each), callbacks run
   (task steps, by task, and others), tasks created, timers armed and
@@ -14,7 +14,10 @@ message, in three passes with fresh processes each:
   ``send``/``recv`` on TCP counted apart, where ``strace`` is on PATH;
 - ``copies`` (16 KiB messages only): ``malloc``/``calloc``/``realloc`` and
   ``memcpy``/``memmove`` of 16 KiB or more, from a small C library preloaded
-  into the children, where a C compiler is on PATH.
+  into the children, where a C compiler is on PATH;
+- ``calls``: the functions called, by whose code they are (proxy-core's, the
+  library's, the standard library's, C functions; cProfile), and proxy-core's
+  own by name (:mod:`~proxy_core.bench.calls`).
 
 Scenarios: ``rtt`` (round trips of 200 bytes, the sink echoes), ``stream_200b``
 and ``stream_16k`` (one-way messages). Each window opens after a warm-up and
@@ -73,7 +76,7 @@ SIDES: Final = ("client", "server")
 IMPLS: Final = ("proxy", "bare")
 
 #: The passes, each with fresh processes (see the module's docstring).
-MODES: Final = ("count", "strace", "copies")
+MODES: Final = ("count", "strace", "copies", "calls")
 
 #: The folder of the paths a child ``stat``-s to mark a window in a trace: never created.
 MARK: Final = "/proxy-core-costs-marker"

@@ -13,6 +13,7 @@ from typing import Final
 
 from ..plugins import available_codecs, available_transports
 from .bare_side import BARE_LABELS
+from .calls import KINDS
 from .costs import (
     FULL_COUNTS,
     IMPLS,
@@ -69,6 +70,15 @@ _WIRE: Final = (
     ("syscalls, mmap family aside", "strace", ("sys_no_memory",)),
     ("mmap family", "strace", ("sys_memory",)),
 )
+_CALLS: Final = (
+    ("proxy-core", "calls", ("calls_core",)),
+    ("bench harness", "calls", ("calls_harness",)),
+    ("library (Python)", "calls", ("calls_library",)),
+    ("stdlib (asyncio...)", "calls", ("calls_stdlib",)),
+    ("C functions", "calls", ("calls_c",)),
+    ("generated", "calls", ("calls_generated",)),
+    ("all", "calls", KINDS),
+)
 _COPIES: Final = (
     ("transport msgs out", "copies", ("frames_out",)),
     ("transport msgs in", "copies", ("frames_in",)),
@@ -103,17 +113,23 @@ def _table(
     return lines
 
 
-def _labels(result: CostResult, scenario: str, top: int = 8) -> list[str]:
-    """Callbacks run and timers armed per message, by what they run: the most frequent."""
+def _labels(
+    result: CostResult,
+    scenario: str,
+    top: int = 8,
+    mode: str = "count",
+    what: str = "what (task: coroutine [name]; call; timer)",
+    impls: Sequence[str] = IMPLS,
+) -> list[str]:
+    """The most frequent labels of ``mode``'s windows per message: callbacks run
+    and timers armed (count pass), or proxy-core's functions called (calls pass)."""
     table = result.per_message("labels")
-    lines = [
-        "| transport | side | impl | what (task: coroutine [name]; call; timer) | per message |"
-    ]
+    lines = [f"| transport | side | impl | {what} | per message |"]
     lines.append("| --- | --- | --- | --- | --- |")
     for transport in result.transports:
         for side in SIDES:
-            for impl in IMPLS:
-                labels = table.get((transport, scenario, side, impl, "count"), {})
+            for impl in impls:
+                labels = table.get((transport, scenario, side, impl, mode), {})
                 ranked = sorted(labels.items(), key=lambda item: (-item[1], item[0]))[:top]
                 for label, value in ranked:
                     if value >= 0.05:
@@ -183,6 +199,12 @@ def format_tables(result: CostResult) -> str:
         "",
         *_table(result, _WIRE, scenarios),
     ]
+    if "calls" in result.modes:
+        out += ["", "Functions called, by whose code they are (calls pass):", ""]
+        out += _table(result, _CALLS, scenarios)
+        if "rtt" in scenarios:
+            out += ["", "proxy-core's functions called per round trip (rtt, calls pass):", ""]
+            out += _labels(result, "rtt", 60, "calls", "function", ("proxy",))
     if "copies" in result.modes and "stream_16k" in scenarios:
         out += ["", "Buffers of a 16 KiB message (copies pass):", ""]
         out += _table(result, _COPIES, ["stream_16k"])

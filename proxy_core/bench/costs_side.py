@@ -17,7 +17,10 @@ the *mode*, which decides what is counted between the ``begin`` and the
   not exist (:data:`~proxy_core.bench.costs.MARK`);
 - ``copies``: a plain loop; the parent preloads a small C library that counts
   ``malloc``/``calloc``/``realloc`` of >= 16 KiB and ``memcpy``/``memmove`` of
-  >= 16 KiB in every thread, read here through ``ctypes``.
+  >= 16 KiB in every thread, read here through ``ctypes``;
+- ``calls``: a plain loop; the functions called during the window, by whose
+  code they are (:class:`~proxy_core.bench.calls.CallCounter`, cProfile), and
+  proxy-core's own by name.
 
 Transport messages are counted in every mode, below the proxy (a counting
 :class:`~proxy_core.transport.Connection` around the backend's) or around the
@@ -49,6 +52,7 @@ from ..transport import (
     Transport,
 )
 from . import bare_side
+from .calls import CallCounter
 from .costs import MARK
 from .counting import (
     CountingLoop,
@@ -102,6 +106,7 @@ class Probe:
         loop = asyncio.get_running_loop()
         self.loop = loop if isinstance(loop, CountingLoop) else None
         self.copies = _Copies(shim) if shim else None
+        self.calls = CallCounter() if mode == "calls" else None
         self._start: dict[str, int] = {}
         self._labels: Counter[str] = Counter()
 
@@ -120,8 +125,11 @@ class Probe:
             self._labels = Counter(self.loop.labels)
             self.frames.kept = []
         self._start = self._read()
+        if self.calls is not None:
+            self.calls.start()
 
     def end(self, label: str) -> dict[str, Any]:
+        calls, functions = self.calls.stop() if self.calls is not None else ({}, {})
         now = self._read()
         if self.mode == "strace":
             _mark(label, "end")
@@ -136,6 +144,8 @@ class Probe:
         kept, self.frames.kept = self.frames.kept, None
         if kept is not None:
             counts.update(classify_frames(kept, self.codec))
+        counts.update(calls)
+        labels.update(functions)
         return {"counts": counts, "labels": labels}
 
 
