@@ -124,7 +124,7 @@ class _Outbound(_LinkBase):
             and conn.cancel_safe_send
             and session is not None
             and not session.outbox_full
-            and not self._inbox
+            and not self._inbox._items
             and self._finished is None
             and message.target == self.rules.remote_worker
         )
@@ -174,7 +174,7 @@ class _Outbound(_LinkBase):
         conn = self._conn
         if conn is None:
             return  # the link is lost: the frame waits in the outbox for the resume
-        if self._out or self._writing or self._burst or len(self._inbox):
+        if self._out or self._writing or self._burst or self._inbox._items:
             self._enqueue(data)  # the writer sends it, coalesced with what is queued
             return
         # A lone message (nothing queued, nothing behind it in our inbox, none

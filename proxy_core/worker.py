@@ -175,8 +175,13 @@ class BaseWorker:
 
     @property
     def bus(self) -> BaseBus:
-        """The bus of this worker's runner."""
-        return self.runner.bus
+        """The bus of this worker's runner.
+
+        Raises:
+            ConfigurationError: the worker has not been added to a runner yet.
+        """
+        runner = self._runner  # read directly: this is on every message's path
+        return runner.bus if runner is not None else self.runner.bus
 
     @property
     def registry(self) -> WorkerRegistry:
@@ -238,8 +243,13 @@ class BaseWorker:
     # ------------------------------------------------------------ sending
 
     async def send_bus_message(self, message: BusMessage) -> None:
-        """Put ``message`` on this worker's bus."""
-        await self.bus.send(message)
+        """Put ``message`` on this worker's bus.
+
+        Raises:
+            ConfigurationError: the worker has not been added to a runner yet.
+        """
+        runner = self._runner  # as in ``bus``, without the property's call
+        await (runner.bus if runner is not None else self.runner.bus).send(message)
 
     async def activate_worker(self, name: str, args: dict[str, Any] | None = None) -> None:
         """Ask worker ``name`` (local, or remote through a proxy) to activate."""
@@ -360,8 +370,9 @@ class BaseWorker:
             return
         self.runner._worker_ready(self)
         inbox = self._inbox
+        items = inbox._items  # the deque itself: `not inbox` would call Inbox.__len__
         while True:
-            if not inbox:
+            if not items:
                 self._waiting = True
                 if self._idle_waiters is not None:
                     self._wake_idle_waiters()
