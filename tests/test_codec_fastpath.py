@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy_core.codecs._tree import _FAST_PATHS, TreeConverter
+from proxy_core.codecs._tree import TreeConverter
+from proxy_core.codecs._treefast import _FAST_PATHS
 from proxy_core.codecs.base import Codec
 from proxy_core.codecs.json import JsonCodec
 from proxy_core.codecs.msgpack import MsgpackCodec

@@ -8,9 +8,9 @@ as ``{"$tuple": [...]}``, and, in codecs without a binary type, bytes as
 ``{"$bytes": "<base64>"}``.
 
 The built-in messages and frames that cross (the tags of section 4.4 that the
-protobuf codec also has dedicated messages for) have fast paths: each is
-written and read field by field, as a literal map, instead of by the generic
-walk. They apply only where the registry holds the built-in class itself, and
+protobuf codec also has dedicated messages for) have fast paths
+(``_treefast.py``): each is written and read field by field, as a literal
+map, instead of by the generic walk. They apply only where the registry holds the built-in class itself, and
 only to values of the shape they were written for (scalars where the protocol
 has scalars); anything else takes the generic walk, which remains the
 reference: both produce the same tree, so the same bytes.
@@ -20,29 +20,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
 from typing import Any, Final
 
 from ..errors import CodecError, UnknownMessageType
-from ..messages import (
-    AudioRawFrame,
-    BusActivateWorkerMessage,
-    BusDataMessage,
-    BusDeactivateWorkerMessage,
-    BusEndWorkerMessage,
-    BusFrameMessage,
-    BusMessage,
-    TextFrame,
-    TypeRegistry,
-)
+from ..messages import BusMessage, TypeRegistry
 from ..protocol import Ack, Batch, Bye, Envelope, Kind, Msg, Ping, Pong, Ready
+from ._treefast import _FAST_PATHS, _LEAVES_IN, _SCALARS, FastIn, FastOut, _FastPath
 from .base import MAX_BATCH_FRAMES, MAX_SAFE_INTEGER, bye_code_error
 
 __all__ = ["Invalid", "TreeConverter"]
-
-_SCALARS: Final[frozenset[type[Any]]] = frozenset((str, int, float, bool, type(None)))
-#: Values a decoded tree holds as they are (both codecs pass bytes through).
-_LEAVES_IN: Final = _SCALARS | {bytes}
 
 # The kinds as plain ints: reading an IntEnum member costs a class attribute
 # lookup (~70 ns) on every frame.
@@ -53,8 +39,6 @@ _PING: Final = int(Kind.PING)
 _PONG: Final = int(Kind.PONG)
 _BYE: Final = int(Kind.BYE)
 _BATCH: Final = int(Kind.BATCH)
-
-_MISSING: Final[Any] = object()  # a field absent from a map (not a leaf: fails every fast check)
 
 
 class Invalid:
@@ -78,13 +62,6 @@ class Invalid:
 
     def __repr__(self) -> str:
         return f"Invalid({self.reason!r})"
-
-
-#: Writes a registered object of one built-in class as its ``$type`` map, given its
-#: tag; ``None`` when a value is not of the shape the fast path was written for.
-FastOut = Callable[["TreeConverter", str, Any], "dict[str, Any] | None"]
-#: Builds one built-in class from its ``$type`` map; ``None`` as above.
-FastIn = Callable[["TreeConverter", type[Any], "dict[str, Any]"], Any]
 
 
 class TreeConverter:
@@ -419,99 +396,3 @@ def _is_plain_map(value: dict[Any, Any], leaves: frozenset[type[Any]]) -> bool:
         if type(key) is not str or key.startswith("$") or type(item) not in leaves:
             return False
     return True
-
-
-# ---------------------------------------------------------------- fast paths
-#
-# One writer and one reader per shape of built-in type. Each handles exactly the
-# values the generic walk would pass through unchanged in the scalar fields (and
-# any value in the one body field, through _field_out / _field_in); otherwise it
-# returns None and the generic walk takes over. tests/test_codec_fastpath.py
-# checks that both give the same bytes and the same objects.
-
-
-def _header_out(conv: TreeConverter, tag: str, msg: Any) -> dict[str, Any] | None:
-    """``bus.message``, ``bus.deactivate``: source and target only."""
-    source, target = msg.source, msg.target
-    if type(source) in conv._leaves_out and type(target) in conv._leaves_out:
-        return {"$type": tag, "source": source, "target": target}
-    return None
-
-
-def _header_in(conv: TreeConverter, cls: type[Any], node: dict[str, Any]) -> Any:
-    source = node.get("source", _MISSING)
-    target = node.get("target", _MISSING)
-    if len(node) == 3 and type(source) in _LEAVES_IN and type(target) in _LEAVES_IN:
-        return cls(source, target)
-    return None
-
-
-def _with_body(body: str) -> tuple[FastOut, FastIn]:
-    """``bus.frame``, ``bus.data``, ``bus.activate``, ``bus.end_worker``: a header and ``body``."""
-
-    def write(conv: TreeConverter, tag: str, msg: Any) -> dict[str, Any] | None:
-        source, target = msg.source, msg.target
-        if type(source) in conv._leaves_out and type(target) in conv._leaves_out:
-            value = conv._field_out(getattr(msg, body), type(msg), body)
-            return {"$type": tag, "source": source, "target": target, body: value}
-        return None
-
-    def read(conv: TreeConverter, cls: type[Any], node: dict[str, Any]) -> Any:
-        source = node.get("source", _MISSING)
-        target = node.get("target", _MISSING)
-        value = node.get(body, _MISSING)
-        if (
-            len(node) == 4
-            and value is not _MISSING
-            and type(source) in _LEAVES_IN
-            and type(target) in _LEAVES_IN
-        ):
-            return cls(source, target, conv._field_in(value))
-        return None
-
-    return write, read
-
-
-def _text_out(conv: TreeConverter, tag: str, frame: Any) -> dict[str, Any] | None:
-    text = frame.text
-    return {"$type": tag, "text": text} if type(text) in conv._leaves_out else None
-
-
-def _text_in(conv: TreeConverter, cls: type[Any], node: dict[str, Any]) -> Any:
-    text = node.get("text", _MISSING)
-    return cls(text) if len(node) == 2 and type(text) in _LEAVES_IN else None
-
-
-def _audio_out(conv: TreeConverter, tag: str, frame: Any) -> dict[str, Any] | None:
-    rate, channels = frame.sample_rate, frame.num_channels
-    if type(rate) in conv._leaves_out and type(channels) in conv._leaves_out:
-        audio = conv._field_out(frame.audio, AudioRawFrame, "audio")  # base64 in JSON
-        return {"$type": tag, "audio": audio, "sample_rate": rate, "num_channels": channels}
-    return None
-
-
-def _audio_in(conv: TreeConverter, cls: type[Any], node: dict[str, Any]) -> Any:
-    audio = node.get("audio", _MISSING)
-    rate = node.get("sample_rate", _MISSING)
-    channels = node.get("num_channels", _MISSING)
-    if len(node) == 4 and type(rate) in _LEAVES_IN and type(channels) in _LEAVES_IN:
-        if type(audio) is bytes:
-            return cls(audio, rate, channels)
-        if audio is not _MISSING:
-            return cls(conv._field_in(audio), rate, channels)  # a $bytes map (JSON)
-    return None
-
-
-#: (writer, reader, the constructor fields they were written for) per built-in
-#: class; the readers construct positionally, in that order.
-_FastPath = tuple[FastOut, FastIn, tuple[str, ...]]
-_FAST_PATHS: Final[dict[type[Any], _FastPath]] = {
-    BusMessage: (_header_out, _header_in, ("source", "target")),
-    BusDeactivateWorkerMessage: (_header_out, _header_in, ("source", "target")),
-    BusFrameMessage: (*_with_body("frame"), ("source", "target", "frame")),
-    BusDataMessage: (*_with_body("data"), ("source", "target", "data")),
-    BusActivateWorkerMessage: (*_with_body("args"), ("source", "target", "args")),
-    BusEndWorkerMessage: (*_with_body("reason"), ("source", "target", "reason")),
-    TextFrame: (_text_out, _text_in, ("text",)),
-    AudioRawFrame: (_audio_out, _audio_in, ("audio", "sample_rate", "num_channels")),
-}
