@@ -190,15 +190,17 @@ def format_tables(result: CostResult) -> str:
         f"Per message (per round trip for rtt), ours / bare (ratio); median of {runs} run(s); "
         f"messages per window: {counts}; codec {result.options.codec}; passes: "
         f"{', '.join(result.modes) or 'none'}.",
-        "",
-        "Event loop (count pass):",
-        "",
-        *_table(result, _LOOP, scenarios),
-        "",
-        "Wire and kernel (transport messages and socket calls: count pass; syscalls: strace pass):",
-        "",
-        *_table(result, _WIRE, scenarios),
     ]
+    if "count" in result.modes:
+        out += ["", "Event loop (count pass):", "", *_table(result, _LOOP, scenarios)]
+    if {"count", "strace"} & set(result.modes):
+        out += [
+            "",
+            "Wire and kernel (transport messages and socket calls: count pass; "
+            "syscalls: strace pass):",
+            "",
+            *_table(result, _WIRE, scenarios),
+        ]
     if "calls" in result.modes:
         out += ["", "Functions called, by whose code they are (calls pass):", ""]
         out += _table(result, _CALLS, scenarios)
