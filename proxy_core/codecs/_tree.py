@@ -10,10 +10,11 @@ as ``{"$tuple": [...]}``, and, in codecs without a binary type, bytes as
 The built-in messages and frames that cross (the tags of section 4.4 that the
 protobuf codec also has dedicated messages for) have fast paths
 (``_treefast.py``): each is written and read field by field, as a literal
-map, instead of by the generic walk. They apply only where the registry holds the built-in class itself, and
-only to values of the shape they were written for (scalars where the protocol
-has scalars); anything else takes the generic walk, which remains the
-reference: both produce the same tree, so the same bytes.
+map, instead of by the generic walk. They apply only where the registry holds
+the built-in class itself, and only to values of the shape they were written
+for (scalars where the protocol has scalars); anything else takes the generic
+walk, which remains the reference: both produce the same tree, so the same
+bytes.
 """
 
 from __future__ import annotations
