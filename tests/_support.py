@@ -36,10 +36,10 @@ from proxy_core import (
 )
 from proxy_core.codecs.json import JsonCodec
 from proxy_core.codecs.msgpack import MsgpackCodec
-from proxy_core.errors import ProtocolError, ProxyError
+from proxy_core.errors import ProxyError
 from proxy_core.protocol import Envelope
 from proxy_core.service import ProxyService
-from proxy_core.transport import Connection
+from proxy_core.testing._harness import Probe
 from proxy_core_websockets import WebSocketProxyClient, WebSocketProxyServer
 
 TIMEOUT = 30.0
@@ -596,36 +596,6 @@ async def settled_tasks(baseline: set[asyncio.Task[Any]]) -> set[asyncio.Task[An
         return set()
     _, pending = await asyncio.wait(extra, timeout=5)
     return pending
-
-
-@dataclass
-class Probe:
-    """A server-side connection handler that echoes, and what it saw: when it started,
-    the frames it refused as malformed (``ProtocolError``) and how the connection ended."""
-
-    started: asyncio.Future[Connection] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    outcome: asyncio.Future[BaseException] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    protocol_errors: list[ProtocolError] = field(default_factory=list)
-    calls: int = 0
-
-    async def echo(self, conn: Connection) -> None:
-        """Echo frames, note malformed ones, and record how the connection ended."""
-        self.calls += 1
-        self.started.set_result(conn)
-        while True:
-            try:
-                data = await conn.receive()
-            except ProtocolError as exc:
-                self.protocol_errors.append(exc)
-                continue
-            except ProxyError as exc:
-                self.outcome.set_result(exc)
-                return
-            await conn.send(data)
 
 
 __all__ = [

@@ -1,5 +1,9 @@
 """The aiohttp backend, over real sockets on 127.0.0.1: alone, against ``websockets``, end to end.
 
+Only aiohttp's own behaviour is here (adopted responses, plain HTTP, close
+timeouts, interoperability); the checks every WebSocket backend shares are in
+the conformance kit (``WebSocketContract``, ``test_conformance.py``).
+
 Every wait is bounded (``asyncio.wait_for(..., TIMEOUT)``) and nothing sleeps
 for a fixed time, so the tests are quick when all is well and fail rather than
 hang when it is not.
@@ -9,16 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import pytest
 from _support import TIMEOUT, Probe, Recorder, frame, text_of, wait
 from aiohttp import web
-from websockets.asyncio.client import connect as raw_connect
 
 from proxy_core import (
     BusFrameMessage,
@@ -33,9 +34,7 @@ from proxy_core.errors import (
     ConnectError,
     ConnectionClosed,
     MessageTooLarge,
-    ProtocolError,
     ProxyError,
-    TLSError,
 )
 from proxy_core.plugins import available_transports, load_transport
 from proxy_core.testing._harness import waiting_receive
@@ -94,14 +93,6 @@ async def aiohttp_app(
         yield f"ws://127.0.0.1:{runner.addresses[0][1]}{path}"
     finally:
         await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def raw_client(url: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse[Any]]:
-    """A bare aiohttp client WebSocket, for frames our transport would never send."""
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url, compress=0, max_msg_size=0) as ws:
-            yield ws
 
 
 # --- the plug-in ------------------------------------------------------------------
@@ -192,20 +183,6 @@ def test_close_timeout_must_be_positive() -> None:
 # --- the size limit ---------------------------------------------------------------
 
 
-async def test_fragmented_message_over_the_limit_is_refused_whole(
-    transport: AiohttpTransport, probe: Probe
-) -> None:
-    async with transport.serve(
-        "ws://127.0.0.1:0/", probe.echo, max_message_bytes=LIMIT
-    ) as listener:
-        async with raw_connect(listener.url, compression=None) as ws:
-            await ws.send([b"a" * 600, b"b" * 600])
-            refused = await wait(probe.outcome)
-    assert isinstance(refused, MessageTooLarge)
-    assert refused.limit == LIMIT
-    assert refused.size in (1200, None)
-
-
 async def test_adopted_socket_takes_our_limit(transport: AiohttpTransport, probe: Probe) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse()  # aiohttp's own limit is 4 MiB
@@ -231,39 +208,6 @@ async def test_adopted_socket_takes_our_limit(transport: AiohttpTransport, probe
         await conn.aclose()
 
 
-# --- text frames ------------------------------------------------------------------
-
-
-async def test_text_frame_from_a_client_is_a_protocol_error(
-    probe: Probe, echo_server: Listener
-) -> None:
-    async with raw_client(echo_server.url) as ws:
-        await ws.send_str("not binary")
-        await ws.send_bytes(b"still works")
-        assert await wait(ws.receive_bytes()) == b"still works"
-    assert len(probe.protocol_errors) == 1
-    assert "text frame" in str(probe.protocol_errors[0])
-
-
-async def test_text_frame_from_a_server_is_a_protocol_error(transport: AiohttpTransport) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        await ws.send_str("not binary")
-        await ws.send_bytes(b"binary")
-        await ws.send_bytes(await ws.receive_bytes())
-        await ws.receive()  # the client's close
-        return ws
-
-    async with aiohttp_app(handler) as url:
-        async with await wait(transport.connect(url)) as conn:
-            with pytest.raises(ProtocolError, match="text frame"):
-                await wait(conn.receive())
-            assert await wait(conn.receive()) == b"binary"
-            await conn.send(b"back")
-            assert await wait(conn.receive()) == b"back"
-
-
 # --- authentication, paths and connection failures --------------------------------
 
 
@@ -283,23 +227,6 @@ async def test_forbidden_without_a_body_is_an_authentication_error(
         with pytest.raises(AuthenticationError) as refused:
             await wait(transport.connect(url))
     assert refused.value.reason == "HTTP 403 Forbidden"
-
-
-async def test_wrong_path_is_a_connect_error(
-    transport: AiohttpTransport, probe: Probe, echo_server: Listener
-) -> None:
-    wrong = echo_server.url.replace("/proxy", "/elsewhere")
-    with pytest.raises(ConnectError, match="404") as failed:
-        await wait(transport.connect(wrong))
-    assert wrong in str(failed.value)
-    assert probe.calls == 0
-
-
-async def test_root_url_accepts_any_path(transport: AiohttpTransport, probe: Probe) -> None:
-    async with transport.serve("ws://127.0.0.1:0", probe.echo) as listener:
-        async with await wait(transport.connect(listener.url + "/any/path?q=1")) as conn:
-            await conn.send(b"x")
-            assert await wait(conn.receive()) == b"x"
 
 
 async def test_plain_http_requests_never_reach_the_handler(
@@ -338,30 +265,6 @@ async def test_adapt_refuses_an_unprepared_response(transport: AiohttpTransport)
             worker_name="assistant",
             remote_worker_name="acme",
         )
-
-
-# --- what the handler sees, and how connections end -------------------------------
-
-
-async def test_wss_round_trip(transport: AiohttpTransport, probe: Probe) -> None:
-    trustme = pytest.importorskip(
-        "trustme",
-        reason="trustme is not installed: the TLS tests make their certificates "
-        "with it (python3 scripts/dev.py test installs it)",
-    )
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    async with transport.serve("wss://127.0.0.1:0/", probe.echo, ssl=server_context) as listener:
-        assert listener.url.startswith("wss://127.0.0.1:")
-        async with await wait(transport.connect(listener.url, ssl=client_context)) as conn:
-            await conn.send(b"secret")
-            assert await wait(conn.receive()) == b"secret"
-        # Without a context, the system trust store does not know our test CA.
-        with pytest.raises(TLSError, match="certificate verification failed"):
-            await wait(transport.connect(listener.url))
 
 
 # --- interoperability with the websockets backend ---------------------------------

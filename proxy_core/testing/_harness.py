@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import ProxyError
+from ..errors import ProtocolError, ProxyError
 from ..messages import BusFrameMessage, BusLocalMessage, BusMessage, TextFrame
 from ..proxy import CodecSpec, ProxyClient, ProxyServer
 from ..registry import WorkerReadyData
@@ -35,6 +35,7 @@ __all__ = [
     "TIMEOUT",
     "ClientSide",
     "LinkStalled",
+    "Probe",
     "Recorder",
     "Server",
     "ServerSide",
@@ -155,6 +156,36 @@ class Recorder(BaseWorker):
     def crossed(self) -> list[BusMessage]:
         """The messages seen that are not runner chatter (local ready broadcasts)."""
         return [m for m in self.seen if not isinstance(m, BusLocalMessage)]
+
+
+@dataclass
+class Probe:
+    """A server's per-connection handler that echoes, and what it saw: when it started,
+    the frames it refused as malformed (``ProtocolError``) and how the connection ended."""
+
+    started: asyncio.Future[Connection] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    outcome: asyncio.Future[BaseException] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    protocol_errors: list[ProtocolError] = field(default_factory=list)
+    calls: int = 0
+
+    async def echo(self, conn: Connection) -> None:
+        """Echo frames, note malformed ones, and record how the connection ended."""
+        self.calls += 1
+        self.started.set_result(conn)
+        while True:
+            try:
+                data = await conn.receive()
+            except ProtocolError as exc:
+                self.protocol_errors.append(exc)
+                continue
+            except ProxyError as exc:
+                self.outcome.set_result(exc)
+                return
+            await conn.send(data)
 
 
 class LinkStalled(AssertionError):
