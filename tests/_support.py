@@ -28,6 +28,7 @@ from proxy_core import (
     BusFrameMessage,
     BusLocalMessage,
     BusMessage,
+    ProxyClient,
     ProxyServer,
     WorkerReadyData,
     WorkerRunner,
@@ -589,13 +590,61 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         assert not pending, f"leaked tasks: {pending}"
 
 
-async def settled_tasks(baseline: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    """Return the tasks beyond ``baseline`` that are still pending after a bounded wait."""
+async def settled_tasks(
+    baseline: set[asyncio.Task[Any]], timeout: float = 5.0
+) -> set[asyncio.Task[Any]]:
+    """Return the tasks beyond ``baseline`` still pending after ``timeout`` seconds at most."""
     extra = asyncio.all_tasks() - baseline - {asyncio.current_task()}
     if not extra:
         return set()
-    _, pending = await asyncio.wait(extra, timeout=5)
+    _, pending = await asyncio.wait(extra, timeout=timeout)
     return pending
+
+
+async def assert_tasks_settle(timeout: float = 5.0) -> None:
+    """Fail if tasks other than this one are left once everything was closed.
+
+    Sockets and calls finish closing on I/O events: they get ``timeout`` seconds.
+    """
+    pending = await settled_tasks(set(), timeout)
+    assert not pending, f"leaked tasks: {pending}"
+
+
+@dataclass
+class Gateway:
+    """The server side's sessions: each one's assistant, as it starts."""
+
+    assistants: asyncio.Queue[Recorder] = field(default_factory=asyncio.Queue)
+
+    async def setup(self, runner: WorkerRunner) -> None:
+        """The ``serve_proxy`` hook: an assistant worker per session."""
+        assistant = Recorder(SERVER_WORKER)
+        await runner.add_workers(assistant)
+        self.assistants.put_nowait(assistant)
+
+
+@contextlib.asynccontextmanager
+async def client_runner(proxy: ProxyClient) -> AsyncIterator[tuple[Recorder, ProxyClient]]:
+    """Run ``acme`` and ``proxy``; connect, and wait until the remote assistant is ready."""
+    runner = WorkerRunner(handle_sigint=False)
+    acme = Recorder(CLIENT_WORKER)
+    ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(data: WorkerReadyData) -> None:
+        if not ready.done():
+            ready.set_result(data)
+
+    runner.registry.watch(SERVER_WORKER, on_ready)
+    await runner.add_workers(acme, proxy)
+    task = asyncio.create_task(runner.run())
+    try:
+        await acme.activate_worker(proxy.name)
+        await proxy.wait_connected(TIMEOUT)
+        assert (await wait(ready)).remote
+        yield acme, proxy
+    finally:
+        await runner.end("test over")
+        await wait(task)
 
 
 __all__ = [
@@ -605,7 +654,10 @@ __all__ = [
     "SERVER_WORKER",
     "TIMEOUT",
     "ClientSide",
+    "Gateway",
     "Probe",
+    "assert_tasks_settle",
+    "client_runner",
     "LocalNote",
     "Note",
     "RawPeer",

@@ -14,17 +14,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
-from _support import TIMEOUT, Probe, Recorder, frame, text_of, wait
+from _support import (
+    Gateway,
+    Probe,
+    Recorder,
+    assert_tasks_settle,
+    client_runner,
+    frame,
+    text_of,
+    wait,
+)
 from aiohttp import web
 
 from proxy_core import (
     BusFrameMessage,
     ProxyClient,
-    WorkerReadyData,
     WorkerRunner,
     serve_proxy,
 )
@@ -37,7 +44,7 @@ from proxy_core.errors import (
     ProxyError,
 )
 from proxy_core.plugins import available_transports, load_transport
-from proxy_core.testing._harness import waiting_receive
+from proxy_core.testing._harness import connection_pair, waiting_receive
 from proxy_core.transport import Connection, Listener, Transport
 from proxy_core_aiohttp import (
     AiohttpConnection,
@@ -50,33 +57,9 @@ from proxy_core_websockets import WebSocketsTransport
 LIMIT = 1000
 
 
-def assert_no_leaked_tasks() -> None:
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    assert not others, f"leaked tasks: {others}"
-
-
-async def assert_tasks_settle() -> None:
-    """Fail if tasks are left once everything was closed (sockets get a bounded while to finish)."""
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    if others:
-        _, pending = await asyncio.wait(others, timeout=5)
-        assert not pending, f"leaked tasks: {pending}"
-
-
 @pytest.fixture
 def transport() -> AiohttpTransport:
     return AiohttpTransport()
-
-
-@pytest.fixture
-async def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-async def echo_server(transport: AiohttpTransport, probe: Probe) -> AsyncIterator[Listener]:
-    async with transport.serve("ws://127.0.0.1:0/proxy", probe.echo) as listener:
-        yield listener
 
 
 @contextlib.asynccontextmanager
@@ -149,16 +132,7 @@ async def test_close_to_a_peer_that_is_not_reading(closer: str) -> None:
     # aiohttp answers a closing frame only while receiving: the closer waits
     # close_timeout for an answer, then closes; the peer still gets everything.
     transport = AiohttpTransport(close_timeout=0.2)
-    accepted: asyncio.Queue[Connection] = asyncio.Queue()
-    release = asyncio.Event()
-
-    async def handler(conn: Connection) -> None:
-        accepted.put_nowait(conn)
-        await release.wait()
-
-    async with transport.serve("ws://127.0.0.1:0/", handler) as listener:
-        client = await wait(transport.connect(listener.url))
-        server = await wait(accepted.get())
+    async with connection_pair(transport, "ws://127.0.0.1:0/") as (client, server, _):
         closing, peer = (client, server) if closer == "client" else (server, client)
         for n in range(3):
             await closing.send(b"frame %d" % n)
@@ -171,8 +145,6 @@ async def test_close_to_a_peer_that_is_not_reading(closer: str) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             await wait(peer.receive())
         assert (closed.value.code, closed.value.reason) == (4321, "see you")
-        await client.aclose()
-        release.set()
 
 
 def test_close_timeout_must_be_positive() -> None:
@@ -339,43 +311,6 @@ async def test_close_codes_cross_backends(client: type[Transport], server: type[
 # --- end to end: proxies over the aiohttp backend ---------------------------------
 
 
-@dataclass
-class Gateway:
-    """The server side's sessions: each one's assistant, as it starts."""
-
-    assistants: asyncio.Queue[Recorder] = field(default_factory=asyncio.Queue)
-
-    async def setup(self, runner: WorkerRunner) -> None:
-        """The ``serve_proxy`` hook: an assistant worker per session."""
-        assistant = Recorder("assistant")
-        await runner.add_workers(assistant)
-        self.assistants.put_nowait(assistant)
-
-
-@contextlib.asynccontextmanager
-async def client_runner(proxy: ProxyClient) -> AsyncIterator[tuple[Recorder, ProxyClient]]:
-    """Run ``acme`` and ``proxy``; connect, and wait until the remote assistant is ready."""
-    runner = WorkerRunner(handle_sigint=False)
-    acme = Recorder("acme")
-    ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
-
-    async def on_ready(data: WorkerReadyData) -> None:
-        if not ready.done():
-            ready.set_result(data)
-
-    runner.registry.watch("assistant", on_ready)
-    await runner.add_workers(acme, proxy)
-    task = asyncio.create_task(runner.run())
-    try:
-        await acme.activate_worker(proxy.name)
-        await proxy.wait_connected(TIMEOUT)
-        assert (await wait(ready)).remote
-        yield acme, proxy
-    finally:
-        await runner.end("test over")
-        await wait(task)
-
-
 async def exchange(acme: Recorder, assistant: Recorder) -> None:
     """Frames cross both ways, in order, and activation crosses too."""
     await acme.activate_worker("assistant", args={"voice": "calm"})
@@ -462,4 +397,4 @@ async def test_existing_aiohttp_app_hosts_a_session() -> None:
             assistant = await wait(assistants.get())
             await exchange(acme, assistant)
         await wait(disconnected.wait())
-    assert_no_leaked_tasks()
+    await assert_tasks_settle(timeout=0)

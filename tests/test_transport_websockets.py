@@ -57,11 +57,6 @@ def transport() -> WebSocketsTransport:
     return WebSocketsTransport()
 
 
-@pytest.fixture
-async def probe() -> Probe:
-    return Probe()
-
-
 async def raw_server_url(
     handler: Callable[[ServerConnection], Awaitable[None]],
 ) -> tuple[Any, str]:

@@ -24,7 +24,7 @@ from ..proxy import CodecSpec, ProxyClient, ProxyServer
 from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ..service import ProxyService, serve_proxy
-from ..transport import Connection, Transport
+from ..transport import Connection, Listener, Transport
 from ..worker import BaseWorker
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "Recorder",
     "Server",
     "ServerSide",
+    "connection_pair",
     "running_client",
     "running_server",
     "text",
@@ -156,6 +157,39 @@ class Recorder(BaseWorker):
     def crossed(self) -> list[BusMessage]:
         """The messages seen that are not runner chatter (local ready broadcasts)."""
         return [m for m in self.seen if not isinstance(m, BusLocalMessage)]
+
+
+@contextlib.asynccontextmanager
+async def connection_pair(
+    transport: Transport, url: str, **serve: Any
+) -> AsyncIterator[tuple[Connection, Connection, Listener]]:
+    """Serve ``url``; yield (client end, server end, listener) of one raw connection.
+
+    ``serve`` goes to ``transport.serve``, but for ``connect``: the options of
+    ``transport.connect``. The server's handler holds its end until both ends
+    are closed, on leaving.
+    """
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+    release = asyncio.Event()
+    connect_options = serve.pop("connect", {})
+
+    async def handler(conn: Connection) -> None:
+        accepted.put_nowait(conn)
+        await release.wait()
+
+    async with transport.serve(url, handler, **serve) as listener:
+        try:
+            client = await wait(transport.connect(listener.url, **connect_options))
+            server: Connection | None = None
+            try:
+                server = await wait(accepted.get())
+                yield client, server, listener
+            finally:
+                # Both at once: a backend's close may wait for the peer to answer it.
+                ends = [client] if server is None else [client, server]
+                await wait(asyncio.gather(*(end.aclose() for end in ends)))
+        finally:
+            release.set()
 
 
 @dataclass
