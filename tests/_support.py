@@ -29,7 +29,6 @@ from proxy_core import (
     BusLocalMessage,
     BusMessage,
     ProxyClient,
-    ProxyServer,
     WorkerReadyData,
     WorkerRunner,
     register_type,
@@ -40,7 +39,8 @@ from proxy_core.codecs.msgpack import MsgpackCodec
 from proxy_core.errors import ProxyError
 from proxy_core.protocol import Envelope
 from proxy_core.service import ProxyService
-from proxy_core.testing._harness import Probe
+from proxy_core.testing import _harness
+from proxy_core.testing._harness import Probe, follow_session, runner_outcome
 from proxy_core_websockets import WebSocketProxyClient, WebSocketProxyServer
 
 TIMEOUT = 30.0
@@ -172,37 +172,12 @@ class SpyJson(JsonCodec):
 # --------------------------------------------------------------------------- server side
 
 
-@dataclass
-class ServerSide:
-    """One server session: its runner, workers, proxy, and what happened to it."""
-
-    runner: WorkerRunner
-    assistant: Recorder
-    helper: Recorder
-    proxy: ProxyServer | None = None
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    events: list[str] = field(default_factory=list)
+class ServerSide(_harness.ServerSide):
+    """One server session (the kit's), whose served worker is also called ``assistant``."""
 
     @property
-    def server_proxy(self) -> ProxyServer:
-        assert self.proxy is not None
-        return self.proxy
-
-    def hook(self, proxy: ProxyServer) -> None:
-        """Follow ``proxy``'s client events."""
-        self.proxy = proxy
-
-        @proxy.event_handler("on_client_connected")
-        async def connected(_: ProxyServer, conn: object) -> None:
-            self.events.append("connected")
-            self.connected.set()
-
-        @proxy.event_handler("on_client_disconnected")
-        async def disconnected(_: ProxyServer, conn: object) -> None:
-            self.events.append("disconnected")
-            self.disconnected.set()
+    def assistant(self) -> Recorder:
+        return self.worker
 
 
 class Sessions:
@@ -224,24 +199,7 @@ class Sessions:
 
     async def setup(self, runner: WorkerRunner) -> None:
         side = self._new(runner)
-        # serve_proxy adds its proxy after this hook returns and then runs the
-        # runner; it offers no hook to see the proxy, so watch both calls.
-        add_workers, run = runner.add_workers, runner.run
-
-        async def add_and_hook(*workers: BaseWorker) -> None:
-            for worker in workers:
-                if isinstance(worker, ProxyServer):
-                    side.hook(worker)
-            await add_workers(*workers)
-
-        async def run_and_flag() -> None:
-            try:
-                await run()
-            finally:
-                side.ended.set()
-
-        runner.add_workers = add_and_hook  # type: ignore[method-assign]
-        runner.run = run_and_flag  # type: ignore[method-assign]
+        follow_session(runner, side)
         await runner.add_workers(side.assistant, side.helper)
         self.queue.put_nowait(side)
 
@@ -345,13 +303,9 @@ class ClientSide:
         Any other error from ``run()`` fails the test.
         """
         await self.runner.end("test over")
-        if self.task is not None:
-            try:
-                await wait(self.task)
-            except ProxyError as exc:
-                if exc is not self.proxy.last_error:
-                    raise
-                self.run_error = exc
+        error = await runner_outcome(self.task, self.proxy)
+        if error is not None:
+            self.run_error = error
 
 
 @contextlib.asynccontextmanager

@@ -3,10 +3,6 @@
 Only aiohttp's own behaviour is here (adopted responses, plain HTTP, close
 timeouts, interoperability); the checks every WebSocket backend shares are in
 the conformance kit (``WebSocketContract``, ``test_conformance.py``).
-
-Every wait is bounded (``asyncio.wait_for(..., TIMEOUT)``) and nothing sleeps
-for a fixed time, so the tests are quick when all is well and fail rather than
-hang when it is not.
 """
 
 from __future__ import annotations

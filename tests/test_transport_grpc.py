@@ -1,8 +1,6 @@
 """The gRPC backend, over a real ``grpc.aio`` server on 127.0.0.1 (port 0).
 
-Every wait is bounded (``asyncio.wait_for(..., TIMEOUT)``) and nothing sleeps
-for a fixed time, so the tests are quick when all is well and fail rather than
-hang when it is not.
+Nothing sleeps to synchronise and every wait is bounded (``_support.wait``).
 """
 
 from __future__ import annotations

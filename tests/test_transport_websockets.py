@@ -3,10 +3,6 @@
 Here: what is the ``websockets`` backend's own (adopting a library or Starlette
 socket, its limits); what every WebSocket backend owes a bare peer is the
 kit's ``WebSocketContract``, run by ``test_conformance.py``.
-
-Every wait is bounded (``asyncio.wait_for(..., TIMEOUT)``) and nothing sleeps
-for a fixed time, so the tests are quick when all is well and fail rather than
-hang when it is not.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ __all__ = [
     "Server",
     "ServerSide",
     "connection_pair",
+    "follow_session",
+    "runner_outcome",
     "running_client",
     "running_server",
     "text",
@@ -272,6 +274,7 @@ class ServerSide:
         return self.proxy
 
     def hook(self, proxy: ProxyServer) -> None:
+        """Follow ``proxy``'s client events."""
         self.proxy = proxy
 
         @proxy.event_handler("on_client_connected")
@@ -283,6 +286,30 @@ class ServerSide:
         async def disconnected(_: ProxyServer, conn: Connection) -> None:
             self.events.append("disconnected")
             self.disconnected.set()
+
+
+def follow_session(runner: WorkerRunner, side: ServerSide) -> None:
+    """Hook ``side`` to the proxy that ``serve_proxy`` adds to ``runner``; flag the runner's end.
+
+    ``serve_proxy`` adds its proxy after the ``setup`` hook and then runs the
+    runner; it offers no hook to see either, so follow both calls.
+    """
+    add_workers, run = runner.add_workers, runner.run
+
+    async def add_and_hook(*workers: BaseWorker) -> None:
+        for worker in workers:
+            if isinstance(worker, ProxyServer):
+                side.hook(worker)
+        await add_workers(*workers)
+
+    async def run_and_flag() -> None:
+        try:
+            await run()
+        finally:
+            side.ended.set()
+
+    runner.add_workers = add_and_hook  # type: ignore[method-assign]
+    runner.run = run_and_flag  # type: ignore[method-assign]
 
 
 class Server:
@@ -303,28 +330,12 @@ class Server:
         """The ``serve_proxy`` hook: add this session's workers and follow its proxy."""
         side = ServerSide(runner, Recorder(SERVER_WORKER), Recorder(SERVER_OTHER))
         self.sessions.append(side)
-        # serve_proxy adds its proxy after this hook and then runs the runner;
-        # it offers no hook to see either, so follow both calls.
-        add_workers, run = runner.add_workers, runner.run
-
-        async def add_and_hook(*workers: BaseWorker) -> None:
-            for worker in workers:
-                if isinstance(worker, ProxyServer):
-                    side.hook(worker)
-            await add_workers(*workers)
-
-        async def run_and_flag() -> None:
-            try:
-                await run()
-            finally:
-                side.ended.set()
+        follow_session(runner, side)
 
         async def client_ready(data: WorkerReadyData) -> None:
             async with self._changed:
                 self._changed.notify_all()
 
-        runner.add_workers = add_and_hook  # type: ignore[method-assign]
-        runner.run = run_and_flag  # type: ignore[method-assign]
         # The client's READY is handled by the session loop, so once the client's
         # worker is ready here, this session's proxy knows its session id.
         runner.registry.watch(CLIENT_WORKER, client_ready)
@@ -423,18 +434,26 @@ class ClientSide:
         await self._wait_run()
 
     async def _wait_run(self) -> None:
-        """Wait for ``run()``; if the proxy gave up, it ended with that error: keep it.
+        """Wait for ``run()``; if the proxy gave up, it ended with that error: keep it."""
+        error = await runner_outcome(self.task, self.proxy)
+        if error is not None:
+            self.run_error = error
 
-        Any other error from ``run()`` fails the contract.
-        """
-        if self.task is None:
-            return
-        try:
-            await wait(self.task)
-        except ProxyError as exc:
-            if exc is not self.proxy.last_error:
-                raise
-            self.run_error = exc
+
+async def runner_outcome(task: asyncio.Task[None] | None, proxy: ProxyClient) -> ProxyError | None:
+    """Wait for a client runner's ``run()``; return the error it ended with, if the proxy gave up.
+
+    Any other error from ``run()`` is raised: it fails the test.
+    """
+    if task is None:
+        return None
+    try:
+        await wait(task)
+    except ProxyError as exc:
+        if exc is not proxy.last_error:
+            raise
+        return exc
+    return None
 
 
 @contextlib.asynccontextmanager
