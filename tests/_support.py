@@ -36,11 +36,15 @@ from proxy_core import (
 )
 from proxy_core.codecs.json import JsonCodec
 from proxy_core.codecs.msgpack import MsgpackCodec
-from proxy_core.errors import ProxyError
 from proxy_core.protocol import Envelope
 from proxy_core.service import ProxyService
 from proxy_core.testing import _harness
-from proxy_core.testing._harness import Probe, follow_session, runner_outcome
+from proxy_core.testing._harness import (
+    follow_client,
+    follow_session,
+    resolve_on_ready,
+)
+from proxy_core.testing._raw import Probe
 from proxy_core_websockets import WebSocketProxyClient, WebSocketProxyServer
 
 TIMEOUT = 30.0
@@ -269,22 +273,10 @@ async def run_server(shape: str = "serve_proxy", **options: Any) -> AsyncIterato
 
 
 @dataclass
-class ClientSide:
-    """The client's runner: ``acme``, ``other`` and the proxy."""
+class ClientSide(_harness.ClientSide):
+    """The client's runner (the kit's): ``acme``, ``other``, the proxy, and when it started."""
 
-    runner: WorkerRunner
-    acme: Recorder
-    other: Recorder
-    proxy: WebSocketProxyClient
-    remote_ready: asyncio.Future[WorkerReadyData]
-    proxy_started: asyncio.Future[WorkerReadyData]
-    task: asyncio.Task[None] | None = None
-    events: list[str] = field(default_factory=list)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    connect_errors: list[BaseException] = field(default_factory=list)
-    # What run() raised when the proxy gave up (the default: the runner ends with it).
-    run_error: ProxyError | None = None
+    proxy_started: asyncio.Future[WorkerReadyData] | None = None
 
     async def activate(self) -> None:
         """Activate the proxy (which connects), then wait for the remote worker to be ready."""
@@ -303,9 +295,7 @@ class ClientSide:
         Any other error from ``run()`` fails the test.
         """
         await self.runner.end("test over")
-        error = await runner_outcome(self.task, self.proxy)
-        if error is not None:
-            self.run_error = error
+        await self._wait_run()
 
 
 @contextlib.asynccontextmanager
@@ -329,33 +319,12 @@ async def run_client(url: str, **options: Any) -> AsyncIterator[ClientSide]:
         Recorder(CLIENT_OTHER),
         proxy,
         loop.create_future(),
-        loop.create_future(),
+        proxy_started=loop.create_future(),
     )
-
-    @proxy.event_handler("on_connected")
-    async def connected(_: object, conn: object) -> None:
-        side.events.append("connected")
-        side.connected.set()
-
-    @proxy.event_handler("on_disconnected")
-    async def disconnected(_: object, conn: object) -> None:
-        side.events.append("disconnected")
-        side.disconnected.set()
-
-    @proxy.event_handler("on_connect_error")
-    async def connect_error(_: object, error: BaseException) -> None:
-        side.events.append("connect_error")
-        side.connect_errors.append(error)
-
-    def resolver(future: asyncio.Future[WorkerReadyData]) -> Any:
-        async def callback(data: WorkerReadyData) -> None:
-            if not future.done():
-                future.set_result(data)
-
-        return callback
-
-    runner.registry.watch(SERVER_WORKER, resolver(side.remote_ready))
-    runner.registry.watch(proxy.name, resolver(side.proxy_started))
+    assert side.proxy_started is not None
+    follow_client(side)
+    runner.registry.watch(SERVER_WORKER, resolve_on_ready(side.remote_ready))
+    runner.registry.watch(proxy.name, resolve_on_ready(side.proxy_started))
     await runner.add_workers(side.acme, side.other, proxy)
     side.task = asyncio.create_task(runner.run(), name="client-runner")
     try:

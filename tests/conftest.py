@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from proxy_core.testing._harness import Probe
+    from proxy_core.testing._raw import Probe
     from proxy_core.transport import Listener, Transport
     from proxy_core_redis.server import RedisServer
 
@@ -24,7 +24,7 @@ install_test_plugins()
 @pytest.fixture
 async def probe() -> Probe:
     """A server's connection handler that echoes and records what it saw."""
-    from proxy_core.testing._harness import Probe
+    from proxy_core.testing._raw import Probe
 
     return Probe()
 

@@ -40,7 +40,8 @@ from proxy_core.errors import (
     ProxyError,
 )
 from proxy_core.plugins import available_transports, load_transport
-from proxy_core.testing._harness import connection_pair, waiting_receive
+from proxy_core.testing._harness import waiting_receive
+from proxy_core.testing._raw import connection_pair
 from proxy_core.transport import Connection, Listener, Transport
 from proxy_core_aiohttp import (
     AiohttpConnection,

@@ -45,7 +45,7 @@ from proxy_core.errors import (
     TLSError,
 )
 from proxy_core.plugins import load_transport, resolve_transport
-from proxy_core.testing._harness import connection_pair
+from proxy_core.testing._raw import connection_pair
 from proxy_core.transport import Connection, Listener
 from proxy_core_grpc import (
     GrpcProxyClient,

@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import ProtocolError, ProxyError
+from ..errors import ProxyError
 from ..messages import BusFrameMessage, BusLocalMessage, BusMessage, TextFrame
 from ..proxy import CodecSpec, ProxyClient, ProxyServer
 from ..registry import WorkerReadyData
 from ..runner import WorkerRunner
 from ..service import ProxyService, serve_proxy
-from ..transport import Connection, Listener, Transport
+from ..transport import Connection, Transport
 from ..worker import BaseWorker
 
 __all__ = [
@@ -35,12 +35,12 @@ __all__ = [
     "TIMEOUT",
     "ClientSide",
     "LinkStalled",
-    "Probe",
     "Recorder",
     "Server",
     "ServerSide",
-    "connection_pair",
+    "follow_client",
     "follow_session",
+    "resolve_on_ready",
     "runner_outcome",
     "running_client",
     "running_server",
@@ -159,69 +159,6 @@ class Recorder(BaseWorker):
     def crossed(self) -> list[BusMessage]:
         """The messages seen that are not runner chatter (local ready broadcasts)."""
         return [m for m in self.seen if not isinstance(m, BusLocalMessage)]
-
-
-@contextlib.asynccontextmanager
-async def connection_pair(
-    transport: Transport, url: str, **serve: Any
-) -> AsyncIterator[tuple[Connection, Connection, Listener]]:
-    """Serve ``url``; yield (client end, server end, listener) of one raw connection.
-
-    ``serve`` goes to ``transport.serve``, but for ``connect``: the options of
-    ``transport.connect``. The server's handler holds its end until both ends
-    are closed, on leaving.
-    """
-    accepted: asyncio.Queue[Connection] = asyncio.Queue()
-    release = asyncio.Event()
-    connect_options = serve.pop("connect", {})
-
-    async def handler(conn: Connection) -> None:
-        accepted.put_nowait(conn)
-        await release.wait()
-
-    async with transport.serve(url, handler, **serve) as listener:
-        try:
-            client = await wait(transport.connect(listener.url, **connect_options))
-            server: Connection | None = None
-            try:
-                server = await wait(accepted.get())
-                yield client, server, listener
-            finally:
-                # Both at once: a backend's close may wait for the peer to answer it.
-                ends = [client] if server is None else [client, server]
-                await wait(asyncio.gather(*(end.aclose() for end in ends)))
-        finally:
-            release.set()
-
-
-@dataclass
-class Probe:
-    """A server's per-connection handler that echoes, and what it saw: when it started,
-    the frames it refused as malformed (``ProtocolError``) and how the connection ended."""
-
-    started: asyncio.Future[Connection] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    outcome: asyncio.Future[BaseException] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    protocol_errors: list[ProtocolError] = field(default_factory=list)
-    calls: int = 0
-
-    async def echo(self, conn: Connection) -> None:
-        """Echo frames, note malformed ones, and record how the connection ended."""
-        self.calls += 1
-        self.started.set_result(conn)
-        while True:
-            try:
-                data = await conn.receive()
-            except ProtocolError as exc:
-                self.protocol_errors.append(exc)
-                continue
-            except ProxyError as exc:
-                self.outcome.set_result(exc)
-                return
-            await conn.send(data)
 
 
 class LinkStalled(AssertionError):
@@ -404,13 +341,14 @@ class ClientSide:
     events: list[str] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    connect_errors: list[BaseException] = field(default_factory=list)
     # What run() raised when the proxy gave up (by default the runner ends with it).
     run_error: ProxyError | None = None
 
     async def activate(self) -> None:
         """Activate the proxy (it connects), then wait until the remote worker is ready."""
         ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
-        watch = self.runner.registry.watch(SERVER_WORKER, _resolver(ready))
+        watch = self.runner.registry.watch(SERVER_WORKER, resolve_on_ready(ready))
         try:
             await self.acme.activate_worker(self.proxy.name)
             await self.proxy.wait_connected(TIMEOUT)
@@ -486,9 +424,9 @@ async def running_client(
         runner, Recorder(CLIENT_WORKER), Recorder(CLIENT_OTHER), proxy, loop.create_future()
     )
     started: asyncio.Future[WorkerReadyData] = loop.create_future()
-    _follow_client(side)
-    runner.registry.watch(SERVER_WORKER, _resolver(side.remote_ready))
-    runner.registry.watch(proxy.name, _resolver(started))
+    follow_client(side)
+    runner.registry.watch(SERVER_WORKER, resolve_on_ready(side.remote_ready))
+    runner.registry.watch(proxy.name, resolve_on_ready(started))
     await runner.add_workers(side.acme, side.other, proxy)
     side.task = asyncio.create_task(runner.run(), name="contract-client-runner")
     try:
@@ -501,7 +439,9 @@ async def running_client(
     await side.end()
 
 
-def _follow_client(side: ClientSide) -> None:
+def follow_client(side: ClientSide) -> None:
+    """Record the events of ``side``'s proxy: connected, disconnected, connect errors."""
+
     @side.proxy.event_handler("on_connected")
     async def connected(_: ProxyClient, conn: Connection) -> None:
         side.events.append("connected")
@@ -515,9 +455,12 @@ def _follow_client(side: ClientSide) -> None:
     @side.proxy.event_handler("on_connect_error")
     async def connect_error(_: ProxyClient, error: BaseException) -> None:
         side.events.append("connect_error")
+        side.connect_errors.append(error)
 
 
-def _resolver(future: asyncio.Future[WorkerReadyData]) -> Any:
+def resolve_on_ready(future: asyncio.Future[WorkerReadyData]) -> Any:
+    """Return a ``registry.watch`` callback that resolves ``future`` with the first readiness."""
+
     async def callback(data: WorkerReadyData) -> None:
         if not future.done():
             future.set_result(data)

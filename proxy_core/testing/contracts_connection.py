@@ -33,7 +33,8 @@ from ..errors import (
 from ..tls import ClientTLS, ServerTLS
 from ..transport import Connection, Listener, Transport
 from ._base import LIMIT, LiveContract, assert_close_code
-from ._harness import connection_pair, wait, waiting_receive
+from ._harness import wait, waiting_receive
+from ._raw import connection_pair
 from ._tls import tls_scheme
 
 __all__ = ["ConnectionContract"]

@@ -20,7 +20,8 @@ import pytest
 from ..errors import ConnectError, MessageTooLarge, ProtocolError, TLSError
 from ..transport import Transport
 from ._base import LIMIT, LiveContract
-from ._harness import Probe, wait
+from ._harness import wait
+from ._raw import Probe
 from ._tls import TLSMaterial
 
 __all__ = ["WebSocketContract"]
