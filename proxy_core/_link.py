@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
 from ._link_base import (
-    DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_CODEC,
     DEFAULT_SERVER_CODECS,
     CodecSpec,
@@ -37,21 +36,19 @@ from .errors import (
     ProtocolError,
 )
 from .flag import Flag
-from .inbox import DEFAULT_MAX_QUEUE, DEFAULT_PUT_TIMEOUT, OverflowPolicy
+from .inbox import OverflowPolicy
 from .messages import BusMessage
 from .observe import ProxySide, ProxySnapshot, _emit
 from .protocol import CloseCode
 from .registry import Watch
 from .rules import DropReason, FilterRules
 from .session import (
-    DEFAULT_MAX_UNACKED_BYTES,
     MIN_MESSAGE_BYTES,
     BatchReceived,
     ByeReceived,
     Session,
 )
 from .transport import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     Connection,
 )
 
@@ -76,19 +73,20 @@ class _ProxyWorker(_Closing):
         *,
         local_worker_name: str,
         remote_worker_name: str,
-        forward_messages: Sequence[type[BusMessage]] = (),
-        forward_broadcasts: bool = False,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        heartbeat_interval: float = 10.0,
-        heartbeat_timeout: float = 30.0,
-        max_unacked: int = 4096,
-        max_unacked_bytes: int = DEFAULT_MAX_UNACKED_BYTES,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        max_queue: int = DEFAULT_MAX_QUEUE,
-        overflow: OverflowPolicy | str = OverflowPolicy.WAIT,
-        put_timeout: float = DEFAULT_PUT_TIMEOUT,
+        forward_messages: Sequence[type[BusMessage]],
+        forward_broadcasts: bool,
+        max_message_bytes: int,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        max_unacked: int,
+        max_unacked_bytes: int,
+        close_timeout: float,
+        max_queue: int,
+        overflow: OverflowPolicy | str,
+        put_timeout: float,
         active: bool,
     ) -> None:
+        # No defaults: ProxyClient's and ProxyServer's signatures hold them, once each.
         super().__init__(
             name, active=active, max_queue=max_queue, overflow=overflow, put_timeout=put_timeout
         )

@@ -36,9 +36,25 @@ __all__ = [
 class BoundProxyClient(ProxyClient):
     """A :class:`ProxyClient` bound to one backend: the base of each backend's client class.
 
+    It connects when activated (``await worker.activate_worker(name)``), not
+    before, and never twice. Events: ``on_connected``, ``on_disconnected``,
+    ``on_connect_error``.
+
     A subclass sets :attr:`transport_class` (or overrides :meth:`_new_transport`,
     to take options of its own) and documents its URLs and headers; the
     constructor, the same for every backend, is this one.
+
+    Args:
+        name: this worker's name.
+        url: the server's URL, in one of the backend's schemes.
+        local_worker_name: the worker on this bus that talks to the remote one.
+        remote_worker_name: the worker on the server's bus.
+        forward_messages: the message types allowed to cross, both ways.
+        headers: sent with the backend's handshake (credentials for the
+            server's ``authenticate``).
+        codec: codec name(s) or instance(s), in order of preference
+            (default ``"msgpack"``, as for every client class).
+        **options: more :class:`ProxyClient` options.
     """
 
     #: The backend's transport, made once per proxy.
@@ -81,6 +97,19 @@ class BoundProxyServer(ProxyServer):
     own sockets (:meth:`Transport.adapt`): a subclass sets
     :attr:`transport_class` and documents what ``websocket`` may be. The
     socket is kept as ``websocket``.
+
+    Args:
+        name: this worker's name.
+        websocket: the accepted socket, one the backend's ``adapt`` takes.
+        worker_name: the worker on this bus that talks to the client's.
+        remote_worker_name: the client's worker.
+        forward_messages: the message types allowed to cross, both ways.
+        codecs: codec names or instances accepted from the client.
+        max_message_bytes: the frame limit, enforced before decoding.
+        **options: more :class:`ProxyServer` options (``authenticate``, heartbeats...).
+
+    Raises:
+        ConfigurationError: the backend cannot adopt ``websocket``.
     """
 
     #: The backend's transport, whose ``adapt`` wraps the socket.

@@ -15,8 +15,8 @@ from __future__ import annotations
 import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ssl import SSLContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -66,6 +66,7 @@ __all__ = [
     "format_address",
     "format_host",
     "listen_error",
+    "listening",
     "lower_headers",
     "parse_url",
     "plain_errno",
@@ -314,6 +315,24 @@ async def run_connection_handler(handler: ConnectionHandler, connection: Connect
         await connection.aclose(1011, "internal error")
     else:
         await connection.aclose()
+
+
+L = TypeVar("L", bound=Listener)
+
+
+@asynccontextmanager
+async def listening(open_listener: Callable[[], Awaitable[L]]) -> AsyncIterator[L]:
+    """Open a listener with ``open_listener()``, yield it, and close it however the block ends.
+
+    What a backend's ``serve`` returns once it has checked its arguments, so
+    that a bad argument raises from ``serve`` itself and binding raises on
+    entering: ``return listening(lambda: self._listen(...))``.
+    """
+    listener = await open_listener()
+    try:
+        yield listener
+    finally:
+        await listener.aclose()
 
 
 C = TypeVar("C", bound=Connection)

@@ -28,7 +28,7 @@ from proxy_core import (
     BusFrameMessage,
     BusLocalMessage,
     BusMessage,
-    ProxyServer,
+    ProxyClient,
     WorkerReadyData,
     WorkerRunner,
     register_type,
@@ -36,10 +36,15 @@ from proxy_core import (
 )
 from proxy_core.codecs.json import JsonCodec
 from proxy_core.codecs.msgpack import MsgpackCodec
-from proxy_core.errors import ProtocolError, ProxyError
 from proxy_core.protocol import Envelope
 from proxy_core.service import ProxyService
-from proxy_core.transport import Connection
+from proxy_core.testing import _harness
+from proxy_core.testing._harness import (
+    follow_client,
+    follow_session,
+    resolve_on_ready,
+)
+from proxy_core.testing._raw import Probe
 from proxy_core_websockets import WebSocketProxyClient, WebSocketProxyServer
 
 TIMEOUT = 30.0
@@ -171,37 +176,12 @@ class SpyJson(JsonCodec):
 # --------------------------------------------------------------------------- server side
 
 
-@dataclass
-class ServerSide:
-    """One server session: its runner, workers, proxy, and what happened to it."""
-
-    runner: WorkerRunner
-    assistant: Recorder
-    helper: Recorder
-    proxy: ProxyServer | None = None
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    events: list[str] = field(default_factory=list)
+class ServerSide(_harness.ServerSide):
+    """One server session (the kit's), whose served worker is also called ``assistant``."""
 
     @property
-    def server_proxy(self) -> ProxyServer:
-        assert self.proxy is not None
-        return self.proxy
-
-    def hook(self, proxy: ProxyServer) -> None:
-        """Follow ``proxy``'s client events."""
-        self.proxy = proxy
-
-        @proxy.event_handler("on_client_connected")
-        async def connected(_: ProxyServer, conn: object) -> None:
-            self.events.append("connected")
-            self.connected.set()
-
-        @proxy.event_handler("on_client_disconnected")
-        async def disconnected(_: ProxyServer, conn: object) -> None:
-            self.events.append("disconnected")
-            self.disconnected.set()
+    def assistant(self) -> Recorder:
+        return self.worker
 
 
 class Sessions:
@@ -223,24 +203,7 @@ class Sessions:
 
     async def setup(self, runner: WorkerRunner) -> None:
         side = self._new(runner)
-        # serve_proxy adds its proxy after this hook returns and then runs the
-        # runner; it offers no hook to see the proxy, so watch both calls.
-        add_workers, run = runner.add_workers, runner.run
-
-        async def add_and_hook(*workers: BaseWorker) -> None:
-            for worker in workers:
-                if isinstance(worker, ProxyServer):
-                    side.hook(worker)
-            await add_workers(*workers)
-
-        async def run_and_flag() -> None:
-            try:
-                await run()
-            finally:
-                side.ended.set()
-
-        runner.add_workers = add_and_hook  # type: ignore[method-assign]
-        runner.run = run_and_flag  # type: ignore[method-assign]
+        follow_session(runner, side)
         await runner.add_workers(side.assistant, side.helper)
         self.queue.put_nowait(side)
 
@@ -310,22 +273,10 @@ async def run_server(shape: str = "serve_proxy", **options: Any) -> AsyncIterato
 
 
 @dataclass
-class ClientSide:
-    """The client's runner: ``acme``, ``other`` and the proxy."""
+class ClientSide(_harness.ClientSide):
+    """The client's runner (the kit's): ``acme``, ``other``, the proxy, and when it started."""
 
-    runner: WorkerRunner
-    acme: Recorder
-    other: Recorder
-    proxy: WebSocketProxyClient
-    remote_ready: asyncio.Future[WorkerReadyData]
-    proxy_started: asyncio.Future[WorkerReadyData]
-    task: asyncio.Task[None] | None = None
-    events: list[str] = field(default_factory=list)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    connect_errors: list[BaseException] = field(default_factory=list)
-    # What run() raised when the proxy gave up (the default: the runner ends with it).
-    run_error: ProxyError | None = None
+    proxy_started: asyncio.Future[WorkerReadyData] | None = None
 
     async def activate(self) -> None:
         """Activate the proxy (which connects), then wait for the remote worker to be ready."""
@@ -344,13 +295,7 @@ class ClientSide:
         Any other error from ``run()`` fails the test.
         """
         await self.runner.end("test over")
-        if self.task is not None:
-            try:
-                await wait(self.task)
-            except ProxyError as exc:
-                if exc is not self.proxy.last_error:
-                    raise
-                self.run_error = exc
+        await self._wait_run()
 
 
 @contextlib.asynccontextmanager
@@ -374,33 +319,12 @@ async def run_client(url: str, **options: Any) -> AsyncIterator[ClientSide]:
         Recorder(CLIENT_OTHER),
         proxy,
         loop.create_future(),
-        loop.create_future(),
+        proxy_started=loop.create_future(),
     )
-
-    @proxy.event_handler("on_connected")
-    async def connected(_: object, conn: object) -> None:
-        side.events.append("connected")
-        side.connected.set()
-
-    @proxy.event_handler("on_disconnected")
-    async def disconnected(_: object, conn: object) -> None:
-        side.events.append("disconnected")
-        side.disconnected.set()
-
-    @proxy.event_handler("on_connect_error")
-    async def connect_error(_: object, error: BaseException) -> None:
-        side.events.append("connect_error")
-        side.connect_errors.append(error)
-
-    def resolver(future: asyncio.Future[WorkerReadyData]) -> Any:
-        async def callback(data: WorkerReadyData) -> None:
-            if not future.done():
-                future.set_result(data)
-
-        return callback
-
-    runner.registry.watch(SERVER_WORKER, resolver(side.remote_ready))
-    runner.registry.watch(proxy.name, resolver(side.proxy_started))
+    assert side.proxy_started is not None
+    follow_client(side)
+    runner.registry.watch(SERVER_WORKER, resolve_on_ready(side.remote_ready))
+    runner.registry.watch(proxy.name, resolve_on_ready(side.proxy_started))
     await runner.add_workers(side.acme, side.other, proxy)
     side.task = asyncio.create_task(runner.run(), name="client-runner")
     try:
@@ -589,43 +513,61 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         assert not pending, f"leaked tasks: {pending}"
 
 
-async def settled_tasks(baseline: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    """Return the tasks beyond ``baseline`` that are still pending after a bounded wait."""
+async def settled_tasks(
+    baseline: set[asyncio.Task[Any]], timeout: float = 5.0
+) -> set[asyncio.Task[Any]]:
+    """Return the tasks beyond ``baseline`` still pending after ``timeout`` seconds at most."""
     extra = asyncio.all_tasks() - baseline - {asyncio.current_task()}
     if not extra:
         return set()
-    _, pending = await asyncio.wait(extra, timeout=5)
+    _, pending = await asyncio.wait(extra, timeout=timeout)
     return pending
 
 
+async def assert_tasks_settle(timeout: float = 5.0) -> None:
+    """Fail if tasks other than this one are left once everything was closed.
+
+    Sockets and calls finish closing on I/O events: they get ``timeout`` seconds.
+    """
+    pending = await settled_tasks(set(), timeout)
+    assert not pending, f"leaked tasks: {pending}"
+
+
 @dataclass
-class Probe:
-    """A server-side connection handler that echoes, and what it saw: when it started,
-    the frames it refused as malformed (``ProtocolError``) and how the connection ended."""
+class Gateway:
+    """The server side's sessions: each one's assistant, as it starts."""
 
-    started: asyncio.Future[Connection] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    outcome: asyncio.Future[BaseException] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    protocol_errors: list[ProtocolError] = field(default_factory=list)
-    calls: int = 0
+    assistants: asyncio.Queue[Recorder] = field(default_factory=asyncio.Queue)
 
-    async def echo(self, conn: Connection) -> None:
-        """Echo frames, note malformed ones, and record how the connection ended."""
-        self.calls += 1
-        self.started.set_result(conn)
-        while True:
-            try:
-                data = await conn.receive()
-            except ProtocolError as exc:
-                self.protocol_errors.append(exc)
-                continue
-            except ProxyError as exc:
-                self.outcome.set_result(exc)
-                return
-            await conn.send(data)
+    async def setup(self, runner: WorkerRunner) -> None:
+        """The ``serve_proxy`` hook: an assistant worker per session."""
+        assistant = Recorder(SERVER_WORKER)
+        await runner.add_workers(assistant)
+        self.assistants.put_nowait(assistant)
+
+
+@contextlib.asynccontextmanager
+async def client_runner(proxy: ProxyClient) -> AsyncIterator[tuple[Recorder, ProxyClient]]:
+    """Run ``acme`` and ``proxy``; connect, and wait until the remote assistant is ready."""
+    runner = WorkerRunner(handle_sigint=False)
+    acme = Recorder(CLIENT_WORKER)
+    ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(data: WorkerReadyData) -> None:
+        if not ready.done():
+            ready.set_result(data)
+
+    runner.registry.watch(SERVER_WORKER, on_ready)
+    await runner.add_workers(acme, proxy)
+    task = asyncio.create_task(runner.run())
+    try:
+        await acme.activate_worker(proxy.name)
+        await proxy.wait_connected(TIMEOUT)
+        assert (await wait(ready)).remote
+        yield acme, proxy
+    finally:
+        await runner.end("test over")
+        await wait(task)
 
 
 __all__ = [
@@ -635,7 +577,10 @@ __all__ = [
     "SERVER_WORKER",
     "TIMEOUT",
     "ClientSide",
+    "Gateway",
     "Probe",
+    "assert_tasks_settle",
+    "client_runner",
     "LocalNote",
     "Note",
     "RawPeer",

@@ -1,29 +1,33 @@
 """The aiohttp backend, over real sockets on 127.0.0.1: alone, against ``websockets``, end to end.
 
-Every wait is bounded (``asyncio.wait_for(..., TIMEOUT)``) and nothing sleeps
-for a fixed time, so the tests are quick when all is well and fail rather than
-hang when it is not.
+Only aiohttp's own behaviour is here (adopted responses, plain HTTP, close
+timeouts, interoperability); the checks every WebSocket backend shares are in
+the conformance kit (``WebSocketContract``, ``test_conformance.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import pytest
-from _support import TIMEOUT, Probe, Recorder, frame, text_of, wait
+from _support import (
+    Gateway,
+    Probe,
+    Recorder,
+    assert_tasks_settle,
+    client_runner,
+    frame,
+    text_of,
+    wait,
+)
 from aiohttp import web
-from websockets.asyncio.client import connect as raw_connect
 
 from proxy_core import (
     BusFrameMessage,
     ProxyClient,
-    WorkerReadyData,
     WorkerRunner,
     serve_proxy,
 )
@@ -33,12 +37,11 @@ from proxy_core.errors import (
     ConnectError,
     ConnectionClosed,
     MessageTooLarge,
-    ProtocolError,
     ProxyError,
-    TLSError,
 )
 from proxy_core.plugins import available_transports, load_transport
 from proxy_core.testing._harness import waiting_receive
+from proxy_core.testing._raw import connection_pair
 from proxy_core.transport import Connection, Listener, Transport
 from proxy_core_aiohttp import (
     AiohttpConnection,
@@ -51,33 +54,9 @@ from proxy_core_websockets import WebSocketsTransport
 LIMIT = 1000
 
 
-def assert_no_leaked_tasks() -> None:
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    assert not others, f"leaked tasks: {others}"
-
-
-async def assert_tasks_settle() -> None:
-    """Fail if tasks are left once everything was closed (sockets get a bounded while to finish)."""
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    if others:
-        _, pending = await asyncio.wait(others, timeout=5)
-        assert not pending, f"leaked tasks: {pending}"
-
-
 @pytest.fixture
 def transport() -> AiohttpTransport:
     return AiohttpTransport()
-
-
-@pytest.fixture
-async def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-async def echo_server(transport: AiohttpTransport, probe: Probe) -> AsyncIterator[Listener]:
-    async with transport.serve("ws://127.0.0.1:0/proxy", probe.echo) as listener:
-        yield listener
 
 
 @contextlib.asynccontextmanager
@@ -94,14 +73,6 @@ async def aiohttp_app(
         yield f"ws://127.0.0.1:{runner.addresses[0][1]}{path}"
     finally:
         await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def raw_client(url: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse[Any]]:
-    """A bare aiohttp client WebSocket, for frames our transport would never send."""
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url, compress=0, max_msg_size=0) as ws:
-            yield ws
 
 
 # --- the plug-in ------------------------------------------------------------------
@@ -158,16 +129,7 @@ async def test_close_to_a_peer_that_is_not_reading(closer: str) -> None:
     # aiohttp answers a closing frame only while receiving: the closer waits
     # close_timeout for an answer, then closes; the peer still gets everything.
     transport = AiohttpTransport(close_timeout=0.2)
-    accepted: asyncio.Queue[Connection] = asyncio.Queue()
-    release = asyncio.Event()
-
-    async def handler(conn: Connection) -> None:
-        accepted.put_nowait(conn)
-        await release.wait()
-
-    async with transport.serve("ws://127.0.0.1:0/", handler) as listener:
-        client = await wait(transport.connect(listener.url))
-        server = await wait(accepted.get())
+    async with connection_pair(transport, "ws://127.0.0.1:0/") as (client, server, _):
         closing, peer = (client, server) if closer == "client" else (server, client)
         for n in range(3):
             await closing.send(b"frame %d" % n)
@@ -180,8 +142,6 @@ async def test_close_to_a_peer_that_is_not_reading(closer: str) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             await wait(peer.receive())
         assert (closed.value.code, closed.value.reason) == (4321, "see you")
-        await client.aclose()
-        release.set()
 
 
 def test_close_timeout_must_be_positive() -> None:
@@ -190,20 +150,6 @@ def test_close_timeout_must_be_positive() -> None:
 
 
 # --- the size limit ---------------------------------------------------------------
-
-
-async def test_fragmented_message_over_the_limit_is_refused_whole(
-    transport: AiohttpTransport, probe: Probe
-) -> None:
-    async with transport.serve(
-        "ws://127.0.0.1:0/", probe.echo, max_message_bytes=LIMIT
-    ) as listener:
-        async with raw_connect(listener.url, compression=None) as ws:
-            await ws.send([b"a" * 600, b"b" * 600])
-            refused = await wait(probe.outcome)
-    assert isinstance(refused, MessageTooLarge)
-    assert refused.limit == LIMIT
-    assert refused.size in (1200, None)
 
 
 async def test_adopted_socket_takes_our_limit(transport: AiohttpTransport, probe: Probe) -> None:
@@ -231,39 +177,6 @@ async def test_adopted_socket_takes_our_limit(transport: AiohttpTransport, probe
         await conn.aclose()
 
 
-# --- text frames ------------------------------------------------------------------
-
-
-async def test_text_frame_from_a_client_is_a_protocol_error(
-    probe: Probe, echo_server: Listener
-) -> None:
-    async with raw_client(echo_server.url) as ws:
-        await ws.send_str("not binary")
-        await ws.send_bytes(b"still works")
-        assert await wait(ws.receive_bytes()) == b"still works"
-    assert len(probe.protocol_errors) == 1
-    assert "text frame" in str(probe.protocol_errors[0])
-
-
-async def test_text_frame_from_a_server_is_a_protocol_error(transport: AiohttpTransport) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        await ws.send_str("not binary")
-        await ws.send_bytes(b"binary")
-        await ws.send_bytes(await ws.receive_bytes())
-        await ws.receive()  # the client's close
-        return ws
-
-    async with aiohttp_app(handler) as url:
-        async with await wait(transport.connect(url)) as conn:
-            with pytest.raises(ProtocolError, match="text frame"):
-                await wait(conn.receive())
-            assert await wait(conn.receive()) == b"binary"
-            await conn.send(b"back")
-            assert await wait(conn.receive()) == b"back"
-
-
 # --- authentication, paths and connection failures --------------------------------
 
 
@@ -283,23 +196,6 @@ async def test_forbidden_without_a_body_is_an_authentication_error(
         with pytest.raises(AuthenticationError) as refused:
             await wait(transport.connect(url))
     assert refused.value.reason == "HTTP 403 Forbidden"
-
-
-async def test_wrong_path_is_a_connect_error(
-    transport: AiohttpTransport, probe: Probe, echo_server: Listener
-) -> None:
-    wrong = echo_server.url.replace("/proxy", "/elsewhere")
-    with pytest.raises(ConnectError, match="404") as failed:
-        await wait(transport.connect(wrong))
-    assert wrong in str(failed.value)
-    assert probe.calls == 0
-
-
-async def test_root_url_accepts_any_path(transport: AiohttpTransport, probe: Probe) -> None:
-    async with transport.serve("ws://127.0.0.1:0", probe.echo) as listener:
-        async with await wait(transport.connect(listener.url + "/any/path?q=1")) as conn:
-            await conn.send(b"x")
-            assert await wait(conn.receive()) == b"x"
 
 
 async def test_plain_http_requests_never_reach_the_handler(
@@ -338,30 +234,6 @@ async def test_adapt_refuses_an_unprepared_response(transport: AiohttpTransport)
             worker_name="assistant",
             remote_worker_name="acme",
         )
-
-
-# --- what the handler sees, and how connections end -------------------------------
-
-
-async def test_wss_round_trip(transport: AiohttpTransport, probe: Probe) -> None:
-    trustme = pytest.importorskip(
-        "trustme",
-        reason="trustme is not installed: the TLS tests make their certificates "
-        "with it (python3 scripts/dev.py test installs it)",
-    )
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    async with transport.serve("wss://127.0.0.1:0/", probe.echo, ssl=server_context) as listener:
-        assert listener.url.startswith("wss://127.0.0.1:")
-        async with await wait(transport.connect(listener.url, ssl=client_context)) as conn:
-            await conn.send(b"secret")
-            assert await wait(conn.receive()) == b"secret"
-        # Without a context, the system trust store does not know our test CA.
-        with pytest.raises(TLSError, match="certificate verification failed"):
-            await wait(transport.connect(listener.url))
 
 
 # --- interoperability with the websockets backend ---------------------------------
@@ -434,43 +306,6 @@ async def test_close_codes_cross_backends(client: type[Transport], server: type[
 
 
 # --- end to end: proxies over the aiohttp backend ---------------------------------
-
-
-@dataclass
-class Gateway:
-    """The server side's sessions: each one's assistant, as it starts."""
-
-    assistants: asyncio.Queue[Recorder] = field(default_factory=asyncio.Queue)
-
-    async def setup(self, runner: WorkerRunner) -> None:
-        """The ``serve_proxy`` hook: an assistant worker per session."""
-        assistant = Recorder("assistant")
-        await runner.add_workers(assistant)
-        self.assistants.put_nowait(assistant)
-
-
-@contextlib.asynccontextmanager
-async def client_runner(proxy: ProxyClient) -> AsyncIterator[tuple[Recorder, ProxyClient]]:
-    """Run ``acme`` and ``proxy``; connect, and wait until the remote assistant is ready."""
-    runner = WorkerRunner(handle_sigint=False)
-    acme = Recorder("acme")
-    ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
-
-    async def on_ready(data: WorkerReadyData) -> None:
-        if not ready.done():
-            ready.set_result(data)
-
-    runner.registry.watch("assistant", on_ready)
-    await runner.add_workers(acme, proxy)
-    task = asyncio.create_task(runner.run())
-    try:
-        await acme.activate_worker(proxy.name)
-        await proxy.wait_connected(TIMEOUT)
-        assert (await wait(ready)).remote
-        yield acme, proxy
-    finally:
-        await runner.end("test over")
-        await wait(task)
 
 
 async def exchange(acme: Recorder, assistant: Recorder) -> None:
@@ -559,4 +394,4 @@ async def test_existing_aiohttp_app_hosts_a_session() -> None:
             assistant = await wait(assistants.get())
             await exchange(acme, assistant)
         await wait(disconnected.wait())
-    assert_no_leaked_tasks()
+    await assert_tasks_settle(timeout=0)

@@ -1,8 +1,6 @@
 """The gRPC backend, over a real ``grpc.aio`` server on 127.0.0.1 (port 0).
 
-Every wait is bounded (``asyncio.wait_for(..., TIMEOUT)``) and nothing sleeps
-for a fixed time, so the tests are quick when all is well and fail rather than
-hang when it is not.
+Nothing sleeps to synchronise and every wait is bounded (``_support.wait``).
 """
 
 from __future__ import annotations
@@ -17,16 +15,22 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from _support import TIMEOUT, Probe, wait
+from _support import (
+    TIMEOUT,
+    Gateway,
+    Probe,
+    Recorder,
+    assert_tasks_settle,
+    client_runner,
+    wait,
+)
 
 from proxy_core import (
     AudioRawFrame,
-    BaseWorker,
     BusFrameMessage,
     BusMessage,
     ProxyClient,
     TextFrame,
-    WorkerReadyData,
     WorkerRunner,
     serve_proxy,
 )
@@ -41,6 +45,7 @@ from proxy_core.errors import (
     TLSError,
 )
 from proxy_core.plugins import load_transport, resolve_transport
+from proxy_core.testing._raw import connection_pair
 from proxy_core.transport import Connection, Listener
 from proxy_core_grpc import (
     GrpcProxyClient,
@@ -57,26 +62,6 @@ LIMIT = 1000
 @pytest.fixture
 def transport() -> GrpcTransport:
     return GrpcTransport()
-
-
-@pytest.fixture
-async def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-async def echo_server(transport: GrpcTransport, probe: Probe) -> AsyncIterator[Listener]:
-    async with transport.serve("grpc://127.0.0.1:0", probe.echo) as listener:
-        yield listener
-
-
-async def assert_no_leaked_tasks() -> None:
-    """Fail if tasks outlive the test (closing client calls get a bounded while to end)."""
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    if others:
-        await asyncio.wait(others, timeout=TIMEOUT)
-    left = [task for task in others if not task.done()]
-    assert not left, f"leaked tasks: {left}"
 
 
 def target_of(url: str) -> str:
@@ -189,7 +174,7 @@ async def test_writes_into_a_call_the_server_ended_leave_nothing_behind(
         with pytest.raises(ConnectionClosed):
             await conn.send(b"after")
         await wait(conn.aclose())
-    await assert_no_leaked_tasks()
+    await assert_tasks_settle(TIMEOUT)
 
 
 async def test_concurrent_sends_queue_up_on_both_sides(transport: GrpcTransport) -> None:
@@ -412,16 +397,7 @@ async def test_server_close_code_and_reason_reach_the_client(
 async def test_frames_sent_before_the_clients_close_arrive_when_read_later(
     transport: GrpcTransport,
 ) -> None:
-    accepted: asyncio.Queue[Connection] = asyncio.Queue()
-    release = asyncio.Event()
-
-    async def handler(conn: Connection) -> None:
-        accepted.put_nowait(conn)
-        await release.wait()
-
-    async with transport.serve("grpc://127.0.0.1:0", handler) as listener:
-        conn = await wait(transport.connect(listener.url))
-        server_side = await wait(accepted.get())
+    async with connection_pair(transport, "grpc://127.0.0.1:0") as (conn, server_side, _):
         for n in range(3):
             await conn.send(b"frame %d" % n)
         await wait(conn.aclose(4321, "see you"))  # returns before the server reads
@@ -435,8 +411,7 @@ async def test_frames_sent_before_the_clients_close_arrive_when_read_later(
         assert closed.value.code is None  # gRPC carries no code from a client
         with pytest.raises(ConnectionClosed):
             await server_side.send(b"to a closed peer")
-        release.set()
-    await assert_no_leaked_tasks()
+    await assert_tasks_settle(TIMEOUT)
 
 
 async def test_closing_client_discards_what_the_server_still_sends(
@@ -592,72 +567,35 @@ async def test_grpcs_round_trip_and_wrong_ca(probe: Probe) -> None:
 # --- end to end: proxies found by name --------------------------------------------
 
 
-class Recorder(BaseWorker):
-    """A worker that queues every message it gets."""
-
-    def __init__(self, name: str, *, active: bool = True) -> None:
-        super().__init__(name, active=active)
-        self.inbox: asyncio.Queue[BusMessage] = asyncio.Queue()
-
-    async def on_bus_message(self, message: BusMessage) -> None:
-        self.inbox.put_nowait(message)
-
-    async def next_frame(self) -> BusFrameMessage:
-        while True:
-            message = await wait(self.inbox.get())
-            if isinstance(message, BusFrameMessage):
-                return message
+def is_frame(message: BusMessage) -> bool:
+    return isinstance(message, BusFrameMessage)
 
 
-async def exchange_both_ways(
-    url: str, sessions: asyncio.Queue[Recorder], client: ProxyClient
-) -> None:
+async def exchange_both_ways(gateway: Gateway, client: ProxyClient) -> None:
     """Connect ``client``, then cross a text and an audio frame each way."""
-    runner = WorkerRunner(handle_sigint=False)
-    acme = Recorder("acme")
-    ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
-
-    async def on_ready(data: WorkerReadyData) -> None:
-        if not ready.done():
-            ready.set_result(data)
-
-    runner.registry.watch("assistant", on_ready)
-    await runner.add_workers(acme, client)
-    task = asyncio.create_task(runner.run())
-    try:
-        await acme.activate_worker(client.name)
-        await client.wait_connected(TIMEOUT)
-        assert (await wait(ready)).remote
-        assistant = await wait(sessions.get())
+    async with client_runner(client) as (acme, _):
+        assistant = await wait(gateway.assistants.get())
         outbound: list[BusFrameMessage] = [
             BusFrameMessage("acme", "assistant", TextFrame("hello over grpc")),
             BusFrameMessage("acme", "assistant", AudioRawFrame(bytes(range(256)) * 8, 16000, 1)),
         ]
         for message in outbound:
             await acme.send_bus_message(message)
-            assert await assistant.next_frame() == message
+            assert await assistant.wait_for(is_frame) == message
         inbound: list[BusFrameMessage] = [
             BusFrameMessage("assistant", "acme", TextFrame("HELLO")),
             BusFrameMessage("assistant", "acme", AudioRawFrame(b"\x00\xff" * 800, 24000, 2)),
         ]
         for message in inbound:
             await assistant.send_bus_message(message)
-            assert await acme.next_frame() == message
+            assert await acme.wait_for(is_frame) == message
         assert client.stats.messages_in == 2
-    finally:
-        await runner.end("test over")
-        await wait(task)
 
 
 async def test_grpc_proxy_client_with_metadata_authentication() -> None:
     """``GrpcProxyClient`` against ``serve_proxy`` by name, its headers sent as gRPC metadata
     (sessions over gRPC with every codec, and refusals: the conformance kit)."""
-    sessions: asyncio.Queue[Recorder] = asyncio.Queue()
-
-    async def setup(runner: WorkerRunner) -> None:
-        assistant = Recorder("assistant")
-        await runner.add_workers(assistant)
-        sessions.put_nowait(assistant)
+    gateway = Gateway()
 
     def token_required(headers: Mapping[str, str]) -> bool:
         return headers.get("authorization") == "Bearer sesame"
@@ -667,7 +605,7 @@ async def test_grpc_proxy_client_with_metadata_authentication() -> None:
         transport="grpc",
         worker_name="assistant",
         remote_worker_name="acme",
-        setup=setup,
+        setup=gateway.setup,
         forward_messages=(BusFrameMessage,),
         authenticate=token_required,
     ) as service:
@@ -681,12 +619,12 @@ async def test_grpc_proxy_client_with_metadata_authentication() -> None:
         }
         client = GrpcProxyClient("proxy", **options)
         assert isinstance(client.transport, GrpcTransport)
-        await exchange_both_ways(service.url, sessions, client)
-    await assert_no_leaked_tasks()
+        await exchange_both_ways(gateway, client)
+    await assert_tasks_settle(TIMEOUT)
 
 
 async def test_grpc_proxy_server_on_a_served_connection() -> None:
-    sessions: asyncio.Queue[Recorder] = asyncio.Queue()
+    gateway = Gateway()
 
     async def handler(conn: Connection) -> None:
         assert isinstance(conn, GrpcServerConnection)
@@ -700,7 +638,7 @@ async def test_grpc_proxy_server_on_a_served_connection() -> None:
             forward_messages=(BusFrameMessage,),
         )
         await runner.add_workers(proxy, assistant)
-        sessions.put_nowait(assistant)
+        gateway.assistants.put_nowait(assistant)
         await runner.run()
 
     async with GrpcTransport().serve("grpc://127.0.0.1:0", handler) as listener:
@@ -711,7 +649,7 @@ async def test_grpc_proxy_server_on_a_served_connection() -> None:
             remote_worker_name="assistant",
             forward_messages=(BusFrameMessage,),
         )
-        await exchange_both_ways(listener.url, sessions, client)
+        await exchange_both_ways(gateway, client)
 
 
 def test_grpc_proxy_server_needs_a_grpc_server_connection() -> None:

@@ -1,14 +1,13 @@
 """The reference ``websockets`` backend, over real sockets on 127.0.0.1.
 
-Every wait is bounded (``asyncio.wait_for(..., TIMEOUT)``) and nothing sleeps
-for a fixed time, so the tests are quick when all is well and fail rather than
-hang when it is not.
+Here: what is the ``websockets`` backend's own (adopting a library or Starlette
+socket, its limits); what every WebSocket backend owes a bare peer is the
+kit's ``WebSocketContract``, run by ``test_conformance.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,14 +22,11 @@ from websockets.asyncio.server import serve as raw_serve
 
 from proxy_core.errors import (
     ConfigurationError,
-    ConnectError,
     ConnectionClosed,
     MessageTooLarge,
     ProtocolError,
     ProxyError,
-    TLSError,
 )
-from proxy_core.transport import Listener
 from proxy_core_websockets import (
     StarletteConnection,
     WebSocketsConnection,
@@ -57,17 +53,6 @@ def transport() -> WebSocketsTransport:
     return WebSocketsTransport()
 
 
-@pytest.fixture
-async def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-async def echo_server(transport: WebSocketsTransport, probe: Probe) -> AsyncIterator[Listener]:
-    async with transport.serve("ws://127.0.0.1:0/proxy", probe.echo) as listener:
-        yield listener
-
-
 async def raw_server_url(
     handler: Callable[[ServerConnection], Awaitable[None]],
 ) -> tuple[Any, str]:
@@ -76,23 +61,7 @@ async def raw_server_url(
     return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
 
 
-# --- round trips ------------------------------------------------------------------
-
-
 # --- the size limit ---------------------------------------------------------------
-
-
-async def test_fragmented_message_over_the_limit_is_refused_whole(
-    transport: WebSocketsTransport, probe: Probe
-) -> None:
-    async with transport.serve(
-        "ws://127.0.0.1:0/", probe.echo, max_message_bytes=LIMIT
-    ) as listener:
-        async with raw_connect(listener.url, compression=None) as ws:
-            await ws.send([b"a" * 600, b"b" * 600])
-            refused = await wait(probe.outcome)
-    assert isinstance(refused, MessageTooLarge)
-    assert (refused.size, refused.limit) == (1200, LIMIT)
 
 
 async def test_adapted_server_connection_takes_our_limit(
@@ -114,56 +83,7 @@ async def test_adapted_server_connection_takes_our_limit(
         assert closed.value.code == 1009
 
 
-# --- text frames ------------------------------------------------------------------
-
-
-async def test_text_frame_from_a_client_is_a_protocol_error(
-    probe: Probe, echo_server: Listener
-) -> None:
-    async with raw_connect(echo_server.url, compression=None) as ws:
-        await ws.send("not binary")
-        await ws.send(b"still works")
-        assert await wait(ws.recv()) == b"still works"
-    assert len(probe.protocol_errors) == 1
-    assert "text frame" in str(probe.protocol_errors[0])
-
-
-async def test_text_frame_from_a_server_is_a_protocol_error(
-    transport: WebSocketsTransport,
-) -> None:
-    async def handler(ws: ServerConnection) -> None:
-        await ws.send("not binary")
-        await ws.send(b"binary")
-        await ws.send(await ws.recv())
-
-    server, url = await raw_server_url(handler)
-    async with server:
-        async with await wait(transport.connect(url)) as conn:
-            with pytest.raises(ProtocolError, match="text frame"):
-                await wait(conn.receive())
-            assert await wait(conn.receive()) == b"binary"
-            await conn.send(b"back")
-            assert await wait(conn.receive()) == b"back"
-
-
 # --- authentication, paths and connection failures --------------------------------
-
-
-async def test_wrong_path_is_a_connect_error(
-    transport: WebSocketsTransport, probe: Probe, echo_server: Listener
-) -> None:
-    wrong = echo_server.url.replace("/proxy", "/elsewhere")
-    with pytest.raises(ConnectError, match="404") as failed:
-        await wait(transport.connect(wrong))
-    assert wrong in str(failed.value)
-    assert probe.calls == 0
-
-
-async def test_root_url_accepts_any_path(transport: WebSocketsTransport, probe: Probe) -> None:
-    async with transport.serve("ws://127.0.0.1:0", probe.echo) as listener:
-        async with await wait(transport.connect(listener.url + "/any/path?q=1")) as conn:
-            await conn.send(b"x")
-            assert await wait(conn.receive()) == b"x"
 
 
 def test_adapt_refuses_an_unsupported_object(transport: WebSocketsTransport) -> None:
@@ -178,30 +98,6 @@ def test_imports_without_starlette() -> None:
         "import proxy_core_websockets.transport as t; t.WebSocketsTransport()"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT)
-
-
-# --- what the handler sees, and how connections end -------------------------------
-
-
-async def test_wss_round_trip(transport: WebSocketsTransport, probe: Probe) -> None:
-    trustme = pytest.importorskip(
-        "trustme",
-        reason="trustme is not installed: the TLS tests make their certificates "
-        "with it (python3 scripts/dev.py test installs it)",
-    )
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    async with transport.serve("wss://127.0.0.1:0/", probe.echo, ssl=server_context) as listener:
-        assert listener.url.startswith("wss://127.0.0.1:")
-        async with await wait(transport.connect(listener.url, ssl=client_context)) as conn:
-            await conn.send(b"secret")
-            assert await wait(conn.receive()) == b"secret"
-        # Without a context, the system trust store does not know our test CA.
-        with pytest.raises(TLSError, match="certificate verification failed"):
-            await wait(transport.connect(listener.url))
 
 
 # --- the Starlette/FastAPI adapter under uvicorn ----------------------------------

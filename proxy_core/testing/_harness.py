@@ -38,6 +38,10 @@ __all__ = [
     "Recorder",
     "Server",
     "ServerSide",
+    "follow_client",
+    "follow_session",
+    "resolve_on_ready",
+    "runner_outcome",
     "running_client",
     "running_server",
     "text",
@@ -207,6 +211,7 @@ class ServerSide:
         return self.proxy
 
     def hook(self, proxy: ProxyServer) -> None:
+        """Follow ``proxy``'s client events."""
         self.proxy = proxy
 
         @proxy.event_handler("on_client_connected")
@@ -218,6 +223,30 @@ class ServerSide:
         async def disconnected(_: ProxyServer, conn: Connection) -> None:
             self.events.append("disconnected")
             self.disconnected.set()
+
+
+def follow_session(runner: WorkerRunner, side: ServerSide) -> None:
+    """Hook ``side`` to the proxy that ``serve_proxy`` adds to ``runner``; flag the runner's end.
+
+    ``serve_proxy`` adds its proxy after the ``setup`` hook and then runs the
+    runner; it offers no hook to see either, so follow both calls.
+    """
+    add_workers, run = runner.add_workers, runner.run
+
+    async def add_and_hook(*workers: BaseWorker) -> None:
+        for worker in workers:
+            if isinstance(worker, ProxyServer):
+                side.hook(worker)
+        await add_workers(*workers)
+
+    async def run_and_flag() -> None:
+        try:
+            await run()
+        finally:
+            side.ended.set()
+
+    runner.add_workers = add_and_hook  # type: ignore[method-assign]
+    runner.run = run_and_flag  # type: ignore[method-assign]
 
 
 class Server:
@@ -238,28 +267,12 @@ class Server:
         """The ``serve_proxy`` hook: add this session's workers and follow its proxy."""
         side = ServerSide(runner, Recorder(SERVER_WORKER), Recorder(SERVER_OTHER))
         self.sessions.append(side)
-        # serve_proxy adds its proxy after this hook and then runs the runner;
-        # it offers no hook to see either, so follow both calls.
-        add_workers, run = runner.add_workers, runner.run
-
-        async def add_and_hook(*workers: BaseWorker) -> None:
-            for worker in workers:
-                if isinstance(worker, ProxyServer):
-                    side.hook(worker)
-            await add_workers(*workers)
-
-        async def run_and_flag() -> None:
-            try:
-                await run()
-            finally:
-                side.ended.set()
+        follow_session(runner, side)
 
         async def client_ready(data: WorkerReadyData) -> None:
             async with self._changed:
                 self._changed.notify_all()
 
-        runner.add_workers = add_and_hook  # type: ignore[method-assign]
-        runner.run = run_and_flag  # type: ignore[method-assign]
         # The client's READY is handled by the session loop, so once the client's
         # worker is ready here, this session's proxy knows its session id.
         runner.registry.watch(CLIENT_WORKER, client_ready)
@@ -328,13 +341,14 @@ class ClientSide:
     events: list[str] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    connect_errors: list[BaseException] = field(default_factory=list)
     # What run() raised when the proxy gave up (by default the runner ends with it).
     run_error: ProxyError | None = None
 
     async def activate(self) -> None:
         """Activate the proxy (it connects), then wait until the remote worker is ready."""
         ready: asyncio.Future[WorkerReadyData] = asyncio.get_running_loop().create_future()
-        watch = self.runner.registry.watch(SERVER_WORKER, _resolver(ready))
+        watch = self.runner.registry.watch(SERVER_WORKER, resolve_on_ready(ready))
         try:
             await self.acme.activate_worker(self.proxy.name)
             await self.proxy.wait_connected(TIMEOUT)
@@ -358,18 +372,26 @@ class ClientSide:
         await self._wait_run()
 
     async def _wait_run(self) -> None:
-        """Wait for ``run()``; if the proxy gave up, it ended with that error: keep it.
+        """Wait for ``run()``; if the proxy gave up, it ended with that error: keep it."""
+        error = await runner_outcome(self.task, self.proxy)
+        if error is not None:
+            self.run_error = error
 
-        Any other error from ``run()`` fails the contract.
-        """
-        if self.task is None:
-            return
-        try:
-            await wait(self.task)
-        except ProxyError as exc:
-            if exc is not self.proxy.last_error:
-                raise
-            self.run_error = exc
+
+async def runner_outcome(task: asyncio.Task[None] | None, proxy: ProxyClient) -> ProxyError | None:
+    """Wait for a client runner's ``run()``; return the error it ended with, if the proxy gave up.
+
+    Any other error from ``run()`` is raised: it fails the test.
+    """
+    if task is None:
+        return None
+    try:
+        await wait(task)
+    except ProxyError as exc:
+        if exc is not proxy.last_error:
+            raise
+        return exc
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -402,9 +424,9 @@ async def running_client(
         runner, Recorder(CLIENT_WORKER), Recorder(CLIENT_OTHER), proxy, loop.create_future()
     )
     started: asyncio.Future[WorkerReadyData] = loop.create_future()
-    _follow_client(side)
-    runner.registry.watch(SERVER_WORKER, _resolver(side.remote_ready))
-    runner.registry.watch(proxy.name, _resolver(started))
+    follow_client(side)
+    runner.registry.watch(SERVER_WORKER, resolve_on_ready(side.remote_ready))
+    runner.registry.watch(proxy.name, resolve_on_ready(started))
     await runner.add_workers(side.acme, side.other, proxy)
     side.task = asyncio.create_task(runner.run(), name="contract-client-runner")
     try:
@@ -417,7 +439,9 @@ async def running_client(
     await side.end()
 
 
-def _follow_client(side: ClientSide) -> None:
+def follow_client(side: ClientSide) -> None:
+    """Record the events of ``side``'s proxy: connected, disconnected, connect errors."""
+
     @side.proxy.event_handler("on_connected")
     async def connected(_: ProxyClient, conn: Connection) -> None:
         side.events.append("connected")
@@ -431,9 +455,12 @@ def _follow_client(side: ClientSide) -> None:
     @side.proxy.event_handler("on_connect_error")
     async def connect_error(_: ProxyClient, error: BaseException) -> None:
         side.events.append("connect_error")
+        side.connect_errors.append(error)
 
 
-def _resolver(future: asyncio.Future[WorkerReadyData]) -> Any:
+def resolve_on_ready(future: asyncio.Future[WorkerReadyData]) -> Any:
+    """Return a ``registry.watch`` callback that resolves ``future`` with the first readiness."""
+
     async def callback(data: WorkerReadyData) -> None:
         if not future.done():
             future.set_result(data)

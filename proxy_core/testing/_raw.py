@@ -1,6 +1,7 @@
 """Peers that speak the protocol by hand, and the bytes the contracts feed a receiver.
 
-Private, like :mod:`proxy_core.testing._harness`: a :class:`RawPeer` is one side
+Private, like :mod:`proxy_core.testing._harness`: :func:`connection_pair` opens
+one raw connection and :class:`Probe` echoes on one; a :class:`RawPeer` is one side
 of a session over a bare :class:`~proxy_core.Connection` (``raw_client`` opens
 one, ``raw_server`` serves them), so a contract can misbehave on purpose; the
 rest builds frames: a HELLO, a MSG of an exact size, one of an unknown type, and
@@ -14,7 +15,8 @@ import contextlib
 import random
 import string
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..codecs.base import Codec
 from ..errors import (
@@ -22,6 +24,7 @@ from ..errors import (
     ConnectionClosed,
     MessageTooLarge,
     ProtocolError,
+    ProxyError,
     TransportError,
     UnknownMessageType,
 )
@@ -36,20 +39,85 @@ from ..protocol import (
     decode_handshake,
     encode_handshake,
 )
-from ..transport import Connection, Transport
+from ..transport import Connection, Listener, Transport
 from ._harness import CLIENT_WORKER, SERVER_WORKER, text, text_of, wait
 
 __all__ = [
     "GARBAGE",
     "TEXT_LIKE",
+    "Probe",
     "RawPeer",
     "classify",
+    "connection_pair",
     "hello_frame",
     "raw_client",
     "raw_server",
     "sized_message",
     "unknown_type_frame",
 ]
+
+
+@contextlib.asynccontextmanager
+async def connection_pair(
+    transport: Transport, url: str, **serve: Any
+) -> AsyncIterator[tuple[Connection, Connection, Listener]]:
+    """Serve ``url``; yield (client end, server end, listener) of one raw connection.
+
+    ``serve`` goes to ``transport.serve``, but for ``connect``: the options of
+    ``transport.connect``. The server's handler holds its end until both ends
+    are closed, on leaving.
+    """
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+    release = asyncio.Event()
+    connect_options = serve.pop("connect", {})
+
+    async def handler(conn: Connection) -> None:
+        accepted.put_nowait(conn)
+        await release.wait()
+
+    async with transport.serve(url, handler, **serve) as listener:
+        try:
+            client = await wait(transport.connect(listener.url, **connect_options))
+            server: Connection | None = None
+            try:
+                server = await wait(accepted.get())
+                yield client, server, listener
+            finally:
+                # Both at once: a backend's close may wait for the peer to answer it.
+                ends = [client] if server is None else [client, server]
+                await wait(asyncio.gather(*(end.aclose() for end in ends)))
+        finally:
+            release.set()
+
+
+@dataclass
+class Probe:
+    """A server's per-connection handler that echoes, and what it saw: when it started,
+    the frames it refused as malformed (``ProtocolError``) and how the connection ended."""
+
+    started: asyncio.Future[Connection] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    outcome: asyncio.Future[BaseException] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    protocol_errors: list[ProtocolError] = field(default_factory=list)
+    calls: int = 0
+
+    async def echo(self, conn: Connection) -> None:
+        """Echo frames, note malformed ones, and record how the connection ended."""
+        self.calls += 1
+        self.started.set_result(conn)
+        while True:
+            try:
+                data = await conn.receive()
+            except ProtocolError as exc:
+                self.protocol_errors.append(exc)
+                continue
+            except ProxyError as exc:
+                self.outcome.set_result(exc)
+                return
+            await conn.send(data)
 
 
 class RawPeer:

@@ -41,6 +41,7 @@ from .contracts_resume import ResumeContract
 from .contracts_rules import RulesContract
 from .contracts_session import SessionContract
 from .contracts_tls import TLSContract
+from .contracts_websocket import WebSocketContract
 
 __all__ = [
     "CloseContract",
@@ -52,6 +53,7 @@ __all__ = [
     "SessionContract",
     "TLSContract",
     "TransportContract",
+    "WebSocketContract",
     "per_codec",
 ]
 
@@ -64,6 +66,7 @@ class TransportContract(
     TLSContract,
     ResumeContract,
     CloseContract,
+    WebSocketContract,
     Parametrized,
 ):
     """The live contracts of a transport, with each codec of ``codecs``.
@@ -79,7 +82,9 @@ class TransportContract(
     (:class:`~proxy_core.testing.contracts_tls.TLSContract`, ``test_tls_*``),
     lost links and resume
     (:class:`~proxy_core.testing.contracts_resume.ResumeContract`) and the
-    close handshake (:class:`~proxy_core.testing.contracts_close.CloseContract`).
+    close handshake (:class:`~proxy_core.testing.contracts_close.CloseContract`),
+    and for a ``ws``/``wss`` transport what a bare WebSocket peer sees
+    (:class:`~proxy_core.testing.contracts_websocket.WebSocketContract`, ``test_ws_*``).
     The contracts marked ``per_codec`` run once per codec of ``codecs``; the
     others with the first.
 

@@ -66,7 +66,7 @@ from ._bus_cluster import (
     _text_from,
 )
 from ._harness import text
-from .contracts_codec import _awkward_data
+from .contracts_codec import awkward_data
 
 __all__ = ["BusContract", "BusLocalNote", "Cluster", "Member", "Watcher"]
 
@@ -120,7 +120,7 @@ class BusContract:
         """A targeted message reaches its target, equal to what was sent, and no one else."""
         a, b, c, d = Member("a"), Member("b"), Member("c"), Member("d")
         sent: list[BusMessage] = [
-            BusDataMessage("a", "b", _awkward_data()),
+            BusDataMessage("a", "b", awkward_data()),
             BusFrameMessage("a", "b", TextFrame("h\u00e9llo \U0001f916")),
             BusFrameMessage("a", "b", AudioRawFrame(bytes(range(256)) * 4, 16000, 2)),
             BusMessage("a", "b"),

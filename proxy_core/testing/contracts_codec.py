@@ -27,13 +27,16 @@ from ._base import Parametrized, per_codec
 from ._harness import CLIENT_WORKER, SERVER_WORKER, text
 from ._raw import GARBAGE, TEXT_LIKE, classify, unknown_type_frame
 
-__all__ = ["CodecContract"]
+__all__ = ["CodecContract", "awkward_data"]
 
 
-def _awkward_data() -> dict[str, Any]:
+def awkward_data() -> dict[str, Any]:
+    """Return a dict of the values a codec finds hardest: keys that look like its tags,
+    tuples, bytes, awkward text, extreme numbers, nesting."""
     return {
         "$type": "evil.module:Thing",  # a key, not a tag: escaped on the wire
         "$dict": [["a", 1]],
+        "$bytes": "not base64!",
         "tuple": (1, "two", (3.5, None)),
         "bytes": b"\x00\xff" * 3,
         "text": "h\u00e9llo \U0001f916 \u202e \x00",
@@ -47,7 +50,7 @@ def _awkward_data() -> dict[str, Any]:
 def _sample_envelopes() -> list[Envelope]:
     return [
         Msg(1, text(CLIENT_WORKER, SERVER_WORKER, "hello")),
-        Msg(2, BusDataMessage(CLIENT_WORKER, SERVER_WORKER, _awkward_data())),
+        Msg(2, BusDataMessage(CLIENT_WORKER, SERVER_WORKER, awkward_data())),
         Msg(3, _audio_message()),
         Msg(4, BusActivateWorkerMessage(CLIENT_WORKER, SERVER_WORKER, {"voice": "calm", "n": 1})),
         Msg(5, BusDeactivateWorkerMessage(CLIENT_WORKER, SERVER_WORKER)),

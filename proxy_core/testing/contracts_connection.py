@@ -15,6 +15,7 @@ import contextlib
 import random
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,9 +31,10 @@ from ..errors import (
     ProxyError,
 )
 from ..tls import ClientTLS, ServerTLS
-from ..transport import Connection, Transport
+from ..transport import Connection, Listener, Transport
 from ._base import LIMIT, LiveContract, assert_close_code
 from ._harness import wait, waiting_receive
+from ._raw import connection_pair
 from ._tls import tls_scheme
 
 __all__ = ["ConnectionContract"]
@@ -48,32 +50,12 @@ class ConnectionContract(LiveContract):
         transport: the transport under test, by registered name or instance.
     """
 
-    @contextlib.asynccontextmanager
-    async def _pair(
-        self, transport: Transport, url: str, **serve: Any
-    ) -> Any:  # AsyncIterator[tuple[Connection, Connection, Any]]
+    @staticmethod
+    def _pair(
+        transport: Transport, url: str, **serve: Any
+    ) -> AbstractAsyncContextManager[tuple[Connection, Connection, Listener]]:
         """Serve ``url``; yield (client end, server end, listener) of one raw connection."""
-        accepted: asyncio.Queue[Connection] = asyncio.Queue()
-        release = asyncio.Event()
-        connect_options = serve.pop("connect", {})
-
-        async def handler(conn: Connection) -> None:
-            accepted.put_nowait(conn)
-            await release.wait()
-
-        async with transport.serve(url, handler, **serve) as listener:
-            try:
-                client = await wait(transport.connect(listener.url, **connect_options))
-                server: Connection | None = None
-                try:
-                    server = await wait(accepted.get())
-                    yield client, server, listener
-                finally:
-                    # Both at once: a backend's close may wait for the peer to answer it.
-                    ends = [client] if server is None else [client, server]
-                    await wait(asyncio.gather(*(end.aclose() for end in ends)))
-            finally:
-                release.set()
+        return connection_pair(transport, url, **serve)
 
     async def test_frames_cross_whole_and_in_order(
         self, proxy_core_transport: Transport, serve_url: str

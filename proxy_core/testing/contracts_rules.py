@@ -40,7 +40,52 @@ from ._harness import (
 )
 from ._raw import GARBAGE, TEXT_LIKE, RawPeer, classify, raw_client, raw_server, unknown_type_frame
 
-__all__ = ["RulesContract"]
+__all__ = ["RulesContract", "check_outbound_rules"]
+
+
+async def check_outbound_rules(
+    direction: str, client: Any, worker: Any, helper: Any, server_proxy: Any
+) -> None:
+    """Break each outbound rule once, from one side of a connected session; check the drops.
+
+    After each message that must stay home, a marker from the served worker
+    must cross: only the markers arrive, in order, each drop is counted at the
+    sender by its reason, and nothing is dropped inbound.
+
+    Args:
+        direction: ``"client_to_server"`` or ``"server_to_client"``.
+        client: the client side (``acme``, ``other``, ``proxy``).
+        worker: the server's served worker (a recorder: ``wait_for``, ``crossed``).
+        helper: another worker on the server's bus.
+        server_proxy: the server's proxy.
+    """
+    if direction == "client_to_server":
+        sender, other, proxy = client.acme, client.other, client.proxy
+        receiver, receiver_proxy = worker, server_proxy
+    else:
+        sender, other, proxy = worker, helper, server_proxy
+        receiver, receiver_proxy = client.acme, client.proxy
+    me, peer = sender.name, receiver.name
+    cases: list[tuple[Any, BusMessage, str]] = [
+        (sender, BusEndMessage(me, peer, "end them"), "local"),
+        (sender, BusCancelMessage(me, peer, "cancel them"), "local"),
+        (sender, text(me, None, "broadcast"), "broadcast"),
+        (sender, text(me, proxy.name, "to the proxy itself"), "wrong_target"),
+        (other, text(other.name, peer, "leak"), "wrong_source"),
+        (sender, BusDataMessage(me, peer, {"k": "v"}), "not_allowed"),
+        (sender, BusMessage(me, peer), "not_allowed"),
+    ]
+    messages_in = receiver_proxy.stats.messages_in
+    for number, (who, message, reason) in enumerate(cases):
+        before = Counter(proxy.stats.dropped_out)
+        await who.send_bus_message(message)
+        marker = text(me, peer, f"marker {number}")
+        await sender.send_bus_message(marker)
+        assert await receiver.wait_for(lambda m, marker=marker: m == marker) == marker
+        assert delta(proxy.stats.dropped_out, before) == {reason: 1}, message
+    assert receiver.crossed() == [text(me, peer, f"marker {n}") for n in range(len(cases))]
+    assert receiver_proxy.stats.messages_in - messages_in == len(cases)
+    assert not receiver_proxy.stats.dropped_in
 
 
 class RulesContract(LiveContract):
@@ -70,39 +115,9 @@ class RulesContract(LiveContract):
             running_client(transport, server.url, codec=codec) as client,
         ):
             side = await self._connected(client, server)
-            if direction == "client_to_server":
-                sender, other, proxy, receiver = (
-                    client.acme,
-                    client.other,
-                    client.proxy,
-                    side.worker,
-                )
-                receiver_proxy: Any = side.server_proxy
-            else:
-                sender, other, proxy, receiver = (
-                    side.worker,
-                    side.helper,
-                    side.server_proxy,
-                    client.acme,
-                )
-                receiver_proxy = client.proxy
-            me, peer = sender.name, receiver.name
-            cases: list[tuple[Any, BusMessage, str]] = [
-                (sender, BusEndMessage(me, peer, "end them"), "local"),
-                (sender, BusCancelMessage(me, peer, "cancel them"), "local"),
-                (sender, text(me, None, "broadcast"), "broadcast"),
-                (sender, text(me, proxy.name, "to the proxy itself"), "wrong_target"),
-                (other, text(other.name, peer, "leak"), "wrong_source"),
-                (sender, BusDataMessage(me, peer, {"k": "v"}), "not_allowed"),
-                (sender, BusMessage(me, peer), "not_allowed"),
-            ]
-            for number, (who, message, reason) in enumerate(cases):
-                before = Counter(proxy.stats.dropped_out)
-                await who.send_bus_message(message)
-                await self._crosses(sender, receiver, text(me, peer, f"marker {number}"))
-                assert delta(proxy.stats.dropped_out, before) == {reason: 1}, message
-            assert receiver.crossed() == [text(me, peer, f"marker {n}") for n in range(len(cases))]
-            assert not receiver_proxy.stats.dropped_in
+            await check_outbound_rules(
+                direction, client, side.worker, side.helper, side.server_proxy
+            )
 
     @staticmethod
     def _inbound_cases(remote: str, local: str, bystander: str) -> list[tuple[BusMessage, str]]:

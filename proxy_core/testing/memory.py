@@ -28,8 +28,8 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import ClassVar, Final
@@ -52,6 +52,8 @@ from ..transport import (
     ServedConnections,
     Transport,
     check_authentication,
+    check_max_message_bytes,
+    listening,
     redact_url,
     truncate_reason,
 )
@@ -350,8 +352,7 @@ def _parse_url(url: str) -> SplitResult:
 def _check_options(ssl: SSLContext | ClientTLS | ServerTLS | None, max_message_bytes: int) -> None:
     if ssl is not None:
         raise ConfigurationError("the memory transport has no TLS; pass ssl=None")
-    if max_message_bytes < 1:
-        raise ConfigurationError(f"max_message_bytes must be positive, not {max_message_bytes}")
+    check_max_message_bytes(max_message_bytes)
 
 
 class MemoryTransport(Transport):
@@ -426,20 +427,12 @@ class MemoryTransport(Transport):
         """
         parts = _parse_url(url)
         _check_options(ssl, max_message_bytes)
-        return self._serve(parts, handler, authenticate, max_message_bytes)
+        limit = max_message_bytes
 
-    @asynccontextmanager
-    async def _serve(
-        self,
-        parts: SplitResult,
-        handler: ConnectionHandler,
-        authenticate: Authenticator | None,
-        limit: int,
-    ) -> AsyncIterator[Listener]:
-        name = _claim_name(parts)
-        listener = MemoryListener(name, parts, handler, authenticate, limit, self.buffer_frames)
-        _register(listener)
-        try:
-            yield listener
-        finally:
-            await listener.aclose()
+        async def open_listener() -> Listener:
+            name = _claim_name(parts)
+            listener = MemoryListener(name, parts, handler, authenticate, limit, self.buffer_frames)
+            _register(listener)
+            return listener
+
+        return listening(open_listener)

@@ -15,20 +15,12 @@ __all__ = ["AiohttpProxyClient", "AiohttpProxyServer"]
 class AiohttpProxyClient(BoundProxyClient):
     """A :class:`~proxy_core.ProxyClient` over aiohttp's WebSocket client.
 
-    It connects when activated (``await worker.activate_worker(name)``), not
-    before, and never twice. Events: ``on_connected``, ``on_disconnected``,
-    ``on_connect_error``.
+    Its arguments are those of every backend's client class
+    (:class:`~proxy_core.proxy.BoundProxyClient`); here:
 
     Args:
-        name: this worker's name.
         url: ``ws://`` or ``wss://`` URL of the server.
-        local_worker_name: the worker on this bus that talks to the remote one.
-        remote_worker_name: the worker on the server's bus.
-        forward_messages: the message types allowed to cross, both ways.
         headers: HTTP headers sent with the WebSocket handshake.
-        codec: codec name(s) or instance(s), in order of preference
-            (default ``"msgpack"``, as for every client class).
-        **options: more :class:`~proxy_core.ProxyClient` options.
     """
 
     transport_class: ClassVar[type[Transport]] = AiohttpTransport
@@ -52,13 +44,8 @@ class AiohttpProxyServer(BoundProxyServer):
     Args:
         name: this worker's name.
         websocket: an ``aiohttp.web.WebSocketResponse`` on which ``prepare()`` was awaited.
-        worker_name: the worker on this bus that talks to the client's.
-        remote_worker_name: the client's worker.
-        forward_messages: the message types allowed to cross, both ways.
-        codecs: codec names or instances accepted from the client.
-        max_message_bytes: the frame limit, enforced before decoding.
-        **options: more :class:`~proxy_core.ProxyServer` options
-            (``authenticate``, heartbeats...).
+        **options: the other arguments of every backend's server class
+            (:class:`~proxy_core.proxy.BoundProxyServer`).
 
     Raises:
         ConfigurationError: ``websocket`` is not a prepared ``WebSocketResponse``.

@@ -12,39 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from ssl import SSLContext
 from typing import Any, ClassVar
-from urllib.parse import SplitResult
 
 import aiohttp
 from aiohttp import web
 
-from proxy_core.errors import (
-    ConfigurationError,
-)
-from proxy_core.tls import ClientTLS, ServerTLS, client_ssl_context, server_ssl_context
+from proxy_core.errors import ConfigurationError
 from proxy_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    Authenticator,
     Connection,
-    ConnectionHandler,
     Listener,
     ServedConnections,
-    Transport,
-    bound_url,
-    check_authentication,
-    check_tls_scheme,
     connect_error,
     listen_error,
-    parse_url,
     refusal_error,
-    url_port,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
-from proxy_core.transport import lower_headers as _lower_headers
 from proxy_core.transport import redact_url as _redact
+from proxy_core.websocket import DialRequest, ServeRequest, WebSocketTransportBase
 
 from .connection import (
     AiohttpConnection,
@@ -55,9 +40,6 @@ __all__ = ["AiohttpConnection", "AiohttpTransport"]
 
 logger = logging.getLogger(__name__)
 
-_SCHEMES = ("ws", "wss")
-_GOING_AWAY = 1001
-_INTERNAL_ERROR = 1011
 # How long a close waits for the peer's closing frame, by default (the libraries' default).
 _CLOSE_TIMEOUT = 10.0
 # aiohttp's own wait for the requests that are still open once we have waited
@@ -117,8 +99,13 @@ class _AiohttpListener(Listener):
             await self._runner.cleanup()
 
 
-class AiohttpTransport(Transport):
+class AiohttpTransport(WebSocketTransportBase):
     """The aiohttp backend: ``ws://`` and ``wss://`` URLs.
+
+    ``connect`` and ``serve`` are those of every WebSocket backend
+    (:class:`~proxy_core.websocket.WebSocketTransportBase`); a connection is
+    an :class:`AiohttpConnection`, and a client's has a ``ClientSession`` of
+    its own, closed with it.
 
     aiohttp answers a peer's closing frame only from inside ``receive()``, so
     ``aclose`` waits up to ``close_timeout`` for a peer that is not reading
@@ -130,59 +117,29 @@ class AiohttpTransport(Transport):
     """
 
     name: ClassVar[str] = "aiohttp"
-    schemes: ClassVar[tuple[str, ...]] = _SCHEMES
 
     def __init__(self, *, close_timeout: float = _CLOSE_TIMEOUT) -> None:
         if not close_timeout > 0:
             raise ConfigurationError(f"close_timeout must be positive, not {close_timeout}")
         self.close_timeout = close_timeout
 
-    async def connect(
-        self,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        ssl: SSLContext | ClientTLS | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        open_timeout: float = 10.0,
-    ) -> Connection:
-        """Open a WebSocket connection to ``url``.
-
-        The connection has a ``ClientSession`` of its own, closed with it.
-
-        Args:
-            url: a ``ws://`` or ``wss://`` URL.
-            headers: extra handshake headers (credentials for ``authenticate``).
-            ssl: the TLS settings for ``wss://``, a ``ClientTLS`` or an
-                ``ssl.SSLContext`` (default: the system's trust store).
-            max_message_bytes: the limit on incoming frames.
-            open_timeout: seconds allowed for TCP, TLS and the WebSocket handshake.
-
-        Raises:
-            ConfigurationError: the URL is not ``ws``/``wss``, or ``ssl`` is given for ``ws``.
-            AuthenticationError: the server answered HTTP 401 or 403.
-            TLSError: the TLS handshake failed (e.g. certificate verification).
-            ConnectError: anything else kept the connection from opening.
-        """
-        _parse_url(url)  # refuses a URL this backend cannot use
-        _check_limit(max_message_bytes)
-        check_tls_scheme(url, ssl, secure="wss")
-        context = client_ssl_context(ssl)
+    async def _dial(self, request: DialRequest) -> Connection:
+        """Open the connection, with a ``ClientSession`` of its own, closed with it."""
         options: dict[str, Any] = {}
-        if isinstance(ssl, ClientTLS) and ssl.server_hostname is not None:
-            options["server_hostname"] = ssl.server_hostname
+        if request.server_hostname is not None:
+            options["server_hostname"] = request.server_hostname
         session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=_refuse_upgrade_failure,  # reads the body of a refusal
             timeout=aiohttp.ClientTimeout(total=None),  # open_timeout bounds the handshake
         )
         try:
-            async with asyncio.timeout(open_timeout):
+            async with asyncio.timeout(request.open_timeout):
                 ws = await session.ws_connect(
-                    url,
-                    headers=dict(headers) if headers else None,
-                    max_msg_size=_library_limit(max_message_bytes),
-                    ssl=context if context is not None else True,
+                    request.url,
+                    headers=request.headers,
+                    max_msg_size=_library_limit(request.max_message_bytes),
+                    ssl=request.ssl if request.ssl is not None else True,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout),
                     heartbeat=None,  # the session layer sends heartbeats
                     autoping=True,
@@ -193,67 +150,20 @@ class AiohttpTransport(Transport):
         except BaseException as exc:
             await _close_quietly(session)
             if isinstance(exc, Exception):
-                raise _connect_error(url, exc, open_timeout) from exc
+                raise _connect_error(request.url, exc, request.open_timeout) from exc
             raise
-        return AiohttpConnection(ws, max_message_bytes=max_message_bytes, session=session)
+        limit = request.max_message_bytes
+        return AiohttpConnection(ws, max_message_bytes=limit, session=session)
 
-    def serve(
-        self,
-        url: str,
-        handler: ConnectionHandler,
-        *,
-        authenticate: Authenticator | None = None,
-        ssl: SSLContext | ServerTLS | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> AbstractAsyncContextManager[Listener]:
-        """Serve ``url`` (port 0 picks a free port), calling ``handler`` per connection.
-
-        A request for another path than the URL's is answered 404 (a URL with
-        no path, or ``/``, accepts any path); a client that ``authenticate``
-        refuses is answered 401 with the reason as the body, before the
-        upgrade. Either way the handler is never called. The connection is
-        closed when the handler returns (1000) or raises (1011, and the
-        exception is logged; a ``ConnectionClosed`` or ``MessageTooLarge``
-        escaping the handler is an ordinary end of the connection). Leaving
-        the context closes every open connection with 1001.
-
-        Args:
-            url: a ``ws://`` or ``wss://`` URL to listen on.
-            handler: awaited with an :class:`AiohttpConnection` per client.
-            authenticate: the hook that sees the request headers first.
-            ssl: the server's TLS settings, a ``ServerTLS`` or an
-                ``ssl.SSLContext``; required for ``wss://``.
-            max_message_bytes: the limit on incoming frames.
-
-        Raises:
-            ConfigurationError: a bad URL, ``ssl`` does not match the scheme,
-                or its certificate and key do not load.
-            ConnectError: the address could not be bound (raised on entering).
-        """
-        parts = _parse_url(url)
-        _check_limit(max_message_bytes)
-        check_tls_scheme(url, ssl, secure="wss", serving=True)
-        context = server_ssl_context(ssl)
-        return self._serve(parts, handler, authenticate, context, max_message_bytes)
-
-    @asynccontextmanager
-    async def _serve(
-        self,
-        parts: SplitResult,
-        handler: ConnectionHandler,
-        authenticate: Authenticator | None,
-        ssl: SSLContext | None,
-        limit: int,
-    ) -> AsyncIterator[Listener]:
+    async def _listen(self, request: ServeRequest) -> Listener:
+        parts, handler, limit = request.parts, request.handler, request.max_message_bytes
         path = parts.path
         served: ServedConnections[AiohttpConnection] = ServedConnections()
 
-        async def endpoint(request: web.Request) -> web.StreamResponse:
-            if authenticate is not None:
-                headers = _lower_headers(request.headers.items())
-                reason = await check_authentication(authenticate, headers)
-                if reason is not None:
-                    raise web.HTTPUnauthorized(text=reason)
+        async def endpoint(http: web.Request) -> web.StreamResponse:
+            reason = await request.refusal(http.headers.items())
+            if reason is not None:
+                raise web.HTTPUnauthorized(text=reason)
             ws = web.WebSocketResponse(
                 max_msg_size=_library_limit(limit),
                 compress=False,
@@ -261,10 +171,8 @@ class AiohttpTransport(Transport):
                 autoping=True,
                 timeout=self.close_timeout,
             )
-            await ws.prepare(request)
-            await served.run(
-                handler, AiohttpConnection(ws, max_message_bytes=limit, request=request)
-            )
+            await ws.prepare(http)
+            await served.run(handler, AiohttpConnection(ws, max_message_bytes=limit, request=http))
             return ws
 
         async def close_connections(app: web.Application) -> None:
@@ -278,20 +186,15 @@ class AiohttpTransport(Transport):
             app, access_log=None, handle_signals=False, shutdown_timeout=_RUNNER_SHUTDOWN_TIMEOUT
         )
         await runner.setup()
-        port = url_port(parts, secure="wss")
-        site = web.TCPSite(runner, parts.hostname, port, ssl_context=ssl)
+        site = web.TCPSite(runner, parts.hostname, request.port, ssl_context=request.ssl)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise listen_error(parts.geturl(), exc) from exc
         addresses = runner.addresses
-        bound = addresses[0][1] if addresses else port
-        listener = _AiohttpListener(runner, site, bound_url(parts, bound), served)
-        try:
-            yield listener
-        finally:
-            await listener.aclose()
+        bound = addresses[0][1] if addresses else request.port
+        return _AiohttpListener(runner, site, request.bound_url(bound), served)
 
     def adapt(
         self, obj: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -381,10 +284,6 @@ def _connect_error(url: str, exc: Exception, open_timeout: float) -> Exception:
         # A TLS server drops a plaintext client's request without a word.
         hint = " (if the server expects TLS, use a wss:// URL)"
     return connect_error(url, exc, hint, timeout=open_timeout)
-
-
-def _parse_url(url: str) -> SplitResult:
-    return parse_url(url, transport="aiohttp", schemes=_SCHEMES)
 
 
 def _library_limit(max_message_bytes: int) -> int:

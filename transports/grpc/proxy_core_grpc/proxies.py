@@ -17,25 +17,17 @@ __all__ = ["GrpcProxyClient", "GrpcProxyServer"]
 class GrpcProxyClient(BoundProxyClient):
     """A :class:`~proxy_core.ProxyClient` over gRPC.
 
-    It connects when activated (``await worker.activate_worker(name)``), not
-    before, and never twice. Events: ``on_connected``, ``on_disconnected``,
-    ``on_connect_error``.
+    Its arguments are those of every backend's client class
+    (:class:`~proxy_core.proxy.BoundProxyClient`); here:
 
     Args:
-        name: this worker's name.
         url: ``grpc://host:port`` or ``grpcs://host:port`` of the server.
-        local_worker_name: the worker on this bus that talks to the remote one.
-        remote_worker_name: the worker on the server's bus.
-        forward_messages: the message types allowed to cross, both ways.
         headers: sent as request metadata (names lower-cased), e.g. a token.
-        codec: codec name(s) or instance(s), in order of preference
-            (default ``"msgpack"``, as for every client class).
         channel_credentials: gRPC TLS credentials for ``grpcs://``, e.g.
             ``grpc.ssl_channel_credentials(root_certificates=ca_pem)``
             (default: the system's trusted roots). ``ssl=ClientTLS(...)``,
             as on every backend, does the same and takes precedence.
-        **options: more :class:`~proxy_core.ProxyClient` options (``ssl`` takes
-            a ``ClientTLS``, not an ``ssl.SSLContext``).
+        **options: ``ssl`` takes a ``ClientTLS``, not an ``ssl.SSLContext``.
     """
 
     transport_class: ClassVar[type[Transport]] = GrpcTransport
@@ -56,13 +48,8 @@ class GrpcProxyServer(ProxyServer):
         name: this worker's name.
         connection: the :class:`~proxy_core_grpc.GrpcServerConnection` handed
             to a ``GrpcTransport.serve`` handler.
-        worker_name: the worker on this bus that talks to the client's.
-        remote_worker_name: the client's worker.
-        forward_messages: the message types allowed to cross, both ways.
-        codecs: codec names or instances accepted from the client.
-        max_message_bytes: the frame limit, enforced before decoding.
-        **options: more :class:`~proxy_core.ProxyServer` options
-            (``authenticate``, heartbeats...).
+        **options: the other :class:`~proxy_core.ProxyServer` arguments
+            (``worker_name``, ``remote_worker_name``, ``forward_messages``...).
 
     Raises:
         ConfigurationError: ``connection`` is not a ``GrpcServerConnection``.

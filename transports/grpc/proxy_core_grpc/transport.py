@@ -29,8 +29,8 @@ import errno
 import logging
 import re
 import socket
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from ssl import SSLContext
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import SplitResult
@@ -58,6 +58,7 @@ from proxy_core.transport import (
     check_authentication,
     connect_error,
     listen_error,
+    listening,
     lower_headers,
     parse_url,
     plain_errno,
@@ -323,23 +324,13 @@ class GrpcTransport(Transport):
                 f"serving {_redact(url)} needs TLS settings: ssl=ServerTLS(cert_chain_pem, "
                 "key_pem), or GrpcTransport(server_credentials=grpc.ssl_server_credentials(...))"
             )
-        return self._serve(parts, handler, authenticate, max_message_bytes, credentials)
 
-    @asynccontextmanager
-    async def _serve(
-        self,
-        parts: SplitResult,
-        handler: ConnectionHandler,
-        authenticate: Authenticator | None,
-        limit: int,
-        credentials: Any,
-    ) -> AsyncIterator[Listener]:
-        listener = _GrpcListener(handler, authenticate, limit)
-        await listener.start(parts, credentials)
-        try:
-            yield listener
-        finally:
-            await listener.aclose()
+        async def open_listener() -> Listener:
+            listener = _GrpcListener(handler, authenticate, max_message_bytes)
+            await listener.start(parts, credentials)
+            return listener
+
+        return listening(open_listener)
 
 
 def _server_options(limit: int) -> list[tuple[str, int]]:

@@ -8,11 +8,7 @@ connection or a Starlette/FastAPI ``WebSocket``. Each is a connection of
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from ssl import SSLContext
 from typing import Any, ClassVar, cast
-from urllib.parse import SplitResult
 
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import Server, ServerConnection
@@ -21,27 +17,18 @@ from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
 from websockets.http11 import Request, Response
 
 from proxy_core.errors import ConfigurationError, ConnectError
-from proxy_core.tls import ClientTLS, ServerTLS, client_ssl_context, server_ssl_context
 from proxy_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    Authenticator,
     Connection,
-    ConnectionHandler,
     Listener,
     ServedConnections,
-    Transport,
-    bound_url,
-    check_authentication,
-    check_tls_scheme,
     connect_error,
     listen_error,
-    parse_url,
     refusal_error,
-    url_port,
 )
 from proxy_core.transport import check_max_message_bytes as _check_limit
-from proxy_core.transport import lower_headers as _lower_headers
 from proxy_core.transport import redact_url as _redact
+from proxy_core.websocket import DialRequest, ServeRequest, WebSocketTransportBase
 
 from .connection import (
     StarletteConnection,
@@ -52,7 +39,6 @@ from .connection import (
 
 __all__ = ["StarletteConnection", "WebSocketsConnection", "WebSocketsTransport"]
 
-_SCHEMES = ("ws", "wss")
 # The library's default: how long a close waits for the peer's closing frame.
 _CLOSE_TIMEOUT = 10.0
 
@@ -83,51 +69,29 @@ class _WebSocketsListener(Listener):
             await server.close_task
 
 
-class WebSocketsTransport(Transport):
-    """The ``websockets`` backend: ``ws://`` and ``wss://`` URLs."""
+class WebSocketsTransport(WebSocketTransportBase):
+    """The ``websockets`` backend: ``ws://`` and ``wss://`` URLs.
+
+    ``connect`` and ``serve`` are those of every WebSocket backend
+    (:class:`~proxy_core.websocket.WebSocketTransportBase`); a served
+    connection is a :class:`WebSocketsConnection`.
+    """
 
     name: ClassVar[str] = "websockets"
-    schemes: ClassVar[tuple[str, ...]] = _SCHEMES
 
-    async def connect(
-        self,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        ssl: SSLContext | ClientTLS | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        open_timeout: float = 10.0,
-    ) -> Connection:
-        """Open a WebSocket connection to ``url``.
-
-        Args:
-            url: a ``ws://`` or ``wss://`` URL.
-            headers: extra handshake headers (credentials for ``authenticate``).
-            ssl: the TLS settings for ``wss://``, a ``ClientTLS`` or an
-                ``ssl.SSLContext`` (default: the system's trust store).
-            max_message_bytes: the limit on incoming frames.
-            open_timeout: seconds allowed for TCP, TLS and the WebSocket handshake.
-
-        Raises:
-            ConfigurationError: the URL is not ``ws``/``wss``, or ``ssl`` is given for ``ws``.
-            AuthenticationError: the server answered HTTP 401 or 403.
-            TLSError: the TLS handshake failed (e.g. certificate verification).
-            ConnectError: anything else kept the connection from opening.
-        """
-        parts = _parse_url(url)
-        _check_limit(max_message_bytes)
-        check_tls_scheme(url, ssl, secure="wss")
+    async def _dial(self, request: DialRequest) -> Connection:
+        url = request.url
         options: dict[str, Any] = {}
-        if ssl is not None:
-            options["ssl"] = client_ssl_context(ssl)
-            if isinstance(ssl, ClientTLS) and ssl.server_hostname is not None:
-                options["server_hostname"] = ssl.server_hostname
+        if request.ssl is not None:
+            options["ssl"] = request.ssl
+        if request.server_hostname is not None:
+            options["server_hostname"] = request.server_hostname
         try:
             ws = await ws_connect(
                 url,
-                additional_headers=dict(headers) if headers else None,
-                max_size=max_message_bytes,
-                open_timeout=open_timeout,
+                additional_headers=request.headers,
+                max_size=request.max_message_bytes,
+                open_timeout=request.open_timeout,
                 ping_interval=None,  # the session layer sends heartbeats
                 compression=None,
                 close_timeout=_CLOSE_TIMEOUT,
@@ -138,93 +102,39 @@ class WebSocketsTransport(Transport):
         except InvalidURI as exc:
             raise ConfigurationError(f"invalid WebSocket URL {_redact(url)}: {exc}") from exc
         except Exception as exc:
-            raise _connect_error(url, parts.scheme, exc) from exc
-        return WebSocketsConnection(ws, max_message_bytes=max_message_bytes)
+            raise _connect_error(url, request.parts.scheme, exc) from exc
+        return WebSocketsConnection(ws, max_message_bytes=request.max_message_bytes)
 
-    def serve(
-        self,
-        url: str,
-        handler: ConnectionHandler,
-        *,
-        authenticate: Authenticator | None = None,
-        ssl: SSLContext | ServerTLS | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> AbstractAsyncContextManager[Listener]:
-        """Serve ``url`` (port 0 picks a free port), calling ``handler`` per connection.
-
-        A request for another path than the URL's is answered 404 (a URL with
-        no path, or ``/``, accepts any path); a client that ``authenticate``
-        refuses is answered 401 with the reason as the body. Either way the
-        handler is never called. The connection is closed when the handler
-        returns (1000) or raises (1011, and the exception is logged; a
-        ``ConnectionClosed`` or ``MessageTooLarge`` escaping the handler is
-        an ordinary end of the connection, not a handler failure).
-
-        Args:
-            url: a ``ws://`` or ``wss://`` URL to listen on.
-            handler: awaited with a :class:`WebSocketsConnection` per client.
-            authenticate: the hook that sees the request headers first.
-            ssl: the server's TLS settings, a ``ServerTLS`` or an
-                ``ssl.SSLContext``; required for ``wss://``.
-            max_message_bytes: the limit on incoming frames.
-
-        Raises:
-            ConfigurationError: a bad URL, ``ssl`` does not match the scheme,
-                or its certificate and key do not load.
-            ConnectError: the address could not be bound (raised on entering).
-        """
-        parts = _parse_url(url)
-        _check_limit(max_message_bytes)
-        check_tls_scheme(url, ssl, secure="wss", serving=True)
-        context = server_ssl_context(ssl)
-        return self._serve(parts, handler, authenticate, context, max_message_bytes)
-
-    @asynccontextmanager
-    async def _serve(
-        self,
-        parts: SplitResult,
-        handler: ConnectionHandler,
-        authenticate: Authenticator | None,
-        ssl: SSLContext | None,
-        limit: int,
-    ) -> AsyncIterator[Listener]:
+    async def _listen(self, request: ServeRequest) -> Listener:
+        parts, handler, limit = request.parts, request.handler, request.max_message_bytes
         path = parts.path
         served: ServedConnections[WebSocketsConnection] = ServedConnections()
 
-        async def process_request(ws: ServerConnection, request: Request) -> Response | None:
-            if path not in ("", "/") and request.path.partition("?")[0] != path:
-                return ws.respond(404, f"no WebSocket endpoint at {request.path}\n")
-            if authenticate is not None:
-                headers = _lower_headers(request.headers.raw_items())
-                reason = await check_authentication(authenticate, headers)
-                if reason is not None:
-                    return ws.respond(401, reason)
-            return None
+        async def process_request(ws: ServerConnection, http: Request) -> Response | None:
+            if path not in ("", "/") and http.path.partition("?")[0] != path:
+                return ws.respond(404, f"no WebSocket endpoint at {http.path}\n")
+            reason = await request.refusal(http.headers.raw_items())
+            return None if reason is None else ws.respond(401, reason)
 
         async def run_handler(ws: ServerConnection) -> None:
             await served.run(handler, WebSocketsConnection(ws, max_message_bytes=limit))
 
-        port = url_port(parts, secure="wss")
         try:
             server = await ws_serve(
                 run_handler,
                 parts.hostname,
-                port,
+                request.port,
                 process_request=process_request,
                 max_size=limit,
                 ping_interval=None,  # the session layer sends heartbeats
                 compression=None,
                 close_timeout=_CLOSE_TIMEOUT,
-                ssl=ssl,
+                ssl=request.ssl,
             )
         except OSError as exc:
             raise listen_error(parts.geturl(), exc) from exc
-        bound = server.sockets[0].getsockname()[1] if server.sockets else port
-        listener = _WebSocketsListener(server, bound_url(parts, bound), served)
-        try:
-            yield listener
-        finally:
-            await listener.aclose()
+        bound = server.sockets[0].getsockname()[1] if server.sockets else request.port
+        return _WebSocketsListener(server, request.bound_url(bound), served)
 
     def adapt(
         self, obj: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -255,10 +165,6 @@ class WebSocketsTransport(Transport):
             f"{type(obj).__module__}.{type(obj).__qualname__}; it accepts a "
             "websockets.asyncio.server.ServerConnection or a Starlette/FastAPI WebSocket"
         )
-
-
-def _parse_url(url: str) -> SplitResult:
-    return parse_url(url, transport="websockets", schemes=_SCHEMES)
 
 
 def _connect_error(url: str, scheme: str, exc: Exception) -> ConnectError:
