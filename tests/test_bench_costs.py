@@ -112,16 +112,25 @@ def test_calls_are_sorted_by_whose_code_runs(tmp_path: Path) -> None:
 
     import proxy_core.bench.worker as harness_module
     import proxy_core.session as core_module
+    import proxy_core_websockets.connection as backend_module
 
     assert kind_of(core_module.__file__ or "") == "calls_core"
+    assert kind_of(backend_module.__file__ or "") == "calls_core"
     assert kind_of(harness_module.__file__ or "") == "calls_harness"
     assert kind_of(websockets.__file__ or "") == "calls_library"
     assert kind_of(stdlib_module.__file__ or "") == "calls_stdlib"
     assert kind_of("<string>") == "calls_generated"
-    # The innermost package folder decides, wherever the checkout lives.
+    # The innermost package folder decides, wherever the checkout lives: a
+    # checkout named like the package is a folder, not the package.
     inside = "/home/me/proxy_core/.venv/lib/python3.11/site-packages/websockets/frames.py"
     assert kind_of(inside) == "calls_library"
-    assert kind_of("/src/transports/x/proxy_core_x/connection.py") == "calls_core"
+    checkout = tmp_path / "proxy_core_dev" / "tests"
+    checkout.mkdir(parents=True)
+    assert kind_of(str(checkout / "test_x.py")) == "calls_library"
+    package = tmp_path / "proxy_core_dev" / "proxy_core_x"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    assert kind_of(str(package / "connection.py")) == "calls_core"
 
     def mine(n: int) -> int:
         return n + 1

@@ -18,13 +18,22 @@ window and sorts every function it saw called into one kind:
 - ``calls_generated``: code compiled at run time (``<string>``: a dataclass's
   ``__init__``, proxy-core's generated field checks).
 
-Only the thread that starts the counter is seen (gRPC's C core threads run no
-Python that matters here). Used in the ``bench-costs`` children only.
+Read the kinds as "where the call landed", not as totals of a library's
+work: code compiled to C (msgpack's packer, gRPC's Cython layer, aiohttp's
+frame reader, ``_asyncio``'s futures) counts under ``calls_c``; and cProfile
+counts each resumption of a coroutine as a call, so a task's wake-up counts
+once for every coroutine in its chain of awaits (``_receive_loop``, the
+session's and the proxy's own loops, ``worker._run``). Both implementations
+are counted the same way. Only the thread that starts the counter is seen
+(gRPC's C core threads run no Python that matters here). Used in the
+``bench-costs`` children only.
 """
 
 from __future__ import annotations
 
 import cProfile
+import functools
+import os
 import sysconfig
 from collections import Counter
 from pathlib import PurePath
@@ -45,6 +54,7 @@ KINDS: Final = (
 _STDLIB: Final = PurePath(sysconfig.get_paths()["stdlib"])
 
 
+@functools.lru_cache(maxsize=4096)
 def kind_of(filename: str) -> str:
     """Return the kind of call (one of :data:`KINDS` but ``calls_c``) of code in ``filename``."""
     if filename.startswith("<"):
@@ -52,14 +62,19 @@ def kind_of(filename: str) -> str:
     parts = PurePath(filename).parts
     for index in range(len(parts) - 2, -1, -1):  # the innermost package folder decides
         part = parts[index]
-        if part == "proxy_core":
-            return "calls_harness" if parts[index + 1 : index + 2] == ("bench",) else "calls_core"
-        if part.startswith("proxy_core_") and not part.endswith(".egg-info"):
-            return "calls_core"
         if part in ("site-packages", "dist-packages"):
             return "calls_library"
+        if (part == "proxy_core" or part.startswith("proxy_core_")) and _is_package(
+            parts[: index + 1]
+        ):
+            return "calls_harness" if parts[index + 1 : index + 2] == ("bench",) else "calls_core"
     path = PurePath(filename)
     return "calls_stdlib" if path.is_relative_to(_STDLIB) else "calls_library"
+
+
+def _is_package(parts: tuple[str, ...]) -> bool:
+    """Whether the folder ``parts`` is a Python package (a checkout's folder is not)."""
+    return os.path.isfile(os.path.join(*parts, "__init__.py"))
 
 
 class CallCounter:
@@ -102,6 +117,8 @@ def _short(filename: str) -> str:
     parts = PurePath(filename).parts
     for index in range(len(parts) - 2, -1, -1):
         part = parts[index]
-        if part == "proxy_core" or part.startswith("proxy_core_"):
+        if (part == "proxy_core" or part.startswith("proxy_core_")) and _is_package(
+            parts[: index + 1]
+        ):
             return "/".join(parts[index:])
     return filename

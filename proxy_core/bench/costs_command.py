@@ -191,6 +191,12 @@ def format_tables(result: CostResult) -> str:
         f"messages per window: {counts}; codec {result.options.codec}; passes: "
         f"{', '.join(result.modes) or 'none'}.",
     ]
+    machine = result.machine
+    if machine:
+        out.append(
+            f"Machine: {machine.get('cpu') or 'CPU unknown'}; commit "
+            f"{machine.get('commit') or 'unknown'}; {result.date or 'date unknown'}."
+        )
     if "count" in result.modes:
         out += ["", "Event loop (count pass):", "", *_table(result, _LOOP, scenarios)]
     if {"count", "strace"} & set(result.modes):
