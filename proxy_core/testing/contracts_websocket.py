@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -109,7 +110,7 @@ class WebSocketContract(LiveContract):
         self._require_websocket(proxy_core_transport)
         transport, probe = proxy_core_transport, Probe()
         async with transport.serve(serve_url, probe.echo) as listener:
-            wrong = listener.url.replace("/ws", "/elsewhere")
+            wrong = urlsplit(listener.url)._replace(path="/elsewhere").geturl()
             with pytest.raises(ConnectError, match="404") as failed:
                 await wait(transport.connect(wrong))
         assert wrong in str(failed.value)

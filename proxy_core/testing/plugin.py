@@ -69,6 +69,7 @@ pytest.register_assert_rewrite(
     "proxy_core.testing.contracts_session",
     "proxy_core.testing.contracts_session_ends",
     "proxy_core.testing.contracts_tls",
+    "proxy_core.testing.contracts_websocket",
     "proxy_core.testing._base",
     "proxy_core.testing._bus_cluster",
     "proxy_core.testing._harness",
