@@ -177,6 +177,10 @@ class BaseWorker:
     def bus(self) -> BaseBus:
         """The bus of this worker's runner.
 
+        Not an override point (nor is :attr:`runner`): :meth:`send_bus_message`
+        reads the runner's bus directly. To intercept what a worker sends,
+        override :meth:`send_bus_message`.
+
         Raises:
             ConfigurationError: the worker has not been added to a runner yet.
         """
