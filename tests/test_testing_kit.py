@@ -12,6 +12,12 @@ import sys
 
 import pytest
 
+# The pytester runs are in-process, and pytester unloads after each run the
+# modules first imported during it. cryptography (behind trustme, which the
+# TLS contracts use) cannot be loaded twice in one process: imported here
+# first, it stays, and a TLS test run after this file still works.
+import trustme  # noqa: F401
+
 import proxy_core.testing
 
 pytest_plugins = ["pytester"]
