@@ -35,12 +35,13 @@ from ..protocol import (
     Envelope,
     Hello,
     Msg,
+    Ready,
     Welcome,
     decode_handshake,
     encode_handshake,
 )
 from ..transport import Connection, Listener, Transport
-from ._harness import CLIENT_WORKER, SERVER_WORKER, text, text_of, wait
+from ._harness import CLIENT_WORKER, SERVER_WORKER, ClientSide, text, text_of, wait
 
 __all__ = [
     "GARBAGE",
@@ -52,6 +53,7 @@ __all__ = [
     "hello_frame",
     "raw_client",
     "raw_server",
+    "ready_peer",
     "sized_message",
     "unknown_type_frame",
 ]
@@ -262,6 +264,16 @@ async def raw_client(
         yield RawPeer(conn, codec, answer_bye=answer_bye), answer
     finally:
         await conn.aclose()
+
+
+async def ready_peer(client: ClientSide, peers: asyncio.Queue[RawPeer]) -> RawPeer:
+    """Activate ``client``'s proxy, take its connection from a :func:`raw_server`, send
+    READY for the server's worker, and return the peer once the client sees it ready."""
+    await client.acme.activate_worker("proxy")
+    peer = await wait(peers.get())
+    await peer.send(Ready(SERVER_WORKER))
+    await wait(asyncio.shield(client.remote_ready))
+    return peer
 
 
 @contextlib.asynccontextmanager

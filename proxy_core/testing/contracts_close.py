@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from ..codecs.base import Codec
 from ..messages import BusFrameMessage, BusMessage
-from ..protocol import Ack, Bye, Envelope, Msg, Ready
+from ..protocol import Ack, Bye, Envelope, Msg
 from ..proxy import ProxyClient, ProxyServer
 from ..runner import WorkerRunner
 from ..service import serve_proxy
@@ -32,7 +32,7 @@ from ._harness import (
     text_of,
     wait,
 )
-from ._raw import raw_client, raw_server
+from ._raw import raw_client, raw_server, ready_peer
 
 __all__ = ["CloseContract"]
 
@@ -193,10 +193,7 @@ class CloseContract(LiveContract):
             raw_server(transport, serve_url, codec, answer_bye=False) as (url, peers),
             running_client(transport, url, codec=codec) as client,
         ):
-            await client.acme.activate_worker("proxy")
-            peer = await wait(peers.get())
-            await peer.send(Ready(SERVER_WORKER))
-            await wait(asyncio.shield(client.remote_ready))
+            peer = await ready_peer(client, peers)
             for i in range(3):
                 await peer.send_msg(text(SERVER_WORKER, CLIENT_WORKER, f"last {i}"))
             await peer.send(Bye(1001, "closing time"))
@@ -219,10 +216,7 @@ class CloseContract(LiveContract):
             raw_server(transport, serve_url, codec, answer_bye=False) as (url, peers),
             running_client(transport, url, codec=codec, close_timeout=0.2) as client,
         ):
-            await client.acme.activate_worker("proxy")
-            peer = await wait(peers.get())
-            await peer.send(Ready(SERVER_WORKER))
-            await wait(asyncio.shield(client.remote_ready))
+            peer = await ready_peer(client, peers)
             await client.acme.deactivate_worker("proxy")
             bye = await peer.next_envelope(lambda e: isinstance(e, Bye))
             assert isinstance(bye, Bye) and bye.code == 1000

@@ -10,7 +10,6 @@ way a hostile peer could get onto the bus.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from typing import Any
 
@@ -26,7 +25,6 @@ from ..messages import (
     BusMessage,
     BusWorkerReadyMessage,
 )
-from ..protocol import Ready
 from ..transport import Transport
 from ._base import LiveContract, delta, per_codec
 from ._harness import (
@@ -38,7 +36,16 @@ from ._harness import (
     text,
     wait,
 )
-from ._raw import GARBAGE, TEXT_LIKE, RawPeer, classify, raw_client, raw_server, unknown_type_frame
+from ._raw import (
+    GARBAGE,
+    TEXT_LIKE,
+    RawPeer,
+    classify,
+    raw_client,
+    raw_server,
+    ready_peer,
+    unknown_type_frame,
+)
 
 __all__ = ["RulesContract", "check_outbound_rules"]
 
@@ -173,10 +180,7 @@ class RulesContract(LiveContract):
             raw_server(transport, serve_url, codec) as (url, peers),
             running_client(transport, url, codec=codec) as client,
         ):
-            await client.acme.activate_worker("proxy")
-            peer = await wait(peers.get())
-            await peer.send(Ready(SERVER_WORKER))
-            await wait(asyncio.shield(client.remote_ready))
+            peer = await ready_peer(client, peers)
             await self._check_inbound(peer, client.proxy, client.acme, client.other)
             assert client.task is not None and not client.task.done()
 

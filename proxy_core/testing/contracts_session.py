@@ -21,7 +21,7 @@ from ..codecs.base import Codec
 from ..codecs.json import JsonCodec
 from ..codecs.msgpack import MsgpackCodec
 from ..errors import AuthenticationError, CodecError, ConnectionClosed, SessionRejected
-from ..protocol import Batch, Envelope, Ready, Reject, decode_handshake
+from ..protocol import Batch, Envelope, Reject, decode_handshake
 from ..registry import WorkerReadyData
 from ..transport import Transport
 from ._base import LIMIT, assert_close_code, delta, drops, per_codec
@@ -35,7 +35,7 @@ from ._harness import (
     wait,
     wait_counts,
 )
-from ._raw import raw_client, raw_server, sized_message
+from ._raw import raw_client, raw_server, ready_peer, sized_message
 from .contracts_session_ends import SessionEndsContract
 
 __all__ = ["ORDERING_COUNT", "STALL_SECONDS", "SessionContract"]
@@ -279,10 +279,7 @@ class SessionContract(SessionEndsContract):
             raw_server(transport, serve_url, codec) as (url, peers),
             running_client(transport, url, codec=codec, max_message_bytes=LIMIT) as client,
         ):
-            await client.acme.activate_worker("proxy")
-            peer = await wait(peers.get())
-            await peer.send(Ready(SERVER_WORKER))
-            await wait(asyncio.shield(client.remote_ready))
+            peer = await ready_peer(client, peers)
             with contextlib.suppress(ConnectionClosed):
                 await peer.conn.send(b"\x00" * (LIMIT + 1))
             await wait(client.disconnected.wait())

@@ -15,7 +15,7 @@ import asyncio
 import pytest
 
 from ..codecs.base import Codec
-from ..protocol import Bye, Ready
+from ..protocol import Bye
 from ..transport import Transport
 from ._base import LiveContract, assert_close_code
 from ._harness import (
@@ -26,7 +26,7 @@ from ._harness import (
     text,
     wait,
 )
-from ._raw import raw_client, raw_server
+from ._raw import raw_client, raw_server, ready_peer
 from .relay import FaultRelay
 
 __all__ = ["SessionEndsContract"]
@@ -67,10 +67,7 @@ class SessionEndsContract(LiveContract):
             raw_server(transport, serve_url, codec) as (url, peers),
             running_client(transport, url, codec=codec) as client,
         ):
-            await client.acme.activate_worker("proxy")
-            peer = await wait(peers.get())
-            await peer.send(Ready(SERVER_WORKER))
-            await wait(asyncio.shield(client.remote_ready))
+            peer = await ready_peer(client, peers)
             await client.acme.deactivate_worker("proxy")
             bye = await peer.next_envelope(lambda e: isinstance(e, Bye))
             assert isinstance(bye, Bye) and bye.code == 1000
